@@ -1,0 +1,123 @@
+//! The callback handler: read, parse, check, hand to every sink, answer;
+//! all within `server.response_timeout`.
+
+use super::AppState;
+use super::error::{self, ApiError};
+use super::extract::{AfterSendSingleMsgCommand, JsonContentType, OperationIdHeader};
+use crate::message::{
+    AFTER_SEND_SINGLE_MSG_COMMAND, AfterSendSingleMsg, OperationId, ReceivedMessage,
+};
+use crate::sinks::{self, HandOverError};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::response::Response;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+pub async fn receive(
+    State(state): State<AppState>,
+    _command: AfterSendSingleMsgCommand,
+    _json: JsonContentType,
+    OperationIdHeader(header_id): OperationIdHeader,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let deadline = state.settings.server.response_timeout;
+    // Set once the body is in: tells a slow client from full sink queues.
+    let handing_over = AtomicBool::new(false);
+    let accepting = accept(&state, header_id, request, &handing_over);
+    match tokio::time::timeout(deadline, accepting).await {
+        Ok(result) => result.map(|()| error::success()),
+        Err(_elapsed) if handing_over.load(Ordering::Acquire) => {
+            let full: Vec<&'static str> = state
+                .sinks
+                .iter()
+                .filter(|sink| sink.is_full())
+                .map(|sink| {
+                    sink.counters().missed.fetch_add(1, Ordering::Relaxed);
+                    sink.name()
+                })
+                .collect();
+            tracing::warn!(sinks = ?full, "message refused: sink queues full until the deadline");
+            Err(ApiError::SinkQueueFull { sinks: full })
+        }
+        Err(_elapsed) => Err(ApiError::DeadlineExceeded {
+            deadline_ms: deadline.as_millis(),
+        }),
+    }
+}
+
+async fn accept(
+    state: &AppState,
+    header_id: Option<String>,
+    request: Request,
+    handing_over: &AtomicBool,
+) -> Result<(), ApiError> {
+    let limit = state.settings.server.max_body_bytes;
+    let raw = read_body(request, limit).await?;
+    let packet = AfterSendSingleMsg::from_json(&raw).map_err(ApiError::InvalidPacket)?;
+    if !packet.callback_command.is_empty()
+        && packet.callback_command != AFTER_SEND_SINGLE_MSG_COMMAND
+    {
+        return Err(state.unknown_command(&packet.callback_command, "body's callbackCommand"));
+    }
+    let operation_id = choose_operation_id(
+        header_id,
+        &packet,
+        state.settings.server.require_operation_id,
+    )?;
+    tracing::Span::current().record("operationID", operation_id.value.as_str());
+    let message = Arc::new(ReceivedMessage {
+        packet,
+        raw,
+        operation_id,
+        received_at: SystemTime::now(),
+    });
+    handing_over.store(true, Ordering::Release);
+    sinks::hand_over(&state.sinks, message)
+        .await
+        .map_err(|HandOverError::SinkStopped(sink)| {
+            tracing::error!(sink, "message refused: sink is not running");
+            ApiError::SinkStopped { sink }
+        })
+}
+
+/// The whole body, refused early when Content-Length already says it is too big.
+async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let body: Body = request.into_body();
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge { limit }),
+        Err(error) => Err(ApiError::UnreadableBody {
+            detail: error.to_string(),
+        }),
+    }
+}
+
+/// Header first, then the body's `operationID`, then a generated one if allowed.
+fn choose_operation_id(
+    header_id: Option<String>,
+    packet: &AfterSendSingleMsg,
+    required: bool,
+) -> Result<OperationId, ApiError> {
+    let from_body = || (!packet.operation_id.is_empty()).then(|| packet.operation_id.clone());
+    match header_id.or_else(from_body) {
+        Some(value) => Ok(OperationId {
+            value,
+            generated: false,
+        }),
+        None if required => Err(ApiError::MissingOperationId),
+        None => Ok(OperationId::generate()),
+    }
+}

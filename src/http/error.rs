@@ -1,0 +1,288 @@
+//! OpenIM's answer envelope, and every reason a request is refused.
+//!
+//! OpenIM never looks at the HTTP status, only at the JSON body, and for
+//! BEFORE callbacks sharing our base URL a body that is not JSON blocks the
+//! user's message. So every answer, errors included, is the envelope.
+
+use crate::message::{AFTER_SEND_SINGLE_MSG_COMMAND, PacketError};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// `{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}`
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    pub action_code: i32,
+    pub err_code: i32,
+    pub err_msg: String,
+    pub err_dlt: String,
+    pub next_code: i32,
+}
+
+/// The success envelope, serialized once.
+pub const SUCCESS_BODY: &str =
+    r#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}"#;
+
+/// What became of a request, left in the response's extensions for the
+/// request counters (see `http::count_outcomes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    Rejected(Rejection),
+}
+
+/// Every reason a request is refused. The discriminant indexes the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    UnknownCommand,
+    MissingCommand,
+    UnsupportedContentTypeParam,
+    MissingOperationId,
+    InvalidOperationIdHeader,
+    InvalidJson,
+    EmptyRequiredField,
+    UnreadableBody,
+    BodyTooLarge,
+    UnsupportedMediaType,
+    NotFound,
+    MethodNotAllowed,
+    DeadlineExceeded,
+    SinkQueueFull,
+    SinkStopped,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 15] = [
+        Rejection::UnknownCommand,
+        Rejection::MissingCommand,
+        Rejection::UnsupportedContentTypeParam,
+        Rejection::MissingOperationId,
+        Rejection::InvalidOperationIdHeader,
+        Rejection::InvalidJson,
+        Rejection::EmptyRequiredField,
+        Rejection::UnreadableBody,
+        Rejection::BodyTooLarge,
+        Rejection::UnsupportedMediaType,
+        Rejection::NotFound,
+        Rejection::MethodNotAllowed,
+        Rejection::DeadlineExceeded,
+        Rejection::SinkQueueFull,
+        Rejection::SinkStopped,
+    ];
+
+    /// The envelope's `errCode`: the HTTP status times ten, plus a digit.
+    pub fn err_code(self) -> i32 {
+        match self {
+            Rejection::UnknownCommand => 4001,
+            Rejection::MissingCommand => 4002,
+            Rejection::UnsupportedContentTypeParam => 4003,
+            Rejection::MissingOperationId => 4004,
+            Rejection::InvalidOperationIdHeader => 4005,
+            Rejection::InvalidJson => 4006,
+            Rejection::EmptyRequiredField => 4007,
+            Rejection::UnreadableBody => 4008,
+            Rejection::NotFound => 4040,
+            Rejection::MethodNotAllowed => 4050,
+            Rejection::BodyTooLarge => 4130,
+            Rejection::UnsupportedMediaType => 4150,
+            Rejection::DeadlineExceeded => 5030,
+            Rejection::SinkQueueFull => 5031,
+            Rejection::SinkStopped => 5032,
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self.err_code() / 10 {
+            404 => StatusCode::NOT_FOUND,
+            405 => StatusCode::METHOD_NOT_ALLOWED,
+            413 => StatusCode::PAYLOAD_TOO_LARGE,
+            415 => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            503 => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Stable snake_case name, for `/stats` and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::UnknownCommand => "unknown_command",
+            Rejection::MissingCommand => "missing_command",
+            Rejection::UnsupportedContentTypeParam => "unsupported_contenttype_param",
+            Rejection::MissingOperationId => "missing_operation_id",
+            Rejection::InvalidOperationIdHeader => "invalid_operation_id_header",
+            Rejection::InvalidJson => "invalid_json",
+            Rejection::EmptyRequiredField => "empty_required_field",
+            Rejection::UnreadableBody => "unreadable_body",
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::UnsupportedMediaType => "unsupported_media_type",
+            Rejection::NotFound => "not_found",
+            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::DeadlineExceeded => "deadline_exceeded",
+            Rejection::SinkQueueFull => "sink_queue_full",
+            Rejection::SinkStopped => "sink_stopped",
+        }
+    }
+}
+
+/// A refused request, with what the caller needs to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the URL, query or body names another webhook command.
+    #[error(
+        "unknown command {command:?}: this receiver handles only {AFTER_SEND_SINGLE_MSG_COMMAND}"
+    )]
+    UnknownCommand {
+        command: String,
+        source_of: &'static str,
+    },
+    /// 400: neither the path nor `?command=` names a command.
+    #[error(
+        "missing command: post to {{base}}/{AFTER_SEND_SINGLE_MSG_COMMAND} or {{base}}?command={AFTER_SEND_SINGLE_MSG_COMMAND}"
+    )]
+    MissingCommand,
+    /// 400: `?contenttype=` other than json.
+    #[error("unsupported contenttype {value:?}: only json is accepted")]
+    UnsupportedContentTypeParam { value: String },
+    /// 400: no operation id in the header or the body.
+    #[error("missing operationID: send it in the operationID header or the body")]
+    MissingOperationId,
+    /// 400: the operationID header is not UTF-8.
+    #[error("invalid operationID header: not UTF-8 text")]
+    InvalidOperationIdHeader,
+    /// 400: the body is not a valid packet.
+    #[error("{}", invalid_packet_message(.0))]
+    InvalidPacket(PacketError),
+    /// 400: the body could not be read (the client broke off).
+    #[error("could not read the request body")]
+    UnreadableBody { detail: String },
+    /// 413: body over `server.max_body_bytes`.
+    #[error("request body over the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    /// 415: a Content-Type that is not JSON.
+    #[error("unsupported Content-Type {content_type:?}: send application/json")]
+    UnsupportedMediaType { content_type: String },
+    /// 404: nothing is served at this path.
+    #[error("no route for {path}: callbacks go to {base}/{AFTER_SEND_SINGLE_MSG_COMMAND}")]
+    NotFound { path: String, base: String },
+    /// 405: the path exists for another method.
+    #[error("method {method} not allowed here")]
+    MethodNotAllowed { method: String },
+    /// 503: the deadline passed before the body had arrived.
+    #[error("request not complete within the response deadline of {deadline_ms} ms")]
+    DeadlineExceeded { deadline_ms: u128 },
+    /// 503: a sink's queue stayed full until the deadline; the message was not taken.
+    #[error("message not accepted: queue of sink(s) {} full until the deadline", .sinks.join(", "))]
+    SinkQueueFull { sinks: Vec<&'static str> },
+    /// 503: a sink's worker is not running (shutting down, or it failed).
+    #[error("message not accepted: sink {sink} is not running")]
+    SinkStopped { sink: &'static str },
+}
+
+fn invalid_packet_message(error: &PacketError) -> String {
+    match error {
+        PacketError::Json { path, .. } if !path.is_empty() => {
+            format!("invalid body: field {path} is invalid")
+        }
+        PacketError::Json { .. } => "invalid body: not a valid callback packet".to_owned(),
+        PacketError::EmptyField(field) => format!("invalid body: field {field} must not be empty"),
+    }
+}
+
+impl ApiError {
+    pub fn rejection(&self) -> Rejection {
+        match self {
+            ApiError::UnknownCommand { .. } => Rejection::UnknownCommand,
+            ApiError::MissingCommand => Rejection::MissingCommand,
+            ApiError::UnsupportedContentTypeParam { .. } => Rejection::UnsupportedContentTypeParam,
+            ApiError::MissingOperationId => Rejection::MissingOperationId,
+            ApiError::InvalidOperationIdHeader => Rejection::InvalidOperationIdHeader,
+            ApiError::InvalidPacket(PacketError::Json { .. }) => Rejection::InvalidJson,
+            ApiError::InvalidPacket(PacketError::EmptyField(_)) => Rejection::EmptyRequiredField,
+            ApiError::UnreadableBody { .. } => Rejection::UnreadableBody,
+            ApiError::BodyTooLarge { .. } => Rejection::BodyTooLarge,
+            ApiError::UnsupportedMediaType { .. } => Rejection::UnsupportedMediaType,
+            ApiError::NotFound { .. } => Rejection::NotFound,
+            ApiError::MethodNotAllowed { .. } => Rejection::MethodNotAllowed,
+            ApiError::DeadlineExceeded { .. } => Rejection::DeadlineExceeded,
+            ApiError::SinkQueueFull { .. } => Rejection::SinkQueueFull,
+            ApiError::SinkStopped { .. } => Rejection::SinkStopped,
+        }
+    }
+
+    /// The envelope's `errDlt`: the detail behind the one-line message.
+    fn detail(&self) -> String {
+        match self {
+            ApiError::UnknownCommand { source_of, .. } => {
+                format!("command taken from the {source_of}")
+            }
+            ApiError::InvalidPacket(error) => error.to_string(),
+            ApiError::UnreadableBody { detail } => detail.clone(),
+            _ => String::new(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let rejection = self.rejection();
+        let envelope = Envelope {
+            action_code: 1,
+            err_code: rejection.err_code(),
+            err_msg: self.to_string(),
+            err_dlt: self.detail(),
+            next_code: 0,
+        };
+        let body = serde_json::to_string(&envelope).expect("the envelope serializes");
+        let mut response = (rejection.status(), json_headers(), body).into_response();
+        response
+            .extensions_mut()
+            .insert(Outcome::Rejected(rejection));
+        response
+    }
+}
+
+/// The success envelope, HTTP 200.
+pub fn success() -> Response {
+    let mut response = (StatusCode::OK, json_headers(), SUCCESS_BODY).into_response();
+    response.extensions_mut().insert(Outcome::Accepted);
+    response
+}
+
+fn json_headers() -> [(header::HeaderName, HeaderValue); 1] {
+    [(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    )]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_has_its_own_code_and_name() {
+        let codes: std::collections::HashSet<_> =
+            Rejection::ALL.iter().map(|r| r.err_code()).collect();
+        let names: std::collections::HashSet<_> =
+            Rejection::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(codes.len(), Rejection::ALL.len());
+        assert_eq!(names.len(), Rejection::ALL.len());
+        for (index, rejection) in Rejection::ALL.iter().enumerate() {
+            assert_eq!(*rejection as usize, index, "ALL is in declaration order");
+        }
+    }
+
+    #[test]
+    fn the_success_body_is_the_envelope_with_zeros() {
+        let envelope: serde_json::Value = serde_json::from_str(SUCCESS_BODY).unwrap();
+        let zeros = Envelope {
+            action_code: 0,
+            err_code: 0,
+            err_msg: String::new(),
+            err_dlt: String::new(),
+            next_code: 0,
+        };
+        assert_eq!(envelope, serde_json::to_value(zeros).unwrap());
+    }
+}

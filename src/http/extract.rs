@@ -1,0 +1,104 @@
+//! Checks of the URL and headers, as extractors: the handler only runs once
+//! they pass, and each failure is already the right `ApiError`.
+
+use super::AppState;
+use super::error::ApiError;
+use crate::message::AFTER_SEND_SINGLE_MSG_COMMAND;
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::header;
+use axum::http::request::Parts;
+
+/// The URL asks for `callbackAfterSendSingleMsgCommand`: in the path
+/// (`{base}/callbackAfterSendSingleMsgCommand`, OpenIM v3.4.2+), in the query
+/// (`{base}?command=…`, up to v3.4.0), or in both, agreeing. Other query
+/// parameters are ignored (`key=` from OpenIM's main branch), except a
+/// `contenttype` other than json (the public document's `&contenttype=json`).
+#[derive(Debug)]
+pub struct AfterSendSingleMsgCommand;
+
+impl FromRequestParts<AppState> for AfterSendSingleMsgCommand {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let mut query_names_command = false;
+        // form_urlencoded never fails: junk percent-encoding decodes leniently.
+        for (key, value) in form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+        {
+            match &*key {
+                "command" if value == AFTER_SEND_SINGLE_MSG_COMMAND => query_names_command = true,
+                "command" => return Err(state.unknown_command(&value, "query")),
+                "contenttype" if !value.eq_ignore_ascii_case("json") => {
+                    return Err(ApiError::UnsupportedContentTypeParam {
+                        value: value.into_owned(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let params = RawPathParams::from_request_parts(parts, state).await;
+        let path_command = params.as_ref().ok().and_then(|params| {
+            params
+                .iter()
+                .find(|(name, _)| *name == "command")
+                .map(|(_, value)| value)
+        });
+        match path_command {
+            Some(AFTER_SEND_SINGLE_MSG_COMMAND) => Ok(AfterSendSingleMsgCommand),
+            Some(other) => Err(state.unknown_command(other, "path")),
+            None if query_names_command => Ok(AfterSendSingleMsgCommand),
+            None => Err(ApiError::MissingCommand),
+        }
+    }
+}
+
+/// The `operationID` header, matched case-insensitively (Go's client writes
+/// `Operationid`). `None` when absent or empty: OpenIM v3.7+ always sends the
+/// header, possibly empty, and the body's id is the fallback then.
+#[derive(Debug)]
+pub struct OperationIdHeader(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for OperationIdHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        // HeaderMap lookups are case-insensitive: names are stored lowercase.
+        let Some(value) = parts.headers.get("operationid") else {
+            return Ok(OperationIdHeader(None));
+        };
+        let value = std::str::from_utf8(value.as_bytes())
+            .map_err(|_| ApiError::InvalidOperationIdHeader)?;
+        let value = value.trim();
+        Ok(OperationIdHeader(
+            (!value.is_empty()).then(|| value.to_owned()),
+        ))
+    }
+}
+
+/// A Content-Type, when there is one, says JSON: `application/json` with any
+/// parameters, or a `+json` type. A request without one is read as JSON.
+#[derive(Debug)]
+pub struct JsonContentType;
+
+impl<S: Send + Sync> FromRequestParts<S> for JsonContentType {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(header::CONTENT_TYPE) else {
+            return Ok(JsonContentType);
+        };
+        let unsupported = || ApiError::UnsupportedMediaType {
+            content_type: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        };
+        let text = value.to_str().map_err(|_| unsupported())?;
+        let essence = text.split(';').next().unwrap_or_default().trim();
+        let (kind, subtype) = essence.split_once('/').ok_or_else(unsupported)?;
+        let is_json = kind.eq_ignore_ascii_case("application")
+            && (subtype.eq_ignore_ascii_case("json")
+                || subtype.to_ascii_lowercase().ends_with("+json"));
+        if is_json {
+            Ok(JsonContentType)
+        } else {
+            Err(unsupported())
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The HTTP face: routes, shared state, and the request counters.
+
+mod callback;
+pub mod error;
+mod extract;
+mod probes;
+
+use crate::settings::Settings;
+use crate::sinks::{SinkHandle, StatsHandle};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{Method, Uri};
+use axum::middleware::map_response_with_state;
+use axum::response::Response;
+use axum::routing::{get, post};
+use error::{ApiError, Outcome, Rejection};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tower_http::trace::TraceLayer;
+
+/// Everything a request needs, as cheap handles.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub sinks: Arc<[SinkHandle]>,
+    /// Present when the stats sink is enabled.
+    pub stats: Option<StatsHandle>,
+    pub requests: Arc<RequestCounters>,
+}
+
+impl AppState {
+    pub fn new(
+        settings: Arc<Settings>,
+        sinks: Arc<[SinkHandle]>,
+        stats: Option<StatsHandle>,
+    ) -> Self {
+        AppState {
+            settings,
+            sinks,
+            stats,
+            requests: Arc::new(RequestCounters::new()),
+        }
+    }
+
+    /// The refusal for another webhook's command. OpenIM sends every enabled
+    /// webhook to one base URL, so this is logged once per command, not per request.
+    fn unknown_command(&self, command: &str, source_of: &'static str) -> ApiError {
+        if self.requests.count_unknown_command(command) {
+            tracing::warn!(
+                command,
+                source = source_of,
+                "refusing a webhook command this receiver does not handle; \
+                 disable it in OpenIM or point it at another receiver (logged once per command)"
+            );
+        }
+        ApiError::UnknownCommand {
+            command: command.to_owned(),
+            source_of,
+        }
+    }
+}
+
+/// Outcomes of callback requests since start.
+pub struct RequestCounters {
+    started: Instant,
+    accepted: AtomicU64,
+    rejected: [AtomicU64; Rejection::ALL.len()],
+    unknown_commands: Mutex<HashMap<String, u64>>,
+}
+
+/// Distinct unknown commands remembered by name; more are counted under "other",
+/// so a caller inventing names cannot grow memory without bound.
+const MAX_UNKNOWN_COMMANDS: usize = 64;
+
+impl RequestCounters {
+    fn new() -> Self {
+        RequestCounters {
+            started: Instant::now(),
+            accepted: AtomicU64::new(0),
+            rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            unknown_commands: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn count(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Accepted => &self.accepted,
+            Outcome::Rejected(rejection) => &self.rejected[rejection as usize],
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request for `command`; true the first time it is seen.
+    fn count_unknown_command(&self, command: &str) -> bool {
+        let mut seen = self
+            .unknown_commands
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = seen.get_mut(command) {
+            *count += 1;
+            return false;
+        }
+        let key = if seen.len() < MAX_UNKNOWN_COMMANDS {
+            command
+        } else {
+            "other"
+        };
+        let first = !seen.contains_key(key);
+        *seen.entry(key.to_owned()).or_default() += 1;
+        first
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    pub fn rejected(&self, rejection: Rejection) -> u64 {
+        self.rejected[rejection as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn unknown_commands(&self) -> HashMap<String, u64> {
+        self.unknown_commands
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+}
+
+/// The router: callback routes under the configured base, the probes, and
+/// envelope answers for every path and method that is not served.
+pub fn app(state: AppState) -> Router {
+    let base = state.settings.callback_base().to_owned();
+    let callback = || post(callback::receive).fallback(method_not_allowed);
+    let mut router = Router::new();
+    // {base}?command=… (OpenIM up to v3.4.0), with and without a trailing slash;
+    // {base}/command (v3.4.2+), and "//" when the base in OpenIM ends with "/".
+    let mut paths = vec![
+        format!("{base}/"),
+        format!("{base}/{{command}}"),
+        format!("{base}//{{command}}"),
+    ];
+    if !base.is_empty() {
+        paths.push(base);
+    }
+    for path in &paths {
+        router = router.route(path, callback());
+    }
+    router
+        .route(
+            "/healthz",
+            get(probes::healthz).fallback(method_not_allowed),
+        )
+        .route("/readyz", get(probes::readyz).fallback(method_not_allowed))
+        .route("/stats", get(probes::stats).fallback(method_not_allowed))
+        .fallback(not_found)
+        // Layers wrap what is above them: the counters see every answer,
+        // fallbacks included, and the trace span encloses all of it.
+        .layer(map_response_with_state(state.clone(), count_outcomes))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                tracing::info_span!("request", method = %request.method(), uri = %request.uri(),
+                operationID = tracing::field::Empty)
+            }),
+        )
+        .with_state(state)
+}
+
+async fn count_outcomes(State(state): State<AppState>, response: Response) -> Response {
+    if let Some(outcome) = response.extensions().get::<Outcome>() {
+        state.requests.count(*outcome);
+    }
+    response
+}
+
+async fn not_found(State(state): State<AppState>, uri: Uri) -> ApiError {
+    ApiError::NotFound {
+        path: uri.path().to_owned(),
+        base: state.settings.callback_base().to_owned(),
+    }
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+    }
+}

@@ -1,0 +1,98 @@
+//! Liveness, readiness and the counters: `/healthz`, `/readyz`, `/stats`.
+
+use super::AppState;
+use super::error::{self, ApiError, Outcome, Rejection};
+use crate::sinks::stats::MessageReport;
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+/// Alive: the process answers HTTP.
+pub async fn healthz() -> Response {
+    probe_answer(error::success())
+}
+
+/// Ready: serving, and every sink's worker is running.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match state.sinks.iter().find(|sink| !sink.is_running()) {
+        None => probe_answer(error::success()),
+        Some(stopped) => probe_answer(
+            ApiError::SinkStopped {
+                sink: stopped.name(),
+            }
+            .into_response(),
+        ),
+    }
+}
+
+/// Probe answers are envelopes too, but not callbacks: they are not counted.
+fn probe_answer(mut response: Response) -> Response {
+    response.extensions_mut().remove::<Outcome>();
+    response
+}
+
+#[derive(Serialize)]
+struct StatsReport {
+    uptime_seconds: u64,
+    /// Absent when the stats sink is disabled.
+    #[serde(flatten)]
+    messages: Option<MessageReport>,
+    requests: RequestReport,
+    sinks: BTreeMap<&'static str, SinkReport>,
+}
+
+#[derive(Serialize)]
+struct RequestReport {
+    accepted: u64,
+    rejected: BTreeMap<&'static str, u64>,
+    /// Requests for other webhook commands, by command.
+    unknown_commands: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize)]
+struct SinkReport {
+    running: bool,
+    queue_depth: u64,
+    queue_capacity: usize,
+    handled: u64,
+    failed: u64,
+    missed: u64,
+}
+
+pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
+    let requests = &state.requests;
+    let rejected = Rejection::ALL
+        .iter()
+        .map(|rejection| (rejection.as_str(), requests.rejected(*rejection)))
+        .filter(|(_, count)| *count > 0)
+        .collect();
+    let sinks = state
+        .sinks
+        .iter()
+        .map(|sink| {
+            let counters = sink.counters();
+            let report = SinkReport {
+                running: sink.is_running(),
+                queue_depth: counters.pending(),
+                queue_capacity: sink.queue_capacity(),
+                handled: counters.handled.load(Ordering::Relaxed),
+                failed: counters.failed.load(Ordering::Relaxed),
+                missed: counters.missed.load(Ordering::Relaxed),
+            };
+            (sink.name(), report)
+        })
+        .collect();
+    Json(StatsReport {
+        uptime_seconds: requests.uptime().as_secs(),
+        messages: state.stats.as_ref().map(|stats| stats.report()),
+        requests: RequestReport {
+            accepted: requests.accepted(),
+            rejected,
+            unknown_commands: requests.unknown_commands().into_iter().collect(),
+        },
+        sinks,
+    })
+}

@@ -1,0 +1,249 @@
+//! Typed settings, layered: built-in defaults (`config/default.toml`, compiled
+//! in) → an optional file → `OPENIM_CALLBACK__SECTION__KEY` environment
+//! variables. Loaded and validated once at start-up; a bad key stops the
+//! process with one line naming it.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The defaults, and the documentation of every key.
+pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of the environment variables that override settings.
+pub const ENV_PREFIX: &str = "OPENIM_CALLBACK";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub telemetry: TelemetrySettings,
+    pub sinks: SinksSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Path part of the webhook URL configured in OpenIM, without a trailing slash.
+    pub base_path: String,
+    /// Refuse callbacks that carry no operation id (else one is generated).
+    pub require_operation_id: bool,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Every request is answered within this time.
+    #[serde(with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Time allowed at shutdown to finish requests and drain sink queues.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Log line format.
+    pub format: LogFormat,
+    /// tracing filter for diagnostic events.
+    pub level: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksSettings {
+    pub log: LogSinkSettings,
+    pub stats: StatsSinkSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSinkSettings {
+    pub enabled: bool,
+    /// Messages that may wait for this sink.
+    pub queue_capacity: usize,
+    /// Write the message text into records.
+    pub include_content: bool,
+    /// Cut content longer than this many characters (0: no limit).
+    pub max_content_chars: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsSinkSettings {
+    pub enabled: bool,
+    /// Messages that may wait for this sink.
+    pub queue_capacity: usize,
+}
+
+/// A setting that stops start-up; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid settings: {0}")]
+pub struct SettingsError(String);
+
+/// Where the environment layer comes from: the process, or a map given by a test.
+pub enum EnvSource {
+    Process,
+    Map(HashMap<String, String>),
+}
+
+impl Settings {
+    /// The built-in defaults alone.
+    pub fn defaults() -> Self {
+        Self::load(None, EnvSource::Map(HashMap::new())).expect("the built-in defaults are valid")
+    }
+
+    /// Layers defaults, the optional file and the environment, then validates.
+    pub fn load(file: Option<&Path>, env: EnvSource) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULTS_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(SettingsError(format!(
+                    "config file {} not found",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let mut environment = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true);
+        if let EnvSource::Map(map) = env {
+            environment = environment.source(Some(map));
+        }
+        let layered = builder
+            .add_source(environment)
+            .build()
+            .map_err(|error| SettingsError(error.to_string()))?;
+        let settings: Settings = serde_path_to_error::deserialize(layered)
+            .map_err(|error| SettingsError(format!("{}: {}", error.path(), error.inner())))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot say.
+    fn validate(&self) -> Result<(), SettingsError> {
+        let fail = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
+        let base = &self.server.base_path;
+        if !base.starts_with('/') {
+            return fail("server.base_path", "must start with '/'");
+        }
+        if base.contains(['?', '#', '{', '}', '*']) || base.contains("//") {
+            return fail(
+                "server.base_path",
+                "must be a plain path (no '?', '#', '{', '}', '*' or '//')",
+            );
+        }
+        if self.server.max_body_bytes == 0 {
+            return fail("server.max_body_bytes", "must be at least 1");
+        }
+        if self.server.response_timeout.is_zero() {
+            return fail("server.response_timeout", "must be longer than 0s");
+        }
+        if self.sinks.log.queue_capacity == 0 {
+            return fail("sinks.log.queue_capacity", "must be at least 1");
+        }
+        if self.sinks.stats.queue_capacity == 0 {
+            return fail("sinks.stats.queue_capacity", "must be at least 1");
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.level) {
+            return fail("telemetry.level", &error.to_string());
+        }
+        Ok(())
+    }
+
+    /// The base path as routes use it: no trailing slash, "" for the root.
+    pub fn callback_base(&self) -> &str {
+        self.server.base_path.trim_end_matches('/')
+    }
+
+    /// The effective settings as TOML, loadable again with `--config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("settings serialize to TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> EnvSource {
+        EnvSource::Map(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_match_the_documented_file() {
+        let settings = Settings::defaults();
+        assert_eq!(settings.server.listen, "127.0.0.1:10006".parse().unwrap());
+        assert_eq!(settings.server.base_path, "/callbackExample");
+        assert_eq!(settings.server.response_timeout, Duration::from_secs(3));
+        assert_eq!(settings.server.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(settings.telemetry.format, LogFormat::Auto);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_with_typed_values() {
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("OPENIM_CALLBACK__SERVER__LISTEN", "0.0.0.0:9000"),
+                ("OPENIM_CALLBACK__SINKS__LOG__INCLUDE_CONTENT", "false"),
+                ("OPENIM_CALLBACK__SERVER__RESPONSE_TIMEOUT", "250ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.server.listen.port(), 9000);
+        assert!(!settings.sinks.log.include_content);
+        assert_eq!(settings.server.response_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn unknown_and_invalid_keys_are_named() {
+        let unknown =
+            Settings::load(None, env(&[("OPENIM_CALLBACK__SERVER__LISTN", "x")])).unwrap_err();
+        assert!(unknown.to_string().contains("listn"), "{unknown}");
+        let invalid = Settings::load(
+            None,
+            env(&[("OPENIM_CALLBACK__SERVER__MAX_BODY_BYTES", "lots")]),
+        )
+        .unwrap_err();
+        assert!(
+            invalid.to_string().contains("server.max_body_bytes"),
+            "{invalid}"
+        );
+        let base =
+            Settings::load(None, env(&[("OPENIM_CALLBACK__SERVER__BASE_PATH", "cb")])).unwrap_err();
+        assert!(base.to_string().contains("server.base_path"), "{base}");
+    }
+
+    #[test]
+    fn printed_settings_load_back_unchanged() {
+        let settings = Settings::defaults();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("printed.toml");
+        std::fs::write(&path, settings.to_toml()).unwrap();
+        assert_eq!(Settings::load(Some(&path), env(&[])).unwrap(), settings);
+    }
+}

@@ -1,0 +1,229 @@
+//! Sinks: where accepted messages go. Each sink runs on its own thread behind
+//! its own bounded queue, so a slow or stuck sink never slows another one and
+//! never blocks the request path; the request path only hands over an `Arc`.
+//!
+//! Adding a sink is a new file here with a type that implements [`Sink`], a
+//! section under `[sinks]` in the settings, and one line in
+//! [`SinkSet::from_settings`]. The HTTP handler does not change.
+
+pub mod log;
+pub mod stats;
+
+use crate::message::ReceivedMessage;
+use crate::settings::Settings;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub use self::log::LogSink;
+pub use self::stats::{StatsHandle, StatsSink};
+
+/// A destination for accepted messages.
+///
+/// `deliver` runs on the sink's own thread and may block: a sink that writes
+/// to a file or a socket does so directly. It is called once per message, in
+/// the order the messages were accepted.
+pub trait Sink: Send + 'static {
+    /// Stable short name, used in settings, logs, `/stats` and error answers.
+    fn name(&self) -> &'static str;
+
+    /// Takes one message. An error is logged with the message's operation id
+    /// and counted; the sink goes on with the next message.
+    fn deliver(&mut self, message: &ReceivedMessage) -> Result<(), SinkError>;
+
+    /// Called once when the queue is closed and drained, before the thread ends.
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Why a sink could not take a message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
+
+/// Counters a sink's worker and the request path keep about one sink.
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    /// Messages the sink took without error.
+    pub handled: AtomicU64,
+    /// Messages the sink returned an error for.
+    pub failed: AtomicU64,
+    /// Messages refused because this sink's queue stayed full until the deadline.
+    pub missed: AtomicU64,
+    /// Messages put in the queue.
+    pub queued: AtomicU64,
+}
+
+impl SinkCounters {
+    /// Messages queued and not yet taken (waiting, or being delivered now).
+    pub fn pending(&self) -> u64 {
+        let done = self.handled.load(Ordering::Acquire) + self.failed.load(Ordering::Acquire);
+        self.queued.load(Ordering::Acquire).saturating_sub(done)
+    }
+}
+
+/// The request path's side of a sink: cheap to clone, shared by every request.
+#[derive(Clone, Debug)]
+pub struct SinkHandle {
+    name: &'static str,
+    queue: mpsc::Sender<Arc<ReceivedMessage>>,
+    counters: Arc<SinkCounters>,
+    running: Arc<AtomicBool>,
+}
+
+impl SinkHandle {
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn counters(&self) -> &SinkCounters {
+        &self.counters
+    }
+
+    /// Whether the sink's worker thread is still taking messages.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    pub fn queue_capacity(&self) -> usize {
+        self.queue.max_capacity()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.queue.capacity() == 0
+    }
+}
+
+/// Why a message could not be queued for every sink.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HandOverError {
+    /// The sink's worker is gone (it stopped, or the receiver is shutting down).
+    SinkStopped(&'static str),
+}
+
+/// Queues `message` for every sink, or for none: a place in every queue is
+/// reserved first, so a message is never half delivered. Waits while a queue
+/// is full; the caller bounds the wait with its deadline.
+pub async fn hand_over(
+    sinks: &[SinkHandle],
+    message: Arc<ReceivedMessage>,
+) -> Result<(), HandOverError> {
+    let mut permits = Vec::with_capacity(sinks.len());
+    for sink in sinks {
+        let permit = sink
+            .queue
+            .reserve()
+            .await
+            .map_err(|_| HandOverError::SinkStopped(sink.name))?;
+        permits.push(permit);
+    }
+    for (sink, permit) in sinks.iter().zip(permits) {
+        sink.counters.queued.fetch_add(1, Ordering::Release);
+        permit.send(Arc::clone(&message));
+    }
+    Ok(())
+}
+
+/// The running sinks: handles for the request path, threads for shutdown.
+#[derive(Default)]
+pub struct SinkSet {
+    handles: Vec<SinkHandle>,
+    workers: Vec<(&'static str, std::thread::JoinHandle<()>)>,
+}
+
+impl SinkSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The sinks the settings enable. Log records go to stdout.
+    pub fn from_settings(settings: &Settings) -> std::io::Result<(Self, Option<StatsHandle>)> {
+        let mut set = SinkSet::new();
+        let log = &settings.sinks.log;
+        if log.enabled {
+            let records =
+                crate::telemetry::message_records(settings.telemetry.format, std::io::stdout);
+            set.spawn(LogSink::new(log, records), log.queue_capacity)?;
+        }
+        let mut stats_handle = None;
+        if settings.sinks.stats.enabled {
+            let sink = StatsSink::new();
+            stats_handle = Some(sink.handle());
+            set.spawn(sink, settings.sinks.stats.queue_capacity)?;
+        }
+        Ok((set, stats_handle))
+    }
+
+    /// Starts `sink` on its own thread behind a queue of `queue_capacity` messages.
+    pub fn spawn<S: Sink>(&mut self, mut sink: S, queue_capacity: usize) -> std::io::Result<()> {
+        let name = sink.name();
+        let (queue, mut receiver) = mpsc::channel::<Arc<ReceivedMessage>>(queue_capacity.max(1));
+        let counters = Arc::new(SinkCounters::default());
+        let running = Arc::new(AtomicBool::new(true));
+        let handle = SinkHandle {
+            name,
+            queue,
+            counters: Arc::clone(&counters),
+            running: Arc::clone(&running),
+        };
+        let thread = std::thread::Builder::new().name(format!("sink-{name}")).spawn(move || {
+            // Cleared however the loop ends, a panic included, so /readyz tells.
+            let _running = RunningFlag(running);
+            while let Some(message) = receiver.blocking_recv() {
+                match sink.deliver(&message) {
+                    Ok(()) => counters.handled.fetch_add(1, Ordering::Release),
+                    Err(error) => {
+                        tracing::error!(sink = name, operationID = %message.operation_id, %error,
+                            "sink could not take a message");
+                        counters.failed.fetch_add(1, Ordering::Release)
+                    }
+                };
+            }
+            if let Err(error) = sink.flush() {
+                tracing::error!(sink = name, %error, "sink could not flush at shutdown");
+            }
+        })?;
+        self.handles.push(handle);
+        self.workers.push((name, thread));
+        Ok(())
+    }
+
+    pub fn handles(&self) -> Arc<[SinkHandle]> {
+        self.handles.clone().into()
+    }
+
+    /// Closes the queues and waits until `deadline` for every worker to drain
+    /// its queue and flush. Every other handle must be gone by then (the
+    /// server stopped), or the queues stay open. Returns the sinks that did
+    /// not finish, with the number of messages each had not taken.
+    pub async fn drain(self, deadline: Instant) -> Vec<(&'static str, u64)> {
+        let SinkSet { handles, workers } = self;
+        let counters: Vec<Arc<SinkCounters>> =
+            handles.iter().map(|h| Arc::clone(&h.counters)).collect();
+        // Dropping our senders is what lets each worker's loop end once its queue is empty.
+        drop(handles);
+        let mut unfinished = Vec::new();
+        for ((name, thread), counters) in workers.into_iter().zip(counters) {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            match tokio::time::timeout_at(deadline, joined).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(_) => {
+                    tracing::error!(sink = name, "sink worker panicked while draining");
+                    unfinished.push((name, counters.pending()));
+                }
+                Err(_) => unfinished.push((name, counters.pending())),
+            }
+        }
+        unfinished
+    }
+}
+
+struct RunningFlag(Arc<AtomicBool>);
+
+impl Drop for RunningFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}

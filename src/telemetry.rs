@@ -1,0 +1,85 @@
+//! Logging: diagnostics of the receiver itself, and the subscriber that
+//! formats the log sink's message records.
+//!
+//! The two are kept apart on purpose. Diagnostics are written from the request
+//! path, so they go through a non-blocking writer: a stalled stdout must never
+//! stall a request. Message records must never be dropped, so the log sink
+//! formats them on its own thread with a writer that blocks; a stalled stdout
+//! then only fills that sink's queue, which the request path sees and reports.
+
+use crate::settings::{LogFormat, TelemetrySettings};
+use std::io::IsTerminal;
+use tracing::Dispatch;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry, fmt};
+
+/// The tracing target of the log sink's message records.
+pub const MESSAGE_TARGET: &str = "message";
+
+/// Keeps the diagnostics writer alive; dropping it flushes what is buffered.
+pub struct TelemetryGuard {
+    _diagnostics: WorkerGuard,
+}
+
+/// `auto` decided: pretty on a terminal, JSON for everything else.
+pub fn resolve_format(format: LogFormat) -> LogFormat {
+    match format {
+        LogFormat::Auto if std::io::stdout().is_terminal() => LogFormat::Pretty,
+        LogFormat::Auto => LogFormat::Json,
+        chosen => chosen,
+    }
+}
+
+/// Installs the process-wide subscriber for diagnostics on stdout.
+pub fn init(settings: &TelemetrySettings) -> TelemetryGuard {
+    let format = resolve_format(settings.format);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("log-diagnostics")
+        .finish(std::io::stdout());
+    // Validated at start-up, so the filter parses.
+    let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Records are the log sink's business; a stray one here would be a duplicate.
+    let not_records = filter_fn(|metadata| metadata.target() != MESSAGE_TARGET);
+    let layer = formatting_layer(format, writer)
+        .with_filter(not_records)
+        .with_filter(filter);
+    Registry::default().with(layer).init();
+    TelemetryGuard {
+        _diagnostics: guard,
+    }
+}
+
+/// A dispatcher that formats message records into `writer`, whatever the
+/// diagnostics filter says: records are output, not diagnostics.
+pub fn message_records<W>(format: LogFormat, writer: W) -> Dispatch
+where
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
+    let only_records = filter_fn(|metadata| metadata.target() == MESSAGE_TARGET);
+    let layer = formatting_layer(resolve_format(format), writer).with_filter(only_records);
+    Dispatch::new(Registry::default().with(layer))
+}
+
+fn formatting_layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>
+where
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Pretty | LogFormat::Auto => fmt::layer()
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_writer(writer)
+            .boxed(),
+    }
+}
