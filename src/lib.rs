@@ -44,7 +44,8 @@ impl ShutdownReport {
 impl Receiver {
     /// The receiver the settings describe: log records to stdout, stats in memory.
     pub fn from_settings(settings: Settings) -> std::io::Result<Self> {
-        let (sinks, stats) = SinkSet::from_settings(&settings)?;
+        let records = telemetry::message_records(settings.telemetry.format, std::io::stdout);
+        let (sinks, stats) = SinkSet::from_settings(&settings, records)?;
         Ok(Self::with_sinks(settings, sinks, stats))
     }
 

@@ -72,6 +72,8 @@ async fn serve(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The bound address, not the configured one: port 0 picks a free port.
+    let listen = listener.local_addr().unwrap_or(listen);
     let base = settings.callback_base().to_owned();
     let receiver = match Receiver::from_settings(settings) {
         Ok(receiver) => receiver,

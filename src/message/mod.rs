@@ -105,6 +105,14 @@ impl std::error::Error for PacketError {}
 impl AfterSendSingleMsg {
     /// Parses and validates a callback body.
     pub fn from_json(body: &[u8]) -> Result<Self, PacketError> {
+        // serde's derived structs also accept a JSON array of the fields in
+        // order; a packet is an object, so an array is refused up front.
+        if body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(PacketError::Json {
+                path: String::new(),
+                reason: "invalid type: array, expected a JSON object".to_owned(),
+            });
+        }
         let mut deserializer = serde_json::Deserializer::from_slice(body);
         let packet: Self =
             serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Dispatch;
 
 pub use self::log::LogSink;
 pub use self::stats::{StatsHandle, StatsSink};
@@ -138,13 +139,15 @@ impl SinkSet {
         Self::default()
     }
 
-    /// The sinks the settings enable. Log records go to stdout.
-    pub fn from_settings(settings: &Settings) -> std::io::Result<(Self, Option<StatsHandle>)> {
+    /// The sinks the settings enable; the log sink writes its records
+    /// through `records` (see `telemetry::message_records`).
+    pub fn from_settings(
+        settings: &Settings,
+        records: Dispatch,
+    ) -> std::io::Result<(Self, Option<StatsHandle>)> {
         let mut set = SinkSet::new();
         let log = &settings.sinks.log;
         if log.enabled {
-            let records =
-                crate::telemetry::message_records(settings.telemetry.format, std::io::stdout);
             set.spawn(LogSink::new(log, records), log.queue_capacity)?;
         }
         let mut stats_handle = None;

@@ -1,0 +1,356 @@
+//! Every refusal: its status, its errCode, the envelope, and the field it names.
+
+use crate::helpers::{Answer, COMMAND_PATH, TestReceiver, packet, raw_request, settings};
+use reqwest::Method;
+
+/// One bad request and what the receiver must answer.
+struct Case {
+    what: &'static str,
+    method: Method,
+    path: &'static str,
+    content_type: Option<&'static str>,
+    operation_id: Option<&'static str>,
+    body: String,
+    status: u16,
+    err_code: i64,
+    /// Text the errMsg or errDlt must contain (the field, the command, …).
+    mentions: &'static str,
+}
+
+fn case(
+    what: &'static str,
+    body: impl Into<String>,
+    status: u16,
+    err_code: i64,
+    mentions: &'static str,
+) -> Case {
+    Case {
+        what,
+        method: Method::POST,
+        path: COMMAND_PATH,
+        content_type: Some("application/json"),
+        operation_id: Some("op-bad"),
+        body: body.into(),
+        status,
+        err_code,
+        mentions,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let valid = packet("a", "b", 101).to_string();
+    let with = |key: &str, value: serde_json::Value| {
+        let mut body = packet("a", "b", 101);
+        body[key] = value;
+        body.to_string()
+    };
+    vec![
+        case(
+            "seq of the wrong type",
+            with("seq", "x".into()),
+            400,
+            4006,
+            r#"seq: invalid type: string "x", expected u32"#,
+        ),
+        case("negative seq", with("seq", (-1).into()), 400, 4006, "seq"),
+        case(
+            "contentType over int32",
+            with("contentType", 3_000_000_000_i64.into()),
+            400,
+            4006,
+            "contentType",
+        ),
+        case(
+            "createTime as a float",
+            with("createTime", 1.5.into()),
+            400,
+            4006,
+            "createTime",
+        ),
+        case(
+            "atUserList element of the wrong type",
+            with("atUserList", serde_json::json!(["u", 7])),
+            400,
+            4006,
+            "atUserList[1]",
+        ),
+        case(
+            "sendID of the wrong type",
+            with("sendID", 42.into()),
+            400,
+            4006,
+            "sendID",
+        ),
+        case(
+            "missing contentType",
+            r#"{"sendID":"a","recvID":"b"}"#,
+            400,
+            4006,
+            "contentType",
+        ),
+        case(
+            "missing recvID",
+            r#"{"sendID":"a","contentType":101}"#,
+            400,
+            4006,
+            "recvID",
+        ),
+        case(
+            "null contentType",
+            r#"{"sendID":"a","recvID":"b","contentType":null}"#,
+            400,
+            4006,
+            "contentType",
+        ),
+        case(
+            "empty sendID",
+            with("sendID", "".into()),
+            400,
+            4007,
+            "sendID",
+        ),
+        case(
+            "empty recvID",
+            with("recvID", "".into()),
+            400,
+            4007,
+            "recvID",
+        ),
+        case(
+            "truncated JSON",
+            &valid[..valid.len() / 2],
+            400,
+            4006,
+            "EOF",
+        ),
+        case("not JSON", "hello", 400, 4006, "expected value"),
+        case("an array", "[1,2]", 400, 4006, "expected a JSON object"),
+        case(
+            "an array shaped like the struct",
+            r#"["a","cmd","s","c","o",1,"n",1,100,101,1,0,0,"c",0,null,"f","e","b"]"#,
+            400,
+            4006,
+            "expected a JSON object",
+        ),
+        case("a scalar", "42", 400, 4006, "expected struct"),
+        case("null", "null", 400, 4006, "expected struct"),
+        case("empty body", "", 400, 4006, "EOF"),
+        case(
+            "duplicated key",
+            r#"{"sendID":"a","sendID":"b","recvID":"b","contentType":1}"#,
+            400,
+            4006,
+            "duplicate field `sendID`",
+        ),
+        case(
+            "lone surrogate",
+            r#"{"sendID":"\ud800","recvID":"b","contentType":1}"#,
+            400,
+            4006,
+            "sendID: unexpected end of hex escape",
+        ),
+        case(
+            "another command in the body",
+            with("callbackCommand", "callbackAfterSendGroupMsgCommand".into()),
+            400,
+            4001,
+            "callbackAfterSendGroupMsgCommand",
+        ),
+        Case {
+            path: "/callbackExample/callbackBeforeSendSingleMsgCommand",
+            ..case(
+                "another command in the path",
+                valid.clone(),
+                400,
+                4001,
+                "callbackBeforeSendSingleMsgCommand",
+            )
+        },
+        Case {
+            path: "/callbackExample?command=callbackAfterSendGroupMsgCommand",
+            ..case(
+                "another command in the query",
+                valid.clone(),
+                400,
+                4001,
+                "callbackAfterSendGroupMsgCommand",
+            )
+        },
+        Case {
+            path: "/callbackExample/callbackAfterSendSingleMsgCommand?command=callbackBeforeSendSingleMsgCommand",
+            ..case(
+                "path and query disagree",
+                valid.clone(),
+                400,
+                4001,
+                "callbackBeforeSendSingleMsgCommand",
+            )
+        },
+        Case {
+            path: "/callbackExample",
+            ..case(
+                "no command at all",
+                valid.clone(),
+                400,
+                4002,
+                "missing command",
+            )
+        },
+        Case {
+            path: "/callbackExample?command=callbackAfterSendSingleMsgCommand&contenttype=xml",
+            ..case(
+                "contenttype other than json",
+                valid.clone(),
+                400,
+                4003,
+                "xml",
+            )
+        },
+        Case {
+            operation_id: None,
+            ..case(
+                "no operation id anywhere",
+                valid.clone(),
+                400,
+                4004,
+                "operationID",
+            )
+        },
+        Case {
+            content_type: Some("text/plain"),
+            ..case("text content type", valid.clone(), 415, 4150, "text/plain")
+        },
+        Case {
+            content_type: Some("application/x-www-form-urlencoded"),
+            ..case(
+                "form content type",
+                valid.clone(),
+                415,
+                4150,
+                "application/x-www-form-urlencoded",
+            )
+        },
+        Case {
+            path: "/somewhere/else",
+            ..case("unknown path", valid.clone(), 404, 4040, "/somewhere/else")
+        },
+        Case {
+            path: "/callbackExample/a/b",
+            ..case(
+                "too deep a path",
+                valid.clone(),
+                404,
+                4040,
+                "/callbackExample/a/b",
+            )
+        },
+        Case {
+            method: Method::GET,
+            body: String::new(),
+            ..case("GET on the callback", "", 405, 4050, "GET")
+        },
+        Case {
+            method: Method::PUT,
+            ..case("PUT on the callback", valid.clone(), 405, 4050, "PUT")
+        },
+        Case {
+            path: "/healthz",
+            ..case("POST on a probe", valid.clone(), 405, 4050, "POST")
+        },
+    ]
+}
+
+async fn send(receiver: &TestReceiver, case: &Case) -> Answer {
+    let mut request = receiver
+        .client
+        .request(case.method.clone(), receiver.url(case.path));
+    if let Some(content_type) = case.content_type {
+        request = request.header("Content-Type", content_type);
+    }
+    if let Some(operation_id) = case.operation_id {
+        request = request.header("operationID", operation_id);
+    }
+    Answer::read(request.body(case.body.clone()).send().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn every_bad_request_gets_its_status_code_and_a_pointer_to_the_cause() {
+    let receiver = TestReceiver::start().await;
+    let cases = cases();
+    for case in &cases {
+        let answer = send(&receiver, case).await;
+        assert_eq!(
+            (answer.status, answer.err_code()),
+            (case.status, case.err_code),
+            "{}: {:?}",
+            case.what,
+            answer.body
+        );
+        answer.assert_rejected(case.status, case.err_code);
+        let said = format!(
+            "{} | {}",
+            answer.body["errMsg"],
+            answer.body["errDlt"].as_str().unwrap()
+        );
+        assert!(
+            said.contains(case.mentions),
+            "{}: {said} does not mention {:?}",
+            case.what,
+            case.mentions
+        );
+    }
+    // Nothing refused reached a sink, every refusal was counted, and the server is fine.
+    let stats = receiver.get_json("/stats").await;
+    assert_eq!(stats["messages"]["total"], 0);
+    let rejected: u64 = stats["requests"]["rejected"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(rejected, cases.len() as u64);
+    assert_eq!(stats["requests"]["rejected"]["invalid_json"], 18);
+    assert_eq!(
+        stats["requests"]["unknown_commands"]["callbackBeforeSendSingleMsgCommand"],
+        2
+    );
+    receiver
+        .post_packet("op-good", &packet("a", "b", 101))
+        .await
+        .assert_accepted();
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_whether_declared_or_streamed() {
+    let receiver =
+        TestReceiver::start_with(settings(&[("SERVER__MAX_BODY_BYTES", "1024")]), |_| {}).await;
+    let mut just_fits = packet("a", "b", 101);
+    just_fits["content"] = "".into();
+    let padding = 1024 - just_fits.to_string().len();
+    just_fits["content"] = "x".repeat(padding).into();
+    assert_eq!(just_fits.to_string().len(), 1024);
+    receiver
+        .post_packet("op", &just_fits)
+        .await
+        .assert_accepted();
+
+    let mut too_big = just_fits.clone();
+    too_big["content"] = "x".repeat(padding + 1).into();
+    receiver
+        .post_packet("op", &too_big)
+        .await
+        .assert_rejected(413, 4130);
+
+    // Chunked: no Content-Length, so the limit is enforced while reading.
+    let body = too_big.to_string();
+    let (first, second) = body.split_at(600);
+    let request = format!(
+        "POST {COMMAND_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\noperationID: op\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+        first.len(),
+        second.len()
+    );
+    let answer = raw_request(receiver.address, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains(r#""errCode":4130"#), "{answer}");
+}

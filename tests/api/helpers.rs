@@ -1,0 +1,280 @@
+//! One place for the test harness: a receiver on an ephemeral port with its
+//! log records captured, sample packets, and small sinks that misbehave on purpose.
+
+use openim_callback_receiver::message::ReceivedMessage;
+use openim_callback_receiver::settings::{EnvSource, LogFormat, Settings};
+use openim_callback_receiver::sinks::{Sink, SinkError, SinkSet};
+use openim_callback_receiver::{Receiver, ShutdownReport, telemetry};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing_subscriber::fmt::MakeWriter;
+
+pub const COMMAND_PATH: &str = "/callbackExample/callbackAfterSendSingleMsgCommand";
+
+/// A sample packet from `samples/`, as the README's curl lines post it.
+pub fn sample(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// A minimal valid packet for `send` → `recv`.
+pub fn packet(send: &str, recv: &str, content_type: i32) -> Value {
+    serde_json::json!({
+        "sendID": send, "recvID": recv, "contentType": content_type,
+        "serverMsgID": format!("srv-{send}-{recv}-{content_type}"), "operationID": "",
+        "atUserList": null, "createTime": 1732675200123_i64, "content": "{\"content\":\"hi\"}",
+    })
+}
+
+/// Settings as the built-in defaults, with environment-style overrides.
+pub fn settings(overrides: &[(&str, &str)]) -> Settings {
+    let env = overrides
+        .iter()
+        .map(|(key, value)| (format!("OPENIM_CALLBACK__{key}"), value.to_string()))
+        .collect::<HashMap<_, _>>();
+    Settings::load(None, EnvSource::Map(env)).expect("test settings are valid")
+}
+
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+pub struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+pub struct CapturedLogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CapturedLogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLogWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        CapturedLogWriter(Arc::clone(&self.0))
+    }
+}
+
+impl CapturedLog {
+    /// Every JSON line written so far.
+    pub fn records(&self) -> Vec<Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until at least `count` records are written, and returns them.
+    pub async fn wait_for(&self, count: usize) -> Vec<Value> {
+        for _ in 0..500 {
+            let records = self.records();
+            if records.len() >= count {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "expected {count} log records, have {}",
+            self.records().len()
+        );
+    }
+}
+
+/// A receiver serving on 127.0.0.1:0, with its log records captured as JSON.
+pub struct TestReceiver {
+    pub address: SocketAddr,
+    pub client: reqwest::Client,
+    pub log: CapturedLog,
+    stop: Option<oneshot::Sender<()>>,
+    running: JoinHandle<std::io::Result<ShutdownReport>>,
+}
+
+impl TestReceiver {
+    pub async fn start() -> Self {
+        Self::start_with(settings(&[]), |_| {}).await
+    }
+
+    /// Starts with `settings`'s sinks, plus any `add_sinks` adds after them.
+    pub async fn start_with(settings: Settings, add_sinks: impl FnOnce(&mut SinkSet)) -> Self {
+        let log = CapturedLog::default();
+        let records = telemetry::message_records(LogFormat::Json, log.clone());
+        let (mut sinks, stats) = SinkSet::from_settings(&settings, records).unwrap();
+        add_sinks(&mut sinks);
+        let receiver = Receiver::with_sinks(settings, sinks, stats);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(receiver.run(listener, async {
+            let _ = stopped.await;
+        }));
+        TestReceiver {
+            address,
+            client: reqwest::Client::new(),
+            log,
+            stop: Some(stop),
+            running,
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.address)
+    }
+
+    /// POSTs `body` as OpenIM does: JSON content type and an operationID header.
+    pub async fn post(
+        &self,
+        path_and_query: &str,
+        operation_id: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Answer {
+        let response = self
+            .client
+            .post(self.url(path_and_query))
+            .header("Content-Type", "application/json; charset=utf-8")
+            .header("operationID", operation_id)
+            .body(body)
+            .send()
+            .await
+            .expect("the receiver answers");
+        Answer::read(response).await
+    }
+
+    pub async fn post_packet(&self, operation_id: &str, packet: &Value) -> Answer {
+        self.post(COMMAND_PATH, operation_id, packet.to_string())
+            .await
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
+    /// `/stats` once the stats sink has counted `total` messages.
+    pub async fn stats_after(&self, total: u64) -> Value {
+        for _ in 0..500 {
+            let stats = self.get_json("/stats").await;
+            if stats["messages"]["total"].as_u64() >= Some(total) {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("stats never reached {total} messages");
+    }
+
+    /// Signals shutdown and waits for the receiver to finish draining.
+    pub async fn stop(mut self) -> ShutdownReport {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.running.await.unwrap().unwrap()
+    }
+}
+
+/// An answer: status and the parsed envelope.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    pub async fn read(response: reqwest::Response) -> Self {
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+        Answer { status, body }
+    }
+
+    pub fn err_code(&self) -> i64 {
+        self.body["errCode"].as_i64().unwrap()
+    }
+
+    /// Asserts the success envelope, all five keys zero or empty.
+    pub fn assert_accepted(&self) {
+        assert_eq!(self.status, 200, "{:?}", self.body);
+        assert_eq!(
+            self.body,
+            serde_json::json!({"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0})
+        );
+    }
+
+    /// Asserts an error envelope with all five keys, the status and errCode.
+    pub fn assert_rejected(&self, status: u16, err_code: i64) {
+        assert_eq!(
+            (self.status, self.err_code()),
+            (status, err_code),
+            "{:?}",
+            self.body
+        );
+        assert_eq!(self.body["actionCode"], 1);
+        assert_eq!(self.body["nextCode"], 0);
+        assert!(
+            self.body["errMsg"]
+                .as_str()
+                .is_some_and(|msg| !msg.is_empty() && !msg.contains('\n'))
+        );
+        assert!(self.body["errDlt"].is_string());
+    }
+}
+
+/// A sink that blocks on each message until released: a stuck downstream.
+pub struct StuckSink {
+    pub entered: std::sync::mpsc::Sender<()>,
+    pub release: std::sync::mpsc::Receiver<()>,
+}
+
+impl Sink for StuckSink {
+    fn name(&self) -> &'static str {
+        "stuck"
+    }
+    fn deliver(&mut self, _message: &ReceivedMessage) -> Result<(), SinkError> {
+        let _ = self.entered.send(());
+        let _ = self.release.recv();
+        Ok(())
+    }
+}
+
+/// A sink that takes `delay` per message and remembers each serverMsgID.
+pub struct SlowRecordingSink {
+    pub delay: Duration,
+    pub seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Sink for SlowRecordingSink {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+    fn deliver(&mut self, message: &ReceivedMessage) -> Result<(), SinkError> {
+        std::thread::sleep(self.delay);
+        self.seen
+            .lock()
+            .unwrap()
+            .push(message.packet.server_msg_id.clone());
+        Ok(())
+    }
+}
+
+/// Sends raw bytes on a new connection and returns everything the server answers.
+pub async fn raw_request(address: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the receiver over real HTTP, and the built binary as a process.
+
+mod binary;
+mod callback;
+mod deadline;
+mod errors;
+mod helpers;
+mod log_records;
+mod settings_layers;
+mod shutdown;
+mod stats;
