@@ -100,16 +100,9 @@ impl Receiver {
         // close once the last message is taken.
         let undrained = sinks.drain(deadline).await;
         for (sink, left) in &undrained {
-            tracing::error!(
-                sink,
-                messages = left,
-                "sink did not drain by the shutdown deadline"
-            );
+            tracing::error!(sink, messages = left, "sink did not drain by the shutdown deadline");
         }
-        Ok(ShutdownReport {
-            requests_finished,
-            undrained,
-        })
+        Ok(ShutdownReport { requests_finished, undrained })
     }
 }
 

@@ -108,16 +108,11 @@ impl Settings {
 
     /// Layers defaults, the optional file and the environment, then validates.
     pub fn load(file: Option<&Path>, env: EnvSource) -> Result<Self, SettingsError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULTS_TOML,
-            config::FileFormat::Toml,
-        ));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS_TOML, config::FileFormat::Toml));
         if let Some(path) = file {
             if !path.is_file() {
-                return Err(SettingsError(format!(
-                    "config file {} not found",
-                    path.display()
-                )));
+                return Err(SettingsError(format!("config file {} not found", path.display())));
             }
             builder = builder.add_source(config::File::from(path).required(true));
         }
@@ -128,10 +123,8 @@ impl Settings {
         if let EnvSource::Map(map) = env {
             environment = environment.source(Some(map));
         }
-        let layered = builder
-            .add_source(environment)
-            .build()
-            .map_err(|error| SettingsError(error.to_string()))?;
+        let layered =
+            builder.add_source(environment).build().map_err(|error| SettingsError(error.to_string()))?;
         let settings: Settings = serde_path_to_error::deserialize(layered)
             .map_err(|error| SettingsError(format!("{}: {}", error.path(), error.inner())))?;
         settings.validate()?;
@@ -146,10 +139,7 @@ impl Settings {
             return fail("server.base_path", "must start with '/'");
         }
         if base.contains(['?', '#', '{', '}', '*']) || base.contains("//") {
-            return fail(
-                "server.base_path",
-                "must be a plain path (no '?', '#', '{', '}', '*' or '//')",
-            );
+            return fail("server.base_path", "must be a plain path (no '?', '#', '{', '}', '*' or '//')");
         }
         if self.server.max_body_bytes == 0 {
             return fail("server.max_body_bytes", "must be at least 1");
@@ -185,12 +175,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> EnvSource {
-        EnvSource::Map(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        EnvSource::Map(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
     }
 
     #[test]
@@ -221,20 +206,12 @@ mod tests {
 
     #[test]
     fn unknown_and_invalid_keys_are_named() {
-        let unknown =
-            Settings::load(None, env(&[("OPENIM_CALLBACK__SERVER__LISTN", "x")])).unwrap_err();
+        let unknown = Settings::load(None, env(&[("OPENIM_CALLBACK__SERVER__LISTN", "x")])).unwrap_err();
         assert!(unknown.to_string().contains("listn"), "{unknown}");
-        let invalid = Settings::load(
-            None,
-            env(&[("OPENIM_CALLBACK__SERVER__MAX_BODY_BYTES", "lots")]),
-        )
-        .unwrap_err();
-        assert!(
-            invalid.to_string().contains("server.max_body_bytes"),
-            "{invalid}"
-        );
-        let base =
-            Settings::load(None, env(&[("OPENIM_CALLBACK__SERVER__BASE_PATH", "cb")])).unwrap_err();
+        let invalid =
+            Settings::load(None, env(&[("OPENIM_CALLBACK__SERVER__MAX_BODY_BYTES", "lots")])).unwrap_err();
+        assert!(invalid.to_string().contains("server.max_body_bytes"), "{invalid}");
+        let base = Settings::load(None, env(&[("OPENIM_CALLBACK__SERVER__BASE_PATH", "cb")])).unwrap_err();
         assert!(base.to_string().contains("server.base_path"), "{base}");
     }
 

@@ -45,13 +45,9 @@ pub fn init(settings: &TelemetrySettings) -> TelemetryGuard {
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
     // Records are the log sink's business; a stray one here would be a duplicate.
     let not_records = filter_fn(|metadata| metadata.target() != MESSAGE_TARGET);
-    let layer = formatting_layer(format, writer)
-        .with_filter(not_records)
-        .with_filter(filter);
+    let layer = formatting_layer(format, writer).with_filter(not_records).with_filter(filter);
     Registry::default().with(layer).init();
-    TelemetryGuard {
-        _diagnostics: guard,
-    }
+    TelemetryGuard { _diagnostics: guard }
 }
 
 /// A dispatcher that formats message records into `writer`, whatever the
@@ -77,9 +73,8 @@ where
             .with_span_list(false)
             .with_writer(writer)
             .boxed(),
-        LogFormat::Pretty | LogFormat::Auto => fmt::layer()
-            .with_ansi(std::io::stdout().is_terminal())
-            .with_writer(writer)
-            .boxed(),
+        LogFormat::Pretty | LogFormat::Auto => {
+            fmt::layer().with_ansi(std::io::stdout().is_terminal()).with_writer(writer).boxed()
+        }
     }
 }

@@ -4,9 +4,7 @@
 use super::AppState;
 use super::error::{self, ApiError};
 use super::extract::{AfterSendSingleMsgCommand, JsonContentType, OperationIdHeader};
-use crate::message::{
-    AFTER_SEND_SINGLE_MSG_COMMAND, AfterSendSingleMsg, OperationId, ReceivedMessage,
-};
+use crate::message::{AFTER_SEND_SINGLE_MSG_COMMAND, AfterSendSingleMsg, OperationId, ReceivedMessage};
 use crate::sinks::{self, HandOverError};
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -44,9 +42,7 @@ pub async fn receive(
             tracing::warn!(sinks = ?full, "message refused: sink queues full until the deadline");
             Err(ApiError::SinkQueueFull { sinks: full })
         }
-        Err(_elapsed) => Err(ApiError::DeadlineExceeded {
-            deadline_ms: deadline.as_millis(),
-        }),
+        Err(_elapsed) => Err(ApiError::DeadlineExceeded { deadline_ms: deadline.as_millis() }),
     }
 }
 
@@ -59,30 +55,17 @@ async fn accept(
     let limit = state.settings.server.max_body_bytes;
     let raw = read_body(request, limit).await?;
     let packet = AfterSendSingleMsg::from_json(&raw).map_err(ApiError::InvalidPacket)?;
-    if !packet.callback_command.is_empty()
-        && packet.callback_command != AFTER_SEND_SINGLE_MSG_COMMAND
-    {
+    if !packet.callback_command.is_empty() && packet.callback_command != AFTER_SEND_SINGLE_MSG_COMMAND {
         return Err(state.unknown_command(&packet.callback_command, "body's callbackCommand"));
     }
-    let operation_id = choose_operation_id(
-        header_id,
-        &packet,
-        state.settings.server.require_operation_id,
-    )?;
+    let operation_id = choose_operation_id(header_id, &packet, state.settings.server.require_operation_id)?;
     tracing::Span::current().record("operationID", operation_id.value.as_str());
-    let message = Arc::new(ReceivedMessage {
-        packet,
-        raw,
-        operation_id,
-        received_at: SystemTime::now(),
-    });
+    let message = Arc::new(ReceivedMessage { packet, raw, operation_id, received_at: SystemTime::now() });
     handing_over.store(true, Ordering::Release);
-    sinks::hand_over(&state.sinks, message)
-        .await
-        .map_err(|HandOverError::SinkStopped(sink)| {
-            tracing::error!(sink, "message refused: sink is not running");
-            ApiError::SinkStopped { sink }
-        })
+    sinks::hand_over(&state.sinks, message).await.map_err(|HandOverError::SinkStopped(sink)| {
+        tracing::error!(sink, "message refused: sink is not running");
+        ApiError::SinkStopped { sink }
+    })
 }
 
 /// The whole body, refused early when Content-Length already says it is too big.
@@ -99,9 +82,7 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge { limit }),
-        Err(error) => Err(ApiError::UnreadableBody {
-            detail: error.to_string(),
-        }),
+        Err(error) => Err(ApiError::UnreadableBody { detail: error.to_string() }),
     }
 }
 
@@ -113,10 +94,7 @@ fn choose_operation_id(
 ) -> Result<OperationId, ApiError> {
     let from_body = || (!packet.operation_id.is_empty()).then(|| packet.operation_id.clone());
     match header_id.or_else(from_body) {
-        Some(value) => Ok(OperationId {
-            value,
-            generated: false,
-        }),
+        Some(value) => Ok(OperationId { value, generated: false }),
         None if required => Err(ApiError::MissingOperationId),
         None => Ok(OperationId::generate()),
     }

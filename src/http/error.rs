@@ -21,8 +21,7 @@ pub struct Envelope {
 }
 
 /// The success envelope, serialized once.
-pub const SUCCESS_BODY: &str =
-    r#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}"#;
+pub const SUCCESS_BODY: &str = r#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}"#;
 
 /// What became of a request, left in the response's extensions for the
 /// request counters (see `http::count_outcomes`).
@@ -129,13 +128,8 @@ impl Rejection {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 400: the URL, query or body names another webhook command.
-    #[error(
-        "unknown command {command:?}: this receiver handles only {AFTER_SEND_SINGLE_MSG_COMMAND}"
-    )]
-    UnknownCommand {
-        command: String,
-        source_of: &'static str,
-    },
+    #[error("unknown command {command:?}: this receiver handles only {AFTER_SEND_SINGLE_MSG_COMMAND}")]
+    UnknownCommand { command: String, source_of: &'static str },
     /// 400: neither the path nor `?command=` names a command.
     #[error(
         "missing command: post to {{base}}/{AFTER_SEND_SINGLE_MSG_COMMAND} or {{base}}?command={AFTER_SEND_SINGLE_MSG_COMMAND}"
@@ -235,9 +229,7 @@ impl IntoResponse for ApiError {
         };
         let body = serde_json::to_string(&envelope).expect("the envelope serializes");
         let mut response = (rejection.status(), json_headers(), body).into_response();
-        response
-            .extensions_mut()
-            .insert(Outcome::Rejected(rejection));
+        response.extensions_mut().insert(Outcome::Rejected(rejection));
         response
     }
 }
@@ -250,10 +242,7 @@ pub fn success() -> Response {
 }
 
 fn json_headers() -> [(header::HeaderName, HeaderValue); 1] {
-    [(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    )]
+    [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))]
 }
 
 #[cfg(test)]
@@ -262,10 +251,8 @@ mod tests {
 
     #[test]
     fn every_rejection_has_its_own_code_and_name() {
-        let codes: std::collections::HashSet<_> =
-            Rejection::ALL.iter().map(|r| r.err_code()).collect();
-        let names: std::collections::HashSet<_> =
-            Rejection::ALL.iter().map(|r| r.as_str()).collect();
+        let codes: std::collections::HashSet<_> = Rejection::ALL.iter().map(|r| r.err_code()).collect();
+        let names: std::collections::HashSet<_> = Rejection::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(codes.len(), Rejection::ALL.len());
         assert_eq!(names.len(), Rejection::ALL.len());
         for (index, rejection) in Rejection::ALL.iter().enumerate() {

@@ -22,26 +22,21 @@ impl FromRequestParts<AppState> for AfterSendSingleMsgCommand {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let mut query_names_command = false;
         // form_urlencoded never fails: junk percent-encoding decodes leniently.
-        for (key, value) in form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
-        {
+        for (key, value) in form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()) {
             match &*key {
                 "command" if value == AFTER_SEND_SINGLE_MSG_COMMAND => query_names_command = true,
                 "command" => return Err(state.unknown_command(&value, "query")),
                 "contenttype" if !value.eq_ignore_ascii_case("json") => {
-                    return Err(ApiError::UnsupportedContentTypeParam {
-                        value: value.into_owned(),
-                    });
+                    return Err(ApiError::UnsupportedContentTypeParam { value: value.into_owned() });
                 }
                 _ => {}
             }
         }
         let params = RawPathParams::from_request_parts(parts, state).await;
-        let path_command = params.as_ref().ok().and_then(|params| {
-            params
-                .iter()
-                .find(|(name, _)| *name == "command")
-                .map(|(_, value)| value)
-        });
+        let path_command = params
+            .as_ref()
+            .ok()
+            .and_then(|params| params.iter().find(|(name, _)| *name == "command").map(|(_, value)| value));
         match path_command {
             Some(AFTER_SEND_SINGLE_MSG_COMMAND) => Ok(AfterSendSingleMsgCommand),
             Some(other) => Err(state.unknown_command(other, "path")),
@@ -65,12 +60,9 @@ impl<S: Send + Sync> FromRequestParts<S> for OperationIdHeader {
         let Some(value) = parts.headers.get("operationid") else {
             return Ok(OperationIdHeader(None));
         };
-        let value = std::str::from_utf8(value.as_bytes())
-            .map_err(|_| ApiError::InvalidOperationIdHeader)?;
+        let value = std::str::from_utf8(value.as_bytes()).map_err(|_| ApiError::InvalidOperationIdHeader)?;
         let value = value.trim();
-        Ok(OperationIdHeader(
-            (!value.is_empty()).then(|| value.to_owned()),
-        ))
+        Ok(OperationIdHeader((!value.is_empty()).then(|| value.to_owned())))
     }
 }
 
@@ -93,12 +85,7 @@ impl<S: Send + Sync> FromRequestParts<S> for JsonContentType {
         let essence = text.split(';').next().unwrap_or_default().trim();
         let (kind, subtype) = essence.split_once('/').ok_or_else(unsupported)?;
         let is_json = kind.eq_ignore_ascii_case("application")
-            && (subtype.eq_ignore_ascii_case("json")
-                || subtype.to_ascii_lowercase().ends_with("+json"));
-        if is_json {
-            Ok(JsonContentType)
-        } else {
-            Err(unsupported())
-        }
+            && (subtype.eq_ignore_ascii_case("json") || subtype.to_ascii_lowercase().ends_with("+json"));
+        if is_json { Ok(JsonContentType) } else { Err(unsupported()) }
     }
 }

@@ -31,17 +31,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
-        settings: Arc<Settings>,
-        sinks: Arc<[SinkHandle]>,
-        stats: Option<StatsHandle>,
-    ) -> Self {
-        AppState {
-            settings,
-            sinks,
-            stats,
-            requests: Arc::new(RequestCounters::new()),
-        }
+    pub fn new(settings: Arc<Settings>, sinks: Arc<[SinkHandle]>, stats: Option<StatsHandle>) -> Self {
+        AppState { settings, sinks, stats, requests: Arc::new(RequestCounters::new()) }
     }
 
     /// The refusal for another webhook's command. OpenIM sends every enabled
@@ -55,10 +46,7 @@ impl AppState {
                  disable it in OpenIM or point it at another receiver (logged once per command)"
             );
         }
-        ApiError::UnknownCommand {
-            command: command.to_owned(),
-            source_of,
-        }
+        ApiError::UnknownCommand { command: command.to_owned(), source_of }
     }
 }
 
@@ -94,19 +82,12 @@ impl RequestCounters {
 
     /// Counts a request for `command`; true the first time it is seen.
     fn count_unknown_command(&self, command: &str) -> bool {
-        let mut seen = self
-            .unknown_commands
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = self.unknown_commands.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(count) = seen.get_mut(command) {
             *count += 1;
             return false;
         }
-        let key = if seen.len() < MAX_UNKNOWN_COMMANDS {
-            command
-        } else {
-            "other"
-        };
+        let key = if seen.len() < MAX_UNKNOWN_COMMANDS { command } else { "other" };
         let first = !seen.contains_key(key);
         *seen.entry(key.to_owned()).or_default() += 1;
         first
@@ -121,10 +102,7 @@ impl RequestCounters {
     }
 
     pub fn unknown_commands(&self) -> HashMap<String, u64> {
-        self.unknown_commands
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        self.unknown_commands.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     pub fn uptime(&self) -> std::time::Duration {
@@ -140,11 +118,7 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new();
     // {base}?command=… (OpenIM up to v3.4.0), with and without a trailing slash;
     // {base}/command (v3.4.2+), and "//" when the base in OpenIM ends with "/".
-    let mut paths = vec![
-        format!("{base}/"),
-        format!("{base}/{{command}}"),
-        format!("{base}//{{command}}"),
-    ];
+    let mut paths = vec![format!("{base}/"), format!("{base}/{{command}}"), format!("{base}//{{command}}")];
     if !base.is_empty() {
         paths.push(base);
     }
@@ -152,22 +126,17 @@ pub fn app(state: AppState) -> Router {
         router = router.route(path, callback());
     }
     router
-        .route(
-            "/healthz",
-            get(probes::healthz).fallback(method_not_allowed),
-        )
+        .route("/healthz", get(probes::healthz).fallback(method_not_allowed))
         .route("/readyz", get(probes::readyz).fallback(method_not_allowed))
         .route("/stats", get(probes::stats).fallback(method_not_allowed))
         .fallback(not_found)
         // Layers wrap what is above them: the counters see every answer,
         // fallbacks included, and the trace span encloses all of it.
         .layer(map_response_with_state(state.clone(), count_outcomes))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                tracing::info_span!("request", method = %request.method(), uri = %request.uri(),
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri(),
                 operationID = tracing::field::Empty)
-            }),
-        )
+        }))
         .with_state(state)
 }
 
@@ -179,14 +148,9 @@ async fn count_outcomes(State(state): State<AppState>, response: Response) -> Re
 }
 
 async fn not_found(State(state): State<AppState>, uri: Uri) -> ApiError {
-    ApiError::NotFound {
-        path: uri.path().to_owned(),
-        base: state.settings.callback_base().to_owned(),
-    }
+    ApiError::NotFound { path: uri.path().to_owned(), base: state.settings.callback_base().to_owned() }
 }
 
 async fn method_not_allowed(method: Method) -> ApiError {
-    ApiError::MethodNotAllowed {
-        method: method.to_string(),
-    }
+    ApiError::MethodNotAllowed { method: method.to_string() }
 }

@@ -19,12 +19,7 @@ pub async fn healthz() -> Response {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.sinks.iter().find(|sink| !sink.is_running()) {
         None => probe_answer(error::success()),
-        Some(stopped) => probe_answer(
-            ApiError::SinkStopped {
-                sink: stopped.name(),
-            }
-            .into_response(),
-        ),
+        Some(stopped) => probe_answer(ApiError::SinkStopped { sink: stopped.name() }.into_response()),
     }
 }
 

@@ -32,11 +32,7 @@ pub struct AfterSendSingleMsg {
     pub client_msg_id: String,
     #[serde(rename = "operationID", default, deserialize_with = "null_as_default")]
     pub operation_id: String,
-    #[serde(
-        rename = "senderPlatformID",
-        default,
-        deserialize_with = "null_as_default"
-    )]
+    #[serde(rename = "senderPlatformID", default, deserialize_with = "null_as_default")]
     pub sender_platform_id: Platform,
     #[serde(default, deserialize_with = "null_as_default")]
     pub sender_nickname: String,
@@ -114,18 +110,12 @@ impl AfterSendSingleMsg {
             });
         }
         let mut deserializer = serde_json::Deserializer::from_slice(body);
-        let packet: Self =
-            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-                let path = error.path().to_string();
-                json_error(
-                    if path == "." { String::new() } else { path },
-                    error.inner(),
-                )
-            })?;
+        let packet: Self = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            json_error(if path == "." { String::new() } else { path }, error.inner())
+        })?;
         // Trailing whitespace (Go's encoder adds a newline) is fine; more JSON is not.
-        deserializer
-            .end()
-            .map_err(|error| json_error(String::new(), &error))?;
+        deserializer.end().map_err(|error| json_error(String::new(), &error))?;
         if packet.send_id.is_empty() {
             return Err(PacketError::EmptyField("sendID"));
         }
@@ -170,10 +160,7 @@ pub struct OperationId {
 
 impl OperationId {
     pub fn generate() -> Self {
-        OperationId {
-            value: format!("gen-{}", uuid::Uuid::new_v4().simple()),
-            generated: true,
-        }
+        OperationId { value: format!("gen-{}", uuid::Uuid::new_v4().simple()), generated: true }
     }
 }
 
@@ -221,30 +208,22 @@ mod tests {
     fn a_wrong_type_names_the_field_and_the_expected_type() {
         let body = br#"{"sendID":"a","recvID":"b","contentType":101,"seq":"x"}"#;
         let error = AfterSendSingleMsg::from_json(body).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            r#"seq: invalid type: string "x", expected u32"#
-        );
+        assert_eq!(error.to_string(), r#"seq: invalid type: string "x", expected u32"#);
     }
 
     #[test]
     fn a_bad_list_element_names_its_index() {
         let body = br#"{"sendID":"a","recvID":"b","contentType":101,"atUserList":["u",7]}"#;
         let error = AfterSendSingleMsg::from_json(body).unwrap_err();
-        assert!(
-            error
-                .to_string()
-                .starts_with("atUserList[1]: invalid type: integer `7`"),
-            "{error}"
-        );
+        assert!(error.to_string().starts_with("atUserList[1]: invalid type: integer `7`"), "{error}");
     }
 
     #[test]
     fn missing_and_empty_required_fields_are_refused() {
         let missing = AfterSendSingleMsg::from_json(br#"{"sendID":"a","recvID":"b"}"#).unwrap_err();
         assert_eq!(missing.to_string(), "missing field `contentType`");
-        let empty = AfterSendSingleMsg::from_json(br#"{"sendID":"","recvID":"b","contentType":1}"#)
-            .unwrap_err();
+        let empty =
+            AfterSendSingleMsg::from_json(br#"{"sendID":"","recvID":"b","contentType":1}"#).unwrap_err();
         assert_eq!(empty, PacketError::EmptyField("sendID"));
     }
 

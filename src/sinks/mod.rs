@@ -107,17 +107,10 @@ pub enum HandOverError {
 /// Queues `message` for every sink, or for none: a place in every queue is
 /// reserved first, so a message is never half delivered. Waits while a queue
 /// is full; the caller bounds the wait with its deadline.
-pub async fn hand_over(
-    sinks: &[SinkHandle],
-    message: Arc<ReceivedMessage>,
-) -> Result<(), HandOverError> {
+pub async fn hand_over(sinks: &[SinkHandle], message: Arc<ReceivedMessage>) -> Result<(), HandOverError> {
     let mut permits = Vec::with_capacity(sinks.len());
     for sink in sinks {
-        let permit = sink
-            .queue
-            .reserve()
-            .await
-            .map_err(|_| HandOverError::SinkStopped(sink.name))?;
+        let permit = sink.queue.reserve().await.map_err(|_| HandOverError::SinkStopped(sink.name))?;
         permits.push(permit);
     }
     for (sink, permit) in sinks.iter().zip(permits) {
@@ -165,12 +158,8 @@ impl SinkSet {
         let (queue, mut receiver) = mpsc::channel::<Arc<ReceivedMessage>>(queue_capacity.max(1));
         let counters = Arc::new(SinkCounters::default());
         let running = Arc::new(AtomicBool::new(true));
-        let handle = SinkHandle {
-            name,
-            queue,
-            counters: Arc::clone(&counters),
-            running: Arc::clone(&running),
-        };
+        let handle =
+            SinkHandle { name, queue, counters: Arc::clone(&counters), running: Arc::clone(&running) };
         let thread = std::thread::Builder::new().name(format!("sink-{name}")).spawn(move || {
             // Cleared however the loop ends, a panic included, so /readyz tells.
             let _running = RunningFlag(running);
@@ -203,8 +192,7 @@ impl SinkSet {
     /// not finish, with the number of messages each had not taken.
     pub async fn drain(self, deadline: Instant) -> Vec<(&'static str, u64)> {
         let SinkSet { handles, workers } = self;
-        let counters: Vec<Arc<SinkCounters>> =
-            handles.iter().map(|h| Arc::clone(&h.counters)).collect();
+        let counters: Vec<Arc<SinkCounters>> = handles.iter().map(|h| Arc::clone(&h.counters)).collect();
         // Dropping our senders is what lets each worker's loop end once its queue is empty.
         drop(handles);
         let mut unfinished = Vec::new();

@@ -31,10 +31,7 @@ impl MessageStats {
     pub fn record(&mut self, packet: &AfterSendSingleMsg) {
         self.total += 1;
         *self.by_content_type.entry(packet.content_type).or_default() += 1;
-        *self
-            .by_platform
-            .entry(packet.sender_platform_id)
-            .or_default() += 1;
+        *self.by_platform.entry(packet.sender_platform_id).or_default() += 1;
         *self.by_msg_from.entry(packet.msg_from).or_default() += 1;
         *self.by_session_type.entry(packet.session_type).or_default() += 1;
         *self.by_status.entry(packet.status).or_default() += 1;
@@ -87,14 +84,8 @@ fn insert_new(set: &mut HashSet<String>, id: &str) {
     }
 }
 
-fn labelled<K: Eq + Hash>(
-    counts: &HashMap<K, u64>,
-    label: impl Fn(&K) -> String,
-) -> BTreeMap<String, u64> {
-    counts
-        .iter()
-        .map(|(code, count)| (label(code), *count))
-        .collect()
+fn labelled<K: Eq + Hash>(counts: &HashMap<K, u64>, label: impl Fn(&K) -> String) -> BTreeMap<String, u64> {
+    counts.iter().map(|(code, count)| (label(code), *count)).collect()
 }
 
 /// What `GET /stats` shows of the messages.
@@ -138,9 +129,7 @@ impl StatsHandle {
 
     fn lock(&self) -> MutexGuard<'_, MessageStats> {
         // Counting cannot leave the counts half-updated in a way worth refusing to read.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -150,9 +139,7 @@ pub struct StatsSink {
 
 impl StatsSink {
     pub fn new() -> Self {
-        StatsSink {
-            stats: StatsHandle::default(),
-        }
+        StatsSink { stats: StatsHandle::default() }
     }
 
     pub fn handle(&self) -> StatsHandle {
@@ -201,18 +188,8 @@ mod tests {
         assert_eq!(report.messages.total, 3);
         assert_eq!(report.messages.by_content_type["text"], 2);
         assert_eq!(report.messages.by_content_type["9999"], 1);
-        assert_eq!(
-            (
-                report.people.senders,
-                report.people.receivers,
-                report.people.total
-            ),
-            (2, 3, 3)
-        );
+        assert_eq!((report.people.senders, report.people.receivers, report.people.total), (2, 3, 3));
         assert_eq!(report.conversations, 2);
-        assert_eq!(
-            (report.earliest_create_time, report.latest_create_time),
-            (Some(10), Some(30))
-        );
+        assert_eq!((report.earliest_create_time, report.latest_create_time), (Some(10), Some(30)));
     }
 }

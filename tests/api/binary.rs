@@ -30,17 +30,15 @@ async fn next_line_where(
 ) -> serde_json::Value {
     let reading = async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            let value: serde_json::Value = serde_json::from_str(&line)
-                .unwrap_or_else(|_| panic!("stdout line is not JSON: {line}"));
+            let value: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|_| panic!("stdout line is not JSON: {line}"));
             if wanted(&value) {
                 return value;
             }
         }
         panic!("stdout ended before the expected line");
     };
-    tokio::time::timeout(Duration::from_secs(30), reading)
-        .await
-        .expect("the expected log line in time")
+    tokio::time::timeout(Duration::from_secs(30), reading).await.expect("the expected log line in time")
 }
 
 #[tokio::test]
@@ -48,10 +46,7 @@ async fn the_binary_serves_logs_and_stops_cleanly_on_sigterm() {
     let workdir = tempfile::tempdir().unwrap();
     let mut child = receiver_command(workdir.path()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let started = next_line_where(&mut lines, |line| {
-        line["message"] == "receiving OpenIM callbacks"
-    })
-    .await;
+    let started = next_line_where(&mut lines, |line| line["message"] == "receiving OpenIM callbacks").await;
     let address: SocketAddr = started["listen"].as_str().unwrap().parse().unwrap();
 
     let answer = reqwest::Client::new()
@@ -78,37 +73,19 @@ async fn the_binary_serves_logs_and_stops_cleanly_on_sigterm() {
     assert!(healthy.success());
 
     let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
     let stopped = next_line_where(&mut lines, |line| {
-        line["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("stopped"))
+        line["message"].as_str().is_some_and(|m| m.starts_with("stopped"))
     })
     .await;
-    assert_eq!(
-        stopped["message"],
-        "stopped cleanly: every accepted message delivered"
-    );
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(stopped["message"], "stopped cleanly: every accepted message delivered");
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
 async fn healthcheck_fails_when_nothing_listens() {
-    let free_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let free_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let status = Command::new(BINARY)
         .arg("healthcheck")
         .env_clear()
@@ -146,9 +123,6 @@ async fn print_config_shows_the_effective_settings() {
     assert!(output.status.success());
     let printed: toml::Value = toml::from_str(&String::from_utf8(output.stdout).unwrap()).unwrap();
     assert_eq!(printed["server"]["listen"].as_str(), Some("127.0.0.1:0"));
-    assert_eq!(
-        printed["sinks"]["stats"]["queue_capacity"].as_integer(),
-        Some(77)
-    );
+    assert_eq!(printed["sinks"]["stats"]["queue_capacity"].as_integer(), Some(77));
     assert_eq!(printed["server"]["response_timeout"].as_str(), Some("3s"));
 }

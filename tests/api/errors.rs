@@ -60,13 +60,7 @@ fn cases() -> Vec<Case> {
             4006,
             "contentType",
         ),
-        case(
-            "createTime as a float",
-            with("createTime", 1.5.into()),
-            400,
-            4006,
-            "createTime",
-        ),
+        case("createTime as a float", with("createTime", 1.5.into()), 400, 4006, "createTime"),
         case(
             "atUserList element of the wrong type",
             with("atUserList", serde_json::json!(["u", 7])),
@@ -74,27 +68,9 @@ fn cases() -> Vec<Case> {
             4006,
             "atUserList[1]",
         ),
-        case(
-            "sendID of the wrong type",
-            with("sendID", 42.into()),
-            400,
-            4006,
-            "sendID",
-        ),
-        case(
-            "missing contentType",
-            r#"{"sendID":"a","recvID":"b"}"#,
-            400,
-            4006,
-            "contentType",
-        ),
-        case(
-            "missing recvID",
-            r#"{"sendID":"a","contentType":101}"#,
-            400,
-            4006,
-            "recvID",
-        ),
+        case("sendID of the wrong type", with("sendID", 42.into()), 400, 4006, "sendID"),
+        case("missing contentType", r#"{"sendID":"a","recvID":"b"}"#, 400, 4006, "contentType"),
+        case("missing recvID", r#"{"sendID":"a","contentType":101}"#, 400, 4006, "recvID"),
         case(
             "null contentType",
             r#"{"sendID":"a","recvID":"b","contentType":null}"#,
@@ -102,27 +78,9 @@ fn cases() -> Vec<Case> {
             4006,
             "contentType",
         ),
-        case(
-            "empty sendID",
-            with("sendID", "".into()),
-            400,
-            4007,
-            "sendID",
-        ),
-        case(
-            "empty recvID",
-            with("recvID", "".into()),
-            400,
-            4007,
-            "recvID",
-        ),
-        case(
-            "truncated JSON",
-            &valid[..valid.len() / 2],
-            400,
-            4006,
-            "EOF",
-        ),
+        case("empty sendID", with("sendID", "".into()), 400, 4007, "sendID"),
+        case("empty recvID", with("recvID", "".into()), 400, 4007, "recvID"),
+        case("truncated JSON", &valid[..valid.len() / 2], 400, 4006, "EOF"),
         case("not JSON", "hello", 400, 4006, "expected value"),
         case("an array", "[1,2]", 400, 4006, "expected a JSON object"),
         case(
@@ -178,43 +136,19 @@ fn cases() -> Vec<Case> {
         },
         Case {
             path: "/callbackExample/callbackAfterSendSingleMsgCommand?command=callbackBeforeSendSingleMsgCommand",
-            ..case(
-                "path and query disagree",
-                valid.clone(),
-                400,
-                4001,
-                "callbackBeforeSendSingleMsgCommand",
-            )
+            ..case("path and query disagree", valid.clone(), 400, 4001, "callbackBeforeSendSingleMsgCommand")
         },
         Case {
             path: "/callbackExample",
-            ..case(
-                "no command at all",
-                valid.clone(),
-                400,
-                4002,
-                "missing command",
-            )
+            ..case("no command at all", valid.clone(), 400, 4002, "missing command")
         },
         Case {
             path: "/callbackExample?command=callbackAfterSendSingleMsgCommand&contenttype=xml",
-            ..case(
-                "contenttype other than json",
-                valid.clone(),
-                400,
-                4003,
-                "xml",
-            )
+            ..case("contenttype other than json", valid.clone(), 400, 4003, "xml")
         },
         Case {
             operation_id: None,
-            ..case(
-                "no operation id anywhere",
-                valid.clone(),
-                400,
-                4004,
-                "operationID",
-            )
+            ..case("no operation id anywhere", valid.clone(), 400, 4004, "operationID")
         },
         Case {
             content_type: Some("text/plain"),
@@ -222,48 +156,25 @@ fn cases() -> Vec<Case> {
         },
         Case {
             content_type: Some("application/x-www-form-urlencoded"),
-            ..case(
-                "form content type",
-                valid.clone(),
-                415,
-                4150,
-                "application/x-www-form-urlencoded",
-            )
+            ..case("form content type", valid.clone(), 415, 4150, "application/x-www-form-urlencoded")
         },
-        Case {
-            path: "/somewhere/else",
-            ..case("unknown path", valid.clone(), 404, 4040, "/somewhere/else")
-        },
+        Case { path: "/somewhere/else", ..case("unknown path", valid.clone(), 404, 4040, "/somewhere/else") },
         Case {
             path: "/callbackExample/a/b",
-            ..case(
-                "too deep a path",
-                valid.clone(),
-                404,
-                4040,
-                "/callbackExample/a/b",
-            )
+            ..case("too deep a path", valid.clone(), 404, 4040, "/callbackExample/a/b")
         },
         Case {
             method: Method::GET,
             body: String::new(),
             ..case("GET on the callback", "", 405, 4050, "GET")
         },
-        Case {
-            method: Method::PUT,
-            ..case("PUT on the callback", valid.clone(), 405, 4050, "PUT")
-        },
-        Case {
-            path: "/healthz",
-            ..case("POST on a probe", valid.clone(), 405, 4050, "POST")
-        },
+        Case { method: Method::PUT, ..case("PUT on the callback", valid.clone(), 405, 4050, "PUT") },
+        Case { path: "/healthz", ..case("POST on a probe", valid.clone(), 405, 4050, "POST") },
     ]
 }
 
 async fn send(receiver: &TestReceiver, case: &Case) -> Answer {
-    let mut request = receiver
-        .client
-        .request(case.method.clone(), receiver.url(case.path));
+    let mut request = receiver.client.request(case.method.clone(), receiver.url(case.path));
     if let Some(content_type) = case.content_type {
         request = request.header("Content-Type", content_type);
     }
@@ -287,59 +198,33 @@ async fn every_bad_request_gets_its_status_code_and_a_pointer_to_the_cause() {
             answer.body
         );
         answer.assert_rejected(case.status, case.err_code);
-        let said = format!(
-            "{} | {}",
-            answer.body["errMsg"],
-            answer.body["errDlt"].as_str().unwrap()
-        );
-        assert!(
-            said.contains(case.mentions),
-            "{}: {said} does not mention {:?}",
-            case.what,
-            case.mentions
-        );
+        let said = format!("{} | {}", answer.body["errMsg"], answer.body["errDlt"].as_str().unwrap());
+        assert!(said.contains(case.mentions), "{}: {said} does not mention {:?}", case.what, case.mentions);
     }
     // Nothing refused reached a sink, every refusal was counted, and the server is fine.
     let stats = receiver.get_json("/stats").await;
     assert_eq!(stats["messages"]["total"], 0);
-    let rejected: u64 = stats["requests"]["rejected"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
+    let rejected: u64 =
+        stats["requests"]["rejected"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(rejected, cases.len() as u64);
     assert_eq!(stats["requests"]["rejected"]["invalid_json"], 18);
-    assert_eq!(
-        stats["requests"]["unknown_commands"]["callbackBeforeSendSingleMsgCommand"],
-        2
-    );
-    receiver
-        .post_packet("op-good", &packet("a", "b", 101))
-        .await
-        .assert_accepted();
+    assert_eq!(stats["requests"]["unknown_commands"]["callbackBeforeSendSingleMsgCommand"], 2);
+    receiver.post_packet("op-good", &packet("a", "b", 101)).await.assert_accepted();
 }
 
 #[tokio::test]
 async fn bodies_over_the_limit_get_413_whether_declared_or_streamed() {
-    let receiver =
-        TestReceiver::start_with(settings(&[("SERVER__MAX_BODY_BYTES", "1024")]), |_| {}).await;
+    let receiver = TestReceiver::start_with(settings(&[("SERVER__MAX_BODY_BYTES", "1024")]), |_| {}).await;
     let mut just_fits = packet("a", "b", 101);
     just_fits["content"] = "".into();
     let padding = 1024 - just_fits.to_string().len();
     just_fits["content"] = "x".repeat(padding).into();
     assert_eq!(just_fits.to_string().len(), 1024);
-    receiver
-        .post_packet("op", &just_fits)
-        .await
-        .assert_accepted();
+    receiver.post_packet("op", &just_fits).await.assert_accepted();
 
     let mut too_big = just_fits.clone();
     too_big["content"] = "x".repeat(padding + 1).into();
-    receiver
-        .post_packet("op", &too_big)
-        .await
-        .assert_rejected(413, 4130);
+    receiver.post_packet("op", &too_big).await.assert_rejected(413, 4130);
 
     // Chunked: no Content-Length, so the limit is enforced while reading.
     let body = too_big.to_string();

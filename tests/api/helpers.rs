@@ -21,9 +21,7 @@ pub const COMMAND_PATH: &str = "/callbackExample/callbackAfterSendSingleMsgComma
 
 /// A sample packet from `samples/`, as the README's curl lines post it.
 pub fn sample(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("samples")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("samples").join(name);
     std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
@@ -75,9 +73,7 @@ impl CapturedLog {
         String::from_utf8(bytes)
             .unwrap()
             .lines()
-            .map(|line| {
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"))
-            })
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}")))
             .collect()
     }
 
@@ -90,10 +86,7 @@ impl CapturedLog {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!(
-            "expected {count} log records, have {}",
-            self.records().len()
-        );
+        panic!("expected {count} log records, have {}", self.records().len());
     }
 }
 
@@ -124,13 +117,7 @@ impl TestReceiver {
         let running = tokio::spawn(receiver.run(listener, async {
             let _ = stopped.await;
         }));
-        TestReceiver {
-            address,
-            client: reqwest::Client::new(),
-            log,
-            stop: Some(stop),
-            running,
-        }
+        TestReceiver { address, client: reqwest::Client::new(), log, stop: Some(stop), running }
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -157,8 +144,7 @@ impl TestReceiver {
     }
 
     pub async fn post_packet(&self, operation_id: &str, packet: &Value) -> Answer {
-        self.post(COMMAND_PATH, operation_id, packet.to_string())
-            .await
+        self.post(COMMAND_PATH, operation_id, packet.to_string()).await
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
@@ -215,27 +201,34 @@ impl Answer {
 
     /// Asserts an error envelope with all five keys, the status and errCode.
     pub fn assert_rejected(&self, status: u16, err_code: i64) {
-        assert_eq!(
-            (self.status, self.err_code()),
-            (status, err_code),
-            "{:?}",
-            self.body
-        );
+        assert_eq!((self.status, self.err_code()), (status, err_code), "{:?}", self.body);
         assert_eq!(self.body["actionCode"], 1);
         assert_eq!(self.body["nextCode"], 0);
-        assert!(
-            self.body["errMsg"]
-                .as_str()
-                .is_some_and(|msg| !msg.is_empty() && !msg.contains('\n'))
-        );
+        assert!(self.body["errMsg"].as_str().is_some_and(|msg| !msg.is_empty() && !msg.contains('\n')));
         assert!(self.body["errDlt"].is_string());
     }
 }
 
 /// A sink that blocks on each message until released: a stuck downstream.
 pub struct StuckSink {
-    pub entered: std::sync::mpsc::Sender<()>,
-    pub release: std::sync::mpsc::Receiver<()>,
+    entered: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+/// The test's side of a [`StuckSink`].
+pub struct StuckSinkControl {
+    /// Receives one `()` each time the sink starts on a message.
+    pub entered: std::sync::mpsc::Receiver<()>,
+    /// Each `()` sent lets the sink finish one message; dropping it frees the sink.
+    pub release: std::sync::mpsc::Sender<()>,
+}
+
+impl StuckSink {
+    pub fn new() -> (Self, StuckSinkControl) {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        (StuckSink { entered: entered_tx, release: release_rx }, StuckSinkControl { entered, release })
+    }
 }
 
 impl Sink for StuckSink {
@@ -261,10 +254,7 @@ impl Sink for SlowRecordingSink {
     }
     fn deliver(&mut self, message: &ReceivedMessage) -> Result<(), SinkError> {
         std::thread::sleep(self.delay);
-        self.seen
-            .lock()
-            .unwrap()
-            .push(message.packet.server_msg_id.clone());
+        self.seen.lock().unwrap().push(message.packet.server_msg_id.clone());
         Ok(())
     }
 }

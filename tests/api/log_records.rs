@@ -5,10 +5,7 @@ use crate::helpers::{COMMAND_PATH, TestReceiver, sample, settings};
 #[tokio::test]
 async fn a_record_carries_every_field_an_operator_needs() {
     let receiver = TestReceiver::start().await;
-    receiver
-        .post(COMMAND_PATH, "op-text", sample("text.json"))
-        .await
-        .assert_accepted();
+    receiver.post(COMMAND_PATH, "op-text", sample("text.json")).await.assert_accepted();
     let record = &receiver.log.wait_for(1).await[0];
     let expected = serde_json::json!({
         "level": "INFO",
@@ -41,25 +38,15 @@ async fn a_record_carries_every_field_an_operator_needs() {
 
 #[tokio::test]
 async fn content_can_be_left_out_or_cut_for_operators_who_must_not_keep_it() {
-    let without = TestReceiver::start_with(
-        settings(&[("SINKS__LOG__INCLUDE_CONTENT", "false")]),
-        |_| {},
-    )
-    .await;
-    without
-        .post(COMMAND_PATH, "op", sample("text.json"))
-        .await
-        .assert_accepted();
+    let without =
+        TestReceiver::start_with(settings(&[("SINKS__LOG__INCLUDE_CONTENT", "false")]), |_| {}).await;
+    without.post(COMMAND_PATH, "op", sample("text.json")).await.assert_accepted();
     let record = &without.log.wait_for(1).await[0];
     assert!(record.get("content").is_none(), "{record}");
     assert_eq!(record["sendID"], "3861937549");
 
-    let cut =
-        TestReceiver::start_with(settings(&[("SINKS__LOG__MAX_CONTENT_CHARS", "12")]), |_| {})
-            .await;
-    cut.post(COMMAND_PATH, "op", sample("text.json"))
-        .await
-        .assert_accepted();
+    let cut = TestReceiver::start_with(settings(&[("SINKS__LOG__MAX_CONTENT_CHARS", "12")]), |_| {}).await;
+    cut.post(COMMAND_PATH, "op", sample("text.json")).await.assert_accepted();
     let record = &cut.log.wait_for(1).await[0];
     assert_eq!(record["content"], "{\"content\":\"");
     assert_eq!(record["contentTruncated"], true);

@@ -1,31 +1,21 @@
 //! Shutdown drains: a message answered 200 reaches every sink before the receiver stops.
 
 use crate::helpers::{SlowRecordingSink, StuckSink, TestReceiver, packet, settings};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[tokio::test]
 async fn queued_messages_are_all_delivered_before_shutdown_completes() {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let slow = SlowRecordingSink {
-        delay: Duration::from_millis(20),
-        seen: Arc::clone(&seen),
-    };
-    let receiver =
-        TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(slow, 100).unwrap()).await;
+    let slow = SlowRecordingSink { delay: Duration::from_millis(20), seen: Arc::clone(&seen) };
+    let receiver = TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(slow, 100).unwrap()).await;
     let mut expected = Vec::new();
     for index in 0..20 {
         let message = packet(&format!("user-{index}"), "bob", 101);
         expected.push(message["serverMsgID"].as_str().unwrap().to_owned());
-        receiver
-            .post_packet(&format!("op-{index}"), &message)
-            .await
-            .assert_accepted();
+        receiver.post_packet(&format!("op-{index}"), &message).await.assert_accepted();
     }
-    assert!(
-        seen.lock().unwrap().len() < 20,
-        "the slow sink is still behind when shutdown starts"
-    );
+    assert!(seen.lock().unwrap().len() < 20, "the slow sink is still behind when shutdown starts");
     let log = receiver.log.clone();
 
     let report = receiver.stop().await;
@@ -37,35 +27,18 @@ async fn queued_messages_are_all_delivered_before_shutdown_completes() {
 
 #[tokio::test]
 async fn a_sink_that_cannot_drain_is_reported_when_the_shutdown_deadline_passes() {
-    let (entered_tx, _entered) = mpsc::channel();
-    let (_release, release_rx) = mpsc::channel();
-    let receiver = TestReceiver::start_with(
-        settings(&[("SERVER__SHUTDOWN_TIMEOUT", "300ms")]),
-        |sinks| {
-            sinks
-                .spawn(
-                    StuckSink {
-                        entered: entered_tx,
-                        release: release_rx,
-                    },
-                    10,
-                )
-                .unwrap();
-        },
-    )
+    // Held to the end: dropping it would free the sink and let it drain.
+    let (stuck, _control) = StuckSink::new();
+    let receiver = TestReceiver::start_with(settings(&[("SERVER__SHUTDOWN_TIMEOUT", "300ms")]), |sinks| {
+        sinks.spawn(stuck, 10).unwrap();
+    })
     .await;
     for index in 0..3 {
-        receiver
-            .post_packet(&format!("op-{index}"), &packet("a", "b", 101))
-            .await
-            .assert_accepted();
+        receiver.post_packet(&format!("op-{index}"), &packet("a", "b", 101)).await.assert_accepted();
     }
     let started = std::time::Instant::now();
     let report = receiver.stop().await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "shutdown is bounded by its timeout"
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown is bounded by its timeout");
     assert!(report.requests_finished);
     assert_eq!(report.undrained, vec![("stuck", 3)]);
 }

@@ -1,0 +1,33 @@
+# openim-callback-receiver: multi-stage build, small non-root runtime image.
+#   docker build -t openim-callback-receiver .
+#   docker run --rm -p 10006:10006 openim-callback-receiver
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, against placeholder sources, so this layer is reused
+# until Cargo.toml or Cargo.lock change.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src /out/data \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src
+COPY src ./src
+COPY config ./config
+# touch: make cargo rebuild the crate itself, not reuse the placeholder.
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin openim-callback-receiver
+
+# distroless/cc: glibc and libgcc only, no shell; the nonroot tag runs as uid 65532.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/openim-callback-receiver /usr/local/bin/openim-callback-receiver
+# A working directory the non-root user owns (mount a volume here for state).
+COPY --from=build --chown=65532:65532 /out/data /data
+# Inside the container the receiver must be reachable from OpenIM's container.
+ENV OPENIM_CALLBACK__SERVER__LISTEN=0.0.0.0:10006
+WORKDIR /data
+EXPOSE 10006
+USER nonroot
+# No shell or curl in the image: the binary probes its own /healthz.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/openim-callback-receiver", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/openim-callback-receiver"]
