@@ -201,7 +201,10 @@ impl SinkSet {
             match tokio::time::timeout_at(deadline, joined).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(_) => {
-                    tracing::error!(sink = name, "sink worker panicked while draining");
+                    tracing::error!(
+                        sink = name,
+                        "sink worker panicked; its queued messages were not delivered"
+                    );
                     unfinished.push((name, counters.pending()));
                 }
                 Err(_) => unfinished.push((name, counters.pending())),

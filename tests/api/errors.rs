@@ -1,6 +1,8 @@
 //! Every refusal: its status, its errCode, the envelope, and the field it names.
 
 use crate::helpers::{Answer, COMMAND_PATH, TestReceiver, packet, raw_request, settings};
+use openim_callback_receiver::message::ReceivedMessage;
+use openim_callback_receiver::sinks::{Sink, SinkError};
 use reqwest::Method;
 
 /// One bad request and what the receiver must answer.
@@ -238,4 +240,57 @@ async fn bodies_over_the_limit_get_413_whether_declared_or_streamed() {
     let answer = raw_request(receiver.address, request.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains(r#""errCode":4130"#), "{answer}");
+}
+
+#[tokio::test]
+async fn an_operation_id_header_that_is_not_utf8_is_refused_by_name() {
+    let receiver = TestReceiver::start().await;
+    let body = packet("a", "b", 101).to_string();
+    let mut request = format!(
+        "POST {COMMAND_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\noperationID: ",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(b"op-\xff\xfe\r\n\r\n");
+    request.extend_from_slice(body.as_bytes());
+    let answer = raw_request(receiver.address, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""errCode":4005"#) && answer.contains("operationID header"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_sink_whose_worker_died_makes_readyz_and_callbacks_answer_503_naming_it() {
+    let receiver =
+        TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(PanickingSink, 4).unwrap()).await;
+    receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
+    // The worker panics on that message; from then on its queue is closed.
+    let mut refused = None;
+    for _ in 0..500 {
+        let answer = receiver.post_packet("op-2", &packet("a", "b", 101)).await;
+        if answer.status != 200 {
+            refused = Some(answer);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let refused = refused.expect("callbacks are refused once the worker is gone");
+    refused.assert_rejected(503, 5032);
+    assert!(refused.body["errMsg"].as_str().unwrap().contains("panicking"));
+    let ready = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let envelope: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(envelope["errCode"], 5032);
+    assert!(envelope["errMsg"].as_str().unwrap().contains("panicking"));
+}
+
+struct PanickingSink;
+
+impl Sink for PanickingSink {
+    fn name(&self) -> &'static str {
+        "panicking"
+    }
+    fn deliver(&mut self, _message: &ReceivedMessage) -> Result<(), SinkError> {
+        panic!("a sink bug, on purpose");
+    }
 }
