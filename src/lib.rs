@@ -44,8 +44,8 @@ impl ShutdownReport {
 impl Receiver {
     /// The receiver the settings describe: log records to stdout, stats in memory.
     pub fn from_settings(settings: Settings) -> std::io::Result<Self> {
-        let records = telemetry::message_records(settings.telemetry.format, std::io::stdout);
-        let (sinks, stats) = SinkSet::from_settings(&settings, records)?;
+        let (sinks, stats) =
+            SinkSet::from_settings(&settings, telemetry::RecordWriter::new(std::io::stdout()))?;
         Ok(Self::with_sinks(settings, sinks, stats))
     }
 

@@ -8,7 +8,8 @@
 //! then only fills that sink's queue, which the request path sees and reports.
 
 use crate::settings::{LogFormat, TelemetrySettings};
-use std::io::IsTerminal;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tracing::Dispatch;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
@@ -59,6 +60,48 @@ where
     let only_records = filter_fn(|metadata| metadata.target() == MESSAGE_TARGET);
     let layer = formatting_layer(resolve_format(format), writer).with_filter(only_records);
     Dispatch::new(Registry::default().with(layer))
+}
+
+/// Where the log sink's records go: a buffer in front of `out`, written out
+/// when the sink flushes after each batch, so a burst of records costs one
+/// write call instead of one per record.
+#[derive(Clone)]
+pub struct RecordWriter(Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>);
+
+impl RecordWriter {
+    pub fn new(out: impl Write + Send + 'static) -> Self {
+        RecordWriter(Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, Box::new(out)))))
+    }
+
+    pub fn flush(&self) -> std::io::Result<()> {
+        self.lock().flush()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BufWriter<Box<dyn Write + Send>>> {
+        // Only the log sink's thread writes; a panic there leaves bytes, not broken state.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The buffer, locked for one record.
+pub struct LockedRecordWriter<'a>(MutexGuard<'a, BufWriter<Box<dyn Write + Send>>>);
+
+impl Write for LockedRecordWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for RecordWriter {
+    type Writer = LockedRecordWriter<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LockedRecordWriter(self.lock())
+    }
 }
 
 fn formatting_layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>

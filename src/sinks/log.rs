@@ -1,26 +1,29 @@
 //! The log sink: one structured record per message, target `message`.
 //!
 //! Records are formatted by their own tracing dispatcher (see `telemetry`),
-//! on this sink's thread, with a blocking writer: a slow stdout slows this
-//! sink's queue and nothing else, and no record is ever dropped.
+//! on this sink's thread, into a buffer written out after each batch with
+//! blocking writes: a slow stdout slows this sink's queue and nothing else,
+//! and no record is ever dropped.
 
 use super::{Sink, SinkError};
 use crate::message::ReceivedMessage;
-use crate::settings::LogSinkSettings;
-use crate::telemetry::MESSAGE_TARGET;
+use crate::settings::{LogFormat, LogSinkSettings};
+use crate::telemetry::{self, MESSAGE_TARGET, RecordWriter};
 use tracing::Dispatch;
 
 pub struct LogSink {
+    /// Formats the records into `writer`.
     records: Dispatch,
+    writer: RecordWriter,
     include_content: bool,
     max_content_chars: usize,
 }
 
 impl LogSink {
-    /// `records` formats and writes the records: `telemetry::message_records`.
-    pub fn new(settings: &LogSinkSettings, records: Dispatch) -> Self {
+    pub fn new(settings: &LogSinkSettings, format: LogFormat, writer: RecordWriter) -> Self {
         LogSink {
-            records,
+            records: telemetry::message_records(format, writer.clone()),
+            writer,
             include_content: settings.include_content,
             max_content_chars: settings.max_content_chars,
         }
@@ -70,6 +73,10 @@ impl Sink for LogSink {
             );
         });
         Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.writer.flush().map_err(|error| SinkError(format!("writing log records: {error}")))
     }
 }
 

@@ -2,9 +2,10 @@
 //! log records captured, sample packets, and small sinks that misbehave on purpose.
 
 use openim_callback_receiver::message::ReceivedMessage;
-use openim_callback_receiver::settings::{EnvSource, LogFormat, Settings};
+use openim_callback_receiver::settings::{EnvSource, Settings};
 use openim_callback_receiver::sinks::{Sink, SinkError, SinkSet};
-use openim_callback_receiver::{Receiver, ShutdownReport, telemetry};
+use openim_callback_receiver::telemetry::RecordWriter;
+use openim_callback_receiver::{Receiver, ShutdownReport};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,7 +16,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing_subscriber::fmt::MakeWriter;
 
 pub const COMMAND_PATH: &str = "/callbackExample/callbackAfterSendSingleMsgCommand";
 
@@ -35,9 +35,11 @@ pub fn packet(send: &str, recv: &str, content_type: i32) -> Value {
 }
 
 /// Settings as the built-in defaults, with environment-style overrides.
+/// Log records are JSON whatever the terminal, so the tests can parse them.
 pub fn settings(overrides: &[(&str, &str)]) -> Settings {
-    let env = overrides
+    let env = [("TELEMETRY__FORMAT", "json")]
         .iter()
+        .chain(overrides)
         .map(|(key, value)| (format!("OPENIM_CALLBACK__{key}"), value.to_string()))
         .collect::<HashMap<_, _>>();
     Settings::load(None, EnvSource::Map(env)).expect("test settings are valid")
@@ -56,13 +58,6 @@ impl Write for CapturedLogWriter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for CapturedLog {
-    type Writer = CapturedLogWriter;
-    fn make_writer(&'a self) -> Self::Writer {
-        CapturedLogWriter(Arc::clone(&self.0))
     }
 }
 
@@ -107,7 +102,7 @@ impl TestReceiver {
     /// Starts with `settings`'s sinks, plus any `add_sinks` adds after them.
     pub async fn start_with(settings: Settings, add_sinks: impl FnOnce(&mut SinkSet)) -> Self {
         let log = CapturedLog::default();
-        let records = telemetry::message_records(LogFormat::Json, log.clone());
+        let records = RecordWriter::new(CapturedLogWriter(Arc::clone(&log.0)));
         let (mut sinks, stats) = SinkSet::from_settings(&settings, records).unwrap();
         add_sinks(&mut sinks);
         let receiver = Receiver::with_sinks(settings, sinks, stats);
