@@ -15,7 +15,6 @@ pub mod telemetry;
 use settings::Settings;
 use sinks::{SinkSet, StatsHandle};
 use std::future::{Future, IntoFuture};
-use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -51,7 +50,7 @@ impl Receiver {
 
     /// A receiver with sinks of the caller's choosing (tests add their own).
     pub fn with_sinks(settings: Settings, sinks: SinkSet, stats: Option<StatsHandle>) -> Self {
-        let state = http::AppState::new(Arc::new(settings), sinks.handles(), stats);
+        let state = http::AppState::new(settings, sinks.handles(), stats);
         Receiver { state, sinks }
     }
 

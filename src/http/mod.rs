@@ -20,19 +20,30 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tower_http::trace::TraceLayer;
 
-/// Everything a request needs, as cheap handles.
+/// Everything a request needs. One `Arc`: extractors and middleware clone the
+/// state for every request, so a clone is a single reference count.
 #[derive(Clone)]
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub sinks: Arc<[SinkHandle]>,
+pub struct AppState(Arc<SharedState>);
+
+pub struct SharedState {
+    pub settings: Settings,
+    pub sinks: Vec<SinkHandle>,
     /// Present when the stats sink is enabled.
     pub stats: Option<StatsHandle>,
-    pub requests: Arc<RequestCounters>,
+    pub requests: RequestCounters,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
 }
 
 impl AppState {
-    pub fn new(settings: Arc<Settings>, sinks: Arc<[SinkHandle]>, stats: Option<StatsHandle>) -> Self {
-        AppState { settings, sinks, stats, requests: Arc::new(RequestCounters::new()) }
+    pub fn new(settings: Settings, sinks: Vec<SinkHandle>, stats: Option<StatsHandle>) -> Self {
+        AppState(Arc::new(SharedState { settings, sinks, stats, requests: RequestCounters::new() }))
     }
 
     /// The refusal for another webhook's command. OpenIM sends every enabled

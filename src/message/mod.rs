@@ -109,13 +109,12 @@ impl AfterSendSingleMsg {
                 reason: "invalid type: array, expected a JSON object".to_owned(),
             });
         }
-        let mut deserializer = serde_json::Deserializer::from_slice(body);
-        let packet: Self = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-            let path = error.path().to_string();
-            json_error(if path == "." { String::new() } else { path }, error.inner())
-        })?;
-        // Trailing whitespace (Go's encoder adds a newline) is fine; more JSON is not.
-        deserializer.end().map_err(|error| json_error(String::new(), &error))?;
+        // The fast path parses plainly; only a body that fails is parsed again
+        // with path tracking, to name the failing field.
+        let packet: Self = match serde_json::from_slice(body) {
+            Ok(packet) => packet,
+            Err(_) => return Err(Self::explain_json_error(body)),
+        };
         if packet.send_id.is_empty() {
             return Err(PacketError::EmptyField("sendID"));
         }
@@ -123,6 +122,22 @@ impl AfterSendSingleMsg {
             return Err(PacketError::EmptyField("recvID"));
         }
         Ok(packet)
+    }
+
+    /// Why `body` does not parse, with the JSON path of the failing field.
+    fn explain_json_error(body: &[u8]) -> PacketError {
+        let mut deserializer = serde_json::Deserializer::from_slice(body);
+        let parsed: Result<Self, _> = serde_path_to_error::deserialize(&mut deserializer);
+        match parsed {
+            Err(error) => {
+                let path = error.path().to_string();
+                json_error(if path == "." { String::new() } else { path }, error.inner())
+            }
+            Ok(_) => match deserializer.end() {
+                Err(error) => json_error(String::new(), &error),
+                Ok(()) => PacketError::Json { path: String::new(), reason: "invalid JSON".to_owned() },
+            },
+        }
     }
 
     /// The conversation's key: the two people, in a fixed order, so that

@@ -172,8 +172,8 @@ impl SinkSet {
         Ok(())
     }
 
-    pub fn handles(&self) -> Arc<[SinkHandle]> {
-        self.handles.clone().into()
+    pub fn handles(&self) -> Vec<SinkHandle> {
+        self.handles.clone()
     }
 
     /// Closes the queues and waits until `deadline` for every worker to drain
