@@ -43,8 +43,7 @@ impl ShutdownReport {
 impl Receiver {
     /// The receiver the settings describe: log records to stdout, stats in memory.
     pub fn from_settings(settings: Settings) -> std::io::Result<Self> {
-        let (sinks, stats) =
-            SinkSet::from_settings(&settings, telemetry::RecordWriter::new(std::io::stdout()))?;
+        let (sinks, stats) = SinkSet::from_settings(&settings, telemetry::RecordWriter::stdout())?;
         Ok(Self::with_sinks(settings, sinks, stats))
     }
 

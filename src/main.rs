@@ -96,3 +96,6 @@ async fn serve(settings: Settings) -> ExitCode {
         }
     }
 }
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

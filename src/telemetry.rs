@@ -46,19 +46,18 @@ pub fn init(settings: &TelemetrySettings) -> TelemetryGuard {
     let filter = EnvFilter::try_new(&settings.level).unwrap_or_else(|_| EnvFilter::new("info"));
     // Records are the log sink's business; a stray one here would be a duplicate.
     let not_records = filter_fn(|metadata| metadata.target() != MESSAGE_TARGET);
-    let layer = formatting_layer(format, writer).with_filter(not_records).with_filter(filter);
+    let ansi = std::io::stdout().is_terminal();
+    let layer = formatting_layer(format, writer, ansi).with_filter(not_records).with_filter(filter);
     Registry::default().with(layer).init();
     TelemetryGuard { _diagnostics: guard }
 }
 
 /// A dispatcher that formats message records into `writer`, whatever the
 /// diagnostics filter says: records are output, not diagnostics.
-pub fn message_records<W>(format: LogFormat, writer: W) -> Dispatch
-where
-    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
-{
+pub fn message_records(format: LogFormat, writer: RecordWriter) -> Dispatch {
     let only_records = filter_fn(|metadata| metadata.target() == MESSAGE_TARGET);
-    let layer = formatting_layer(resolve_format(format), writer).with_filter(only_records);
+    let ansi = writer.is_terminal();
+    let layer = formatting_layer(resolve_format(format), writer, ansi).with_filter(only_records);
     Dispatch::new(Registry::default().with(layer))
 }
 
@@ -66,20 +65,41 @@ where
 /// when the sink flushes after each batch, so a burst of records costs one
 /// write call instead of one per record.
 #[derive(Clone)]
-pub struct RecordWriter(Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>);
+pub struct RecordWriter {
+    out: Arc<Mutex<BufWriter<Box<dyn Write + Send>>>>,
+    /// Colours are for people at a terminal, never for files or pipes.
+    ansi: bool,
+}
 
 impl RecordWriter {
     pub fn new(out: impl Write + Send + 'static) -> Self {
-        RecordWriter(Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, Box::new(out)))))
+        RecordWriter {
+            out: Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, Box::new(out)))),
+            ansi: false,
+        }
+    }
+
+    /// Records to the process's stdout, coloured when it is a terminal.
+    pub fn stdout() -> Self {
+        RecordWriter { ansi: std::io::stdout().is_terminal(), ..Self::new(std::io::stdout()) }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.ansi
     }
 
     pub fn flush(&self) -> std::io::Result<()> {
         self.lock().flush()
     }
 
+    /// The buffer, for writing one record directly.
+    pub fn lock_for_record(&self) -> LockedRecordWriter<'_> {
+        LockedRecordWriter(self.lock())
+    }
+
     fn lock(&self) -> MutexGuard<'_, BufWriter<Box<dyn Write + Send>>> {
         // Only the log sink's thread writes; a panic there leaves bytes, not broken state.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -104,7 +124,7 @@ impl<'a> MakeWriter<'a> for RecordWriter {
     }
 }
 
-fn formatting_layer<W>(format: LogFormat, writer: W) -> Box<dyn Layer<Registry> + Send + Sync>
+fn formatting_layer<W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn Layer<Registry> + Send + Sync>
 where
     W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
 {
@@ -116,8 +136,6 @@ where
             .with_span_list(false)
             .with_writer(writer)
             .boxed(),
-        LogFormat::Pretty | LogFormat::Auto => {
-            fmt::layer().with_ansi(std::io::stdout().is_terminal()).with_writer(writer).boxed()
-        }
+        LogFormat::Pretty | LogFormat::Auto => fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
     }
 }

@@ -13,8 +13,10 @@ use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
+use tokio::time::Instant;
+use tracing::Instrument;
 
 pub async fn receive(
     State(state): State<AppState>,
@@ -23,13 +25,37 @@ pub async fn receive(
     OperationIdHeader(header_id): OperationIdHeader,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let deadline = state.settings.server.response_timeout;
-    // Set once the body is in: tells a slow client from full sink queues.
-    let handing_over = AtomicBool::new(false);
-    let accepting = accept(&state, header_id, request, &handing_over);
-    match tokio::time::timeout(deadline, accepting).await {
-        Ok(result) => result.map(|()| error::success()),
-        Err(_elapsed) if handing_over.load(Ordering::Acquire) => {
+    let server = &state.settings.server;
+    let deadline = Instant::now() + server.response_timeout;
+    let raw = tokio::time::timeout_at(deadline, read_body(request, server.max_body_bytes)).await.map_err(
+        |_elapsed| ApiError::DeadlineExceeded { deadline_ms: server.response_timeout.as_millis() },
+    )??;
+    let packet = AfterSendSingleMsg::from_json(&raw).map_err(ApiError::InvalidPacket)?;
+    if !packet.callback_command.is_empty() && packet.callback_command != AFTER_SEND_SINGLE_MSG_COMMAND {
+        return Err(state.unknown_command(&packet.callback_command, "body's callbackCommand"));
+    }
+    let operation_id = choose_operation_id(header_id, &packet, server.require_operation_id)?;
+    // The span starts once the id is known: everything logged about this
+    // message from here on carries it.
+    let span = tracing::info_span!("callback", operationID = %operation_id);
+    let message = Arc::new(ReceivedMessage { packet, raw, operation_id, received_at: SystemTime::now() });
+    hand_over_by(&state, message, deadline).instrument(span).await?;
+    Ok(error::success())
+}
+
+/// Queues the message for every sink, waiting on full queues until `deadline`.
+async fn hand_over_by(
+    state: &AppState,
+    message: Arc<ReceivedMessage>,
+    deadline: Instant,
+) -> Result<(), ApiError> {
+    match tokio::time::timeout_at(deadline, sinks::hand_over(&state.sinks, message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(HandOverError::SinkStopped(sink))) => {
+            tracing::error!(sink, "message refused: sink is not running");
+            Err(ApiError::SinkStopped { sink })
+        }
+        Err(_elapsed) => {
             let full: Vec<&'static str> = state
                 .sinks
                 .iter()
@@ -42,30 +68,7 @@ pub async fn receive(
             tracing::warn!(sinks = ?full, "message refused: sink queues full until the deadline");
             Err(ApiError::SinkQueueFull { sinks: full })
         }
-        Err(_elapsed) => Err(ApiError::DeadlineExceeded { deadline_ms: deadline.as_millis() }),
     }
-}
-
-async fn accept(
-    state: &AppState,
-    header_id: Option<String>,
-    request: Request,
-    handing_over: &AtomicBool,
-) -> Result<(), ApiError> {
-    let limit = state.settings.server.max_body_bytes;
-    let raw = read_body(request, limit).await?;
-    let packet = AfterSendSingleMsg::from_json(&raw).map_err(ApiError::InvalidPacket)?;
-    if !packet.callback_command.is_empty() && packet.callback_command != AFTER_SEND_SINGLE_MSG_COMMAND {
-        return Err(state.unknown_command(&packet.callback_command, "body's callbackCommand"));
-    }
-    let operation_id = choose_operation_id(header_id, &packet, state.settings.server.require_operation_id)?;
-    tracing::Span::current().record("operationID", operation_id.value.as_str());
-    let message = Arc::new(ReceivedMessage { packet, raw, operation_id, received_at: SystemTime::now() });
-    handing_over.store(true, Ordering::Release);
-    sinks::hand_over(&state.sinks, message).await.map_err(|HandOverError::SinkStopped(sink)| {
-        tracing::error!(sink, "message refused: sink is not running");
-        ApiError::SinkStopped { sink }
-    })
 }
 
 /// The whole body, refused early when Content-Length already says it is too big.

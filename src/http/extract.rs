@@ -4,13 +4,15 @@
 use super::AppState;
 use super::error::ApiError;
 use crate::message::AFTER_SEND_SINGLE_MSG_COMMAND;
-use axum::extract::{FromRequestParts, RawPathParams};
+use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 
 /// The URL asks for `callbackAfterSendSingleMsgCommand`: in the path
 /// (`{base}/callbackAfterSendSingleMsgCommand`, OpenIM v3.4.2+), in the query
-/// (`{base}?command=…`, up to v3.4.0), or in both, agreeing. Other query
+/// (`{base}?command=…`, up to v3.4.0), or in both, agreeing. Checked on the
+/// raw URL: the callback routes are static, so axum extracts no path
+/// parameters on the hot path. Other query
 /// parameters are ignored (`key=` from OpenIM's main branch), except a
 /// `contenttype` other than json (the public document's `&contenttype=json`).
 #[derive(Debug)]
@@ -32,16 +34,17 @@ impl FromRequestParts<AppState> for AfterSendSingleMsgCommand {
                 _ => {}
             }
         }
-        let params = RawPathParams::from_request_parts(parts, state).await;
-        let path_command = params
-            .as_ref()
-            .ok()
-            .and_then(|params| params.iter().find(|(name, _)| *name == "command").map(|(_, value)| value));
-        match path_command {
-            Some(AFTER_SEND_SINGLE_MSG_COMMAND) => Ok(AfterSendSingleMsgCommand),
-            Some(other) => Err(state.unknown_command(other, "path")),
-            None if query_names_command => Ok(AfterSendSingleMsgCommand),
-            None => Err(ApiError::MissingCommand),
+        // The router sends only {base}, {base}/ and {base}/callbackAfterSendSingleMsgCommand
+        // here; other commands in the path have a route of their own.
+        let path_names_command = parts
+            .uri
+            .path()
+            .strip_suffix(AFTER_SEND_SINGLE_MSG_COMMAND)
+            .is_some_and(|base| base.ends_with('/'));
+        if path_names_command || query_names_command {
+            Ok(AfterSendSingleMsgCommand)
+        } else {
+            Err(ApiError::MissingCommand)
         }
     }
 }

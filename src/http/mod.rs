@@ -5,10 +5,11 @@ pub mod error;
 mod extract;
 mod probes;
 
+use crate::message::AFTER_SEND_SINGLE_MSG_COMMAND;
 use crate::settings::Settings;
 use crate::sinks::{SinkHandle, StatsHandle};
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{Method, Uri};
 use axum::middleware::map_response_with_state;
 use axum::response::Response;
@@ -18,7 +19,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tower_http::trace::TraceLayer;
 
 /// Everything a request needs. One `Arc`: extractors and middleware clone the
 /// state for every request, so a clone is a single reference count.
@@ -126,28 +126,30 @@ impl RequestCounters {
 pub fn app(state: AppState) -> Router {
     let base = state.settings.callback_base().to_owned();
     let callback = || post(callback::receive).fallback(method_not_allowed);
+    let other_command = || post(other_command).fallback(method_not_allowed);
     let mut router = Router::new();
     // {base}?command=… (OpenIM up to v3.4.0), with and without a trailing slash;
     // {base}/command (v3.4.2+), and "//" when the base in OpenIM ends with "/".
-    let mut paths = vec![format!("{base}/"), format!("{base}/{{command}}"), format!("{base}//{{command}}")];
+    // Static routes win over {command}, which catches every other webhook.
+    let mut query_form = vec![format!("{base}/")];
     if !base.is_empty() {
-        paths.push(base);
+        query_form.push(base.clone());
     }
-    for path in &paths {
-        router = router.route(path, callback());
+    for path in query_form {
+        router = router.route(&path, callback());
+    }
+    for separator in ["/", "//"] {
+        router = router
+            .route(&format!("{base}{separator}{AFTER_SEND_SINGLE_MSG_COMMAND}"), callback())
+            .route(&format!("{base}{separator}{{command}}"), other_command());
     }
     router
         .route("/healthz", get(probes::healthz).fallback(method_not_allowed))
         .route("/readyz", get(probes::readyz).fallback(method_not_allowed))
         .route("/stats", get(probes::stats).fallback(method_not_allowed))
         .fallback(not_found)
-        // Layers wrap what is above them: the counters see every answer,
-        // fallbacks included, and the trace span encloses all of it.
+        // A layer wraps what is above it: the counters see every answer, fallbacks included.
         .layer(map_response_with_state(state.clone(), count_outcomes))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            tracing::info_span!("request", method = %request.method(), uri = %request.uri(),
-                operationID = tracing::field::Empty)
-        }))
         .with_state(state)
 }
 
@@ -160,6 +162,13 @@ async fn count_outcomes(State(state): State<AppState>, response: Response) -> Re
 
 async fn not_found(State(state): State<AppState>, uri: Uri) -> ApiError {
     ApiError::NotFound { path: uri.path().to_owned(), base: state.settings.callback_base().to_owned() }
+}
+
+/// Another webhook's command in the path: OpenIM v3.7+ sends every enabled
+/// webhook to the one base URL.
+async fn other_command(State(state): State<AppState>, uri: Uri) -> ApiError {
+    let command = uri.path().rsplit('/').next().unwrap_or_default();
+    state.unknown_command(command, "path")
 }
 
 async fn method_not_allowed(method: Method) -> ApiError {

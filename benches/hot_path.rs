@@ -1,0 +1,98 @@
+//! Where a callback's time goes, piece by piece: decoding each sample packet,
+//! the stats update, formatting a log record, and the whole handler path
+//! through the router (sinks included, their queues drained by their threads).
+//!
+//! cargo bench --bench hot_path
+
+use axum::body::Body;
+use axum::http::Request;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use openim_callback_receiver::message::{AfterSendSingleMsg, OperationId, ReceivedMessage};
+use openim_callback_receiver::settings::{LogFormat, Settings};
+use openim_callback_receiver::sinks::stats::MessageStats;
+use openim_callback_receiver::sinks::{LogSink, Sink, SinkSet};
+use openim_callback_receiver::telemetry::RecordWriter;
+use openim_callback_receiver::{Receiver, http};
+use std::hint::black_box;
+use std::time::SystemTime;
+use tower::ServiceExt;
+
+const SAMPLES: [&str; 3] = ["text.json", "picture.json", "rest-api-v3.0.json"];
+
+fn sample(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/samples/{name}", env!("CARGO_MANIFEST_DIR"))).expect("sample packet")
+}
+
+fn received(raw: Vec<u8>) -> ReceivedMessage {
+    ReceivedMessage {
+        packet: AfterSendSingleMsg::from_json(&raw).expect("the sample parses"),
+        raw: raw.into(),
+        operation_id: OperationId { value: "bench".to_owned(), generated: false },
+        received_at: SystemTime::now(),
+    }
+}
+
+fn decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode");
+    for name in SAMPLES {
+        let raw = sample(name);
+        group.throughput(Throughput::Bytes(raw.len() as u64));
+        group.bench_function(name, |b| b.iter(|| AfterSendSingleMsg::from_json(black_box(&raw)).unwrap()));
+    }
+    group.finish();
+}
+
+fn stats_update(c: &mut Criterion) {
+    let message = received(sample("text.json"));
+    let mut stats = MessageStats::default();
+    c.bench_function("stats/record known people", |b| b.iter(|| stats.record(black_box(&message.packet))));
+    let mut packet = message.packet.clone();
+    let mut stats = MessageStats::default();
+    let mut next = 0u64;
+    c.bench_function("stats/record new sender", |b| {
+        b.iter(|| {
+            next += 1;
+            packet.send_id = next.to_string();
+            stats.record(black_box(&packet))
+        })
+    });
+}
+
+fn log_record(c: &mut Criterion) {
+    let settings = Settings::defaults();
+    let mut sink = LogSink::new(&settings.sinks.log, LogFormat::Json, RecordWriter::new(std::io::sink()));
+    let message = received(sample("text.json"));
+    c.bench_function("log/format one JSON record", |b| {
+        b.iter(|| {
+            sink.deliver(black_box(&message)).unwrap();
+            sink.flush().unwrap();
+        })
+    });
+}
+
+fn handler_path(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let settings = Settings::defaults();
+    let sinks_settings = settings.clone();
+    let (sinks, stats) = SinkSet::from_settings(&sinks_settings, RecordWriter::new(std::io::sink())).unwrap();
+    let receiver = Receiver::with_sinks(settings, sinks, stats);
+    let app = http::app(receiver.state().clone());
+    let body = bytes::Bytes::from(sample("text.json"));
+    c.bench_function("router/accepted callback, log and stats sinks", |b| {
+        b.to_async(&runtime).iter(|| {
+            let request = Request::post("/callbackExample/callbackAfterSendSingleMsgCommand")
+                .header("content-type", "application/json; charset=utf-8")
+                .header("operationid", "bench")
+                .body(Body::from(body.clone()))
+                .unwrap();
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await.unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        })
+    });
+}
+
+criterion_group!(benches, decode, stats_update, log_record, handler_path);
+criterion_main!(benches);
