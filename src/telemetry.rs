@@ -40,6 +40,8 @@ pub fn init(settings: &TelemetrySettings) -> TelemetryGuard {
     let format = resolve_format(settings.format);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
+        // Diagnostics are rare; the default (128,000 lines) preallocates ~4 MiB.
+        .buffered_lines_limit(4096)
         .thread_name("log-diagnostics")
         .finish(std::io::stdout());
     // Validated at start-up, so the filter parses.

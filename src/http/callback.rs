@@ -83,7 +83,9 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
     }
     let body: Body = request.into_body();
     match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+        // A copy of exactly the body's size: the chunk hyper hands over can be a
+        // slice of a much larger read buffer, which a queued message would pin.
+        Ok(collected) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
         Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge { limit }),
         Err(error) => Err(ApiError::UnreadableBody { detail: error.to_string() }),
     }
