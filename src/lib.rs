@@ -8,13 +8,14 @@
 pub mod healthcheck;
 pub mod http;
 pub mod message;
+pub mod server;
 pub mod settings;
 pub mod sinks;
 pub mod telemetry;
 
 use settings::Settings;
 use sinks::{SinkSet, StatsHandle};
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
@@ -67,14 +68,16 @@ impl Receiver {
     ) -> std::io::Result<ShutdownReport> {
         let Receiver { state, sinks } = self;
         let shutdown_timeout = state.settings.server.shutdown_timeout;
+        let tls = server::tls_acceptor(&state.settings.server)?;
+        let limits = server::Limits::from(&state.settings.server);
         let router = http::app(state);
         let (signalled_tx, mut signalled_rx) = tokio::sync::oneshot::channel();
-        let serving = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let serving = server::serve(listener, router, limits, tls, async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections, finishing requests, draining sinks");
             let _ = signalled_tx.send(Instant::now());
         });
-        let mut server = tokio::spawn(serving.into_future());
+        let mut server = tokio::spawn(serving);
         let deadline = tokio::select! {
             // Biased: a server that ends because it was signalled has sent the signal first.
             biased;

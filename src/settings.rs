@@ -3,10 +3,11 @@
 //! variables. Loaded and validated once at start-up; a bad key stops the
 //! process with one line naming it.
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The defaults, and the documentation of every key.
@@ -21,6 +22,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub telemetry: TelemetrySettings,
     pub sinks: SinksSettings,
+    pub auth: AuthSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +42,94 @@ pub struct ServerSettings {
     /// Time allowed at shutdown to finish requests and drain sink queues.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Time a client has to send a complete request head (slowloris defence).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Requests handled at once; beyond it, an immediate 503.
+    pub max_in_flight: usize,
+    /// Largest request head, in bytes.
+    pub max_header_bytes: usize,
+    /// Proxies whose X-Forwarded-For is believed.
+    #[serde(deserialize_with = "ip_ranges")]
+    pub trusted_proxies: Vec<IpNet>,
+    pub tls: TlsSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain; empty for plain HTTP.
+    pub cert_path: PathBuf,
+    /// PEM private key; empty for plain HTTP.
+    pub key_path: PathBuf,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        !self.cert_path.as_os_str().is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Secret path segment (or bearer token) callers must present; empty for none.
+    pub token: Secret,
+    /// Who may call, by peer address (or X-Forwarded-For from a trusted proxy).
+    #[serde(deserialize_with = "ip_ranges")]
+    pub allow_ips: Vec<IpNet>,
+}
+
+/// A setting that is never shown: `Debug` and serialization redact it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+/// What `--print-config` shows instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { REDACTED })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { REDACTED })
+    }
+}
+
+/// CIDR ranges or plain addresses (a plain address is its own /32 or /128).
+fn ip_ranges<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts.iter().map(|text| parse_ip_range(text).map_err(serde::de::Error::custom)).collect()
+}
+
+pub fn parse_ip_range(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR range"))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -119,7 +209,10 @@ impl Settings {
         let mut environment = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true);
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("server.trusted_proxies")
+            .with_list_parse_key("auth.allow_ips");
         if let EnvSource::Map(map) = env {
             environment = environment.source(Some(map));
         }
@@ -146,6 +239,47 @@ impl Settings {
         }
         if self.server.response_timeout.is_zero() {
             return fail("server.response_timeout", "must be longer than 0s");
+        }
+        let server = &self.server;
+        if server.header_read_timeout.is_zero() {
+            return fail("server.header_read_timeout", "must be longer than 0s");
+        }
+        if server.keep_alive_timeout.is_zero() || server.keep_alive_timeout > server.header_read_timeout {
+            return fail(
+                "server.keep_alive_timeout",
+                "must be longer than 0s and at most server.header_read_timeout",
+            );
+        }
+        if server.max_connections == 0 {
+            return fail("server.max_connections", "must be at least 1");
+        }
+        if server.max_in_flight == 0 {
+            return fail("server.max_in_flight", "must be at least 1");
+        }
+        if server.max_header_bytes < 8192 {
+            return fail("server.max_header_bytes", "must be at least 8192");
+        }
+        let tls = &server.tls;
+        if tls.cert_path.as_os_str().is_empty() != tls.key_path.as_os_str().is_empty() {
+            return fail("server.tls", "set both cert_path and key_path, or neither");
+        }
+        for (key, path) in [("server.tls.cert_path", &tls.cert_path), ("server.tls.key_path", &tls.key_path)]
+        {
+            if !path.as_os_str().is_empty() && !path.is_file() {
+                return fail(key, &format!("{} is not a readable file", path.display()));
+            }
+        }
+        let token = self.auth.token.expose();
+        if token == REDACTED {
+            return fail("auth.token", "set the real token, not the placeholder --print-config shows");
+        }
+        if !token.is_empty()
+            && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)))
+        {
+            return fail(
+                "auth.token",
+                "must be at least 16 characters of A-Z a-z 0-9 - _ . ~ (it is a URL path segment)",
+            );
         }
         if self.sinks.log.queue_capacity == 0 {
             return fail("sinks.log.queue_capacity", "must be at least 1");
@@ -213,6 +347,37 @@ mod tests {
         assert!(invalid.to_string().contains("server.max_body_bytes"), "{invalid}");
         let base = Settings::load(None, env(&[("OPENIM_CALLBACK__SERVER__BASE_PATH", "cb")])).unwrap_err();
         assert!(base.to_string().contains("server.base_path"), "{base}");
+    }
+
+    #[test]
+    fn lists_of_ranges_come_from_the_environment_comma_separated() {
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("OPENIM_CALLBACK__AUTH__ALLOW_IPS", "10.0.0.0/8,127.0.0.1"),
+                ("OPENIM_CALLBACK__SERVER__TRUSTED_PROXIES", "192.168.1.1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.auth.allow_ips.len(), 2);
+        assert!(settings.auth.allow_ips[1].contains(&"127.0.0.1".parse::<std::net::IpAddr>().unwrap()));
+        let bad =
+            Settings::load(None, env(&[("OPENIM_CALLBACK__AUTH__ALLOW_IPS", "10.0.0.0/99")])).unwrap_err();
+        assert!(bad.to_string().contains("auth.allow_ips"), "{bad}");
+    }
+
+    #[test]
+    fn the_token_is_never_printed_and_the_placeholder_is_refused() {
+        let token = "s3cret-token-0123456789";
+        let settings = Settings::load(None, env(&[("OPENIM_CALLBACK__AUTH__TOKEN", token)])).unwrap();
+        assert_eq!(settings.auth.token.expose(), token);
+        assert!(!settings.to_toml().contains(token));
+        assert!(!format!("{settings:?}").contains(token));
+        let placeholder =
+            Settings::load(None, env(&[("OPENIM_CALLBACK__AUTH__TOKEN", REDACTED)])).unwrap_err();
+        assert!(placeholder.to_string().contains("auth.token"));
+        let short = Settings::load(None, env(&[("OPENIM_CALLBACK__AUTH__TOKEN", "short")])).unwrap_err();
+        assert!(short.to_string().contains("auth.token"));
     }
 
     #[test]

@@ -49,10 +49,14 @@ pub enum Rejection {
     DeadlineExceeded,
     SinkQueueFull,
     SinkStopped,
+    UnsupportedContentEncoding,
+    Unauthorized,
+    Forbidden,
+    Overloaded,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 15] = [
+    pub const ALL: [Rejection; 19] = [
         Rejection::UnknownCommand,
         Rejection::MissingCommand,
         Rejection::UnsupportedContentTypeParam,
@@ -68,6 +72,10 @@ impl Rejection {
         Rejection::DeadlineExceeded,
         Rejection::SinkQueueFull,
         Rejection::SinkStopped,
+        Rejection::UnsupportedContentEncoding,
+        Rejection::Unauthorized,
+        Rejection::Forbidden,
+        Rejection::Overloaded,
     ];
 
     /// The envelope's `errCode`: the HTTP status times ten, plus a digit.
@@ -88,11 +96,17 @@ impl Rejection {
             Rejection::DeadlineExceeded => 5030,
             Rejection::SinkQueueFull => 5031,
             Rejection::SinkStopped => 5032,
+            Rejection::UnsupportedContentEncoding => 4151,
+            Rejection::Unauthorized => 4010,
+            Rejection::Forbidden => 4030,
+            Rejection::Overloaded => 5033,
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self.err_code() / 10 {
+            401 => StatusCode::UNAUTHORIZED,
+            403 => StatusCode::FORBIDDEN,
             404 => StatusCode::NOT_FOUND,
             405 => StatusCode::METHOD_NOT_ALLOWED,
             413 => StatusCode::PAYLOAD_TOO_LARGE,
@@ -120,6 +134,10 @@ impl Rejection {
             Rejection::DeadlineExceeded => "deadline_exceeded",
             Rejection::SinkQueueFull => "sink_queue_full",
             Rejection::SinkStopped => "sink_stopped",
+            Rejection::UnsupportedContentEncoding => "unsupported_content_encoding",
+            Rejection::Unauthorized => "unauthorized",
+            Rejection::Forbidden => "forbidden",
+            Rejection::Overloaded => "overloaded",
         }
     }
 }
@@ -171,6 +189,19 @@ pub enum ApiError {
     /// 503: a sink's worker is not running (shutting down, or it failed).
     #[error("message not accepted: sink {sink} is not running")]
     SinkStopped { sink: &'static str },
+    /// 415: a compressed body (OpenIM never compresses what it sends).
+    #[error("unsupported Content-Encoding {encoding:?}: send the body uncompressed")]
+    UnsupportedContentEncoding { encoding: String },
+    /// 401: `auth.token` is set and the request has neither the token segment
+    /// nor the bearer token. No detail, on purpose.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// 403: the caller's address is not in `auth.allow_ips`.
+    #[error("forbidden: caller {} is not in auth.allow_ips", .caller.map(|ip| ip.to_string()).unwrap_or_else(|| "unknown".to_owned()))]
+    Forbidden { caller: Option<std::net::IpAddr> },
+    /// 503: `server.max_in_flight` requests are being handled already.
+    #[error("overloaded: {limit} requests in flight already, try again")]
+    Overloaded { limit: usize },
 }
 
 fn invalid_packet_message(error: &PacketError) -> String {
@@ -201,6 +232,10 @@ impl ApiError {
             ApiError::DeadlineExceeded { .. } => Rejection::DeadlineExceeded,
             ApiError::SinkQueueFull { .. } => Rejection::SinkQueueFull,
             ApiError::SinkStopped { .. } => Rejection::SinkStopped,
+            ApiError::UnsupportedContentEncoding { .. } => Rejection::UnsupportedContentEncoding,
+            ApiError::Unauthorized => Rejection::Unauthorized,
+            ApiError::Forbidden { .. } => Rejection::Forbidden,
+            ApiError::Overloaded { .. } => Rejection::Overloaded,
         }
     }
 

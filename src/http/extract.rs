@@ -71,6 +71,8 @@ impl<S: Send + Sync> FromRequestParts<S> for OperationIdHeader {
 
 /// A Content-Type, when there is one, says JSON: `application/json` with any
 /// parameters, or a `+json` type. A request without one is read as JSON.
+/// A Content-Encoding other than identity (gzip, …) is refused: OpenIM never
+/// compresses, and a decompressor would be a way to blow up memory.
 #[derive(Debug)]
 pub struct JsonContentType;
 
@@ -78,6 +80,12 @@ impl<S: Send + Sync> FromRequestParts<S> for JsonContentType {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        if let Some(encoding) = parts.headers.get(header::CONTENT_ENCODING)
+            && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+        {
+            let encoding = String::from_utf8_lossy(encoding.as_bytes()).into_owned();
+            return Err(ApiError::UnsupportedContentEncoding { encoding });
+        }
         let Some(value) = parts.headers.get(header::CONTENT_TYPE) else {
             return Ok(JsonContentType);
         };

@@ -1,5 +1,6 @@
 //! The HTTP face: routes, shared state, and the request counters.
 
+pub mod auth;
 mod callback;
 pub mod error;
 mod extract;
@@ -9,16 +10,17 @@ use crate::message::AFTER_SEND_SINGLE_MSG_COMMAND;
 use crate::settings::Settings;
 use crate::sinks::{SinkHandle, StatsHandle};
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{Method, Uri};
-use axum::middleware::map_response_with_state;
-use axum::response::Response;
+use axum::middleware::{Next, from_fn_with_state, map_response_with_state};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::{ApiError, Outcome, Rejection};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::Semaphore;
 
 /// Everything a request needs. One `Arc`: extractors and middleware clone the
 /// state for every request, so a clone is a single reference count.
@@ -31,6 +33,8 @@ pub struct SharedState {
     /// Present when the stats sink is enabled.
     pub stats: Option<StatsHandle>,
     pub requests: RequestCounters,
+    /// One permit per callback being handled (`server.max_in_flight`).
+    in_flight: Arc<Semaphore>,
 }
 
 impl std::ops::Deref for AppState {
@@ -43,7 +47,14 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(settings: Settings, sinks: Vec<SinkHandle>, stats: Option<StatsHandle>) -> Self {
-        AppState(Arc::new(SharedState { settings, sinks, stats, requests: RequestCounters::new() }))
+        let in_flight = Arc::new(Semaphore::new(settings.server.max_in_flight));
+        AppState(Arc::new(SharedState {
+            settings,
+            sinks,
+            stats,
+            requests: RequestCounters::new(),
+            in_flight,
+        }))
     }
 
     /// The refusal for another webhook's command. OpenIM sends every enabled
@@ -127,7 +138,7 @@ pub fn app(state: AppState) -> Router {
     let base = state.settings.callback_base().to_owned();
     let callback = || post(callback::receive).fallback(method_not_allowed);
     let other_command = || post(other_command).fallback(method_not_allowed);
-    let mut router = Router::new();
+    let mut callbacks = Router::new();
     // {base}?command=… (OpenIM up to v3.4.0), with and without a trailing slash;
     // {base}/command (v3.4.2+), and "//" when the base in OpenIM ends with "/".
     // Static routes win over {command}, which catches every other webhook.
@@ -136,26 +147,42 @@ pub fn app(state: AppState) -> Router {
         query_form.push(base.clone());
     }
     for path in query_form {
-        router = router.route(&path, callback());
+        callbacks = callbacks.route(&path, callback());
     }
     for separator in ["/", "//"] {
-        router = router
+        callbacks = callbacks
             .route(&format!("{base}{separator}{AFTER_SEND_SINGLE_MSG_COMMAND}"), callback())
             .route(&format!("{base}{separator}{{command}}"), other_command());
     }
-    router
+    let routes = callbacks
+        // Shed load past the limit at once, rather than queue without bound.
+        .route_layer(from_fn_with_state(state.clone(), limit_in_flight))
         .route("/healthz", get(probes::healthz).fallback(method_not_allowed))
         .route("/readyz", get(probes::readyz).fallback(method_not_allowed))
         .route("/stats", get(probes::stats).fallback(method_not_allowed))
         .fallback(not_found)
         // A layer wraps what is above it: the counters see every answer, fallbacks included.
+        .layer(map_response_with_state(state.clone(), count_outcomes));
+    // The caller check runs before routing (it may cut the token out of the
+    // path), so it wraps the routes as a whole, as this router's fallback.
+    Router::new()
+        .fallback_service(routes.with_state(state.clone()))
+        .layer(from_fn_with_state(state.clone(), auth::check_caller))
         .layer(map_response_with_state(state.clone(), count_outcomes))
         .with_state(state)
 }
 
-async fn count_outcomes(State(state): State<AppState>, response: Response) -> Response {
-    if let Some(outcome) = response.extensions().get::<Outcome>() {
-        state.requests.count(*outcome);
+async fn limit_in_flight(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match Arc::clone(&state.in_flight).try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::Overloaded { limit: state.settings.server.max_in_flight }.into_response(),
+    }
+}
+
+async fn count_outcomes(State(state): State<AppState>, mut response: Response) -> Response {
+    // Taken out once counted: the outer layer sees only the caller check's refusals.
+    if let Some(outcome) = response.extensions_mut().remove::<Outcome>() {
+        state.requests.count(outcome);
     }
     response
 }

@@ -1,0 +1,137 @@
+//! Who may call. The open-source OpenIMServer signs nothing: the operator
+//! controls only the URL it posts to. So the checks are the caller's address
+//! (`auth.allow_ips`, with `X-Forwarded-For` believed only from
+//! `server.trusted_proxies`) and a secret in the URL (`auth.token`, as the path
+//! segment after the base, or as `Authorization: Bearer` for callers that can
+//! send headers).
+//!
+//! This runs before routing: a token found in the path is cut out of the URI,
+//! so the routes, and every log line and error after this point, never see it.
+
+use super::AppState;
+use super::error::ApiError;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
+use std::net::{IpAddr, SocketAddr};
+use subtle::ConstantTimeEq;
+
+/// Paths that stay open with a token set: the container's probes.
+const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+pub async fn check_caller(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let auth = &state.settings.auth;
+    if !auth.allow_ips.is_empty() {
+        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+        let caller =
+            peer.map(|peer| client_address(peer, request.headers(), &state.settings.server.trusted_proxies));
+        if !caller.is_some_and(|ip| auth.allow_ips.iter().any(|range| range.contains(&ip))) {
+            return ApiError::Forbidden { caller }.into_response();
+        }
+    }
+    let token = auth.token.expose();
+    if !token.is_empty() && !OPEN_PATHS.contains(&request.uri().path()) {
+        match strip_token(request.uri(), state.settings.callback_base(), token) {
+            Some(stripped) => *request.uri_mut() = stripped,
+            None if bearer_matches(request.headers(), token) => {}
+            None => return ApiError::Unauthorized.into_response(),
+        }
+    }
+    next.run(request).await
+}
+
+/// The caller's address: the peer, or, when the peer is a trusted proxy, the
+/// nearest address in `X-Forwarded-For` that is not one of the trusted proxies.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {
+    let trusted = |ip: &IpAddr| trusted_proxies.iter().any(|range| range.contains(ip));
+    if !trusted(&peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    // Right to left: each proxy appends the address it saw.
+    for hop in forwarded.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if trusted(&ip) => continue,
+            Ok(ip) => return ip,
+            // Garbage in the chain: nothing left of it can be believed.
+            Err(_) => return peer,
+        }
+    }
+    peer
+}
+
+/// `{base}/<token>/rest?query` → `{base}/rest?query` when the segment is the token.
+fn strip_token(uri: &Uri, base: &str, token: &str) -> Option<Uri> {
+    let rest = uri.path().strip_prefix(base)?.strip_prefix('/')?;
+    let (segment, after) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    if !bool::from(segment.as_bytes().ct_eq(token.as_bytes())) {
+        return None;
+    }
+    let path = if base.is_empty() && after.is_empty() { "/" } else { after };
+    let query = uri.query().map(|query| format!("?{query}")).unwrap_or_default();
+    format!("{base}{path}{query}").parse().ok()
+}
+
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|presented| bool::from(presented.trim().as_bytes().ct_eq(token.as_bytes())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef";
+
+    fn stripped(uri: &str, base: &str) -> Option<String> {
+        strip_token(&uri.parse().unwrap(), base, TOKEN).map(|uri| uri.to_string())
+    }
+
+    #[test]
+    fn the_token_segment_is_cut_out_of_every_url_form() {
+        let base = "/callbackExample";
+        assert_eq!(
+            stripped("/callbackExample/0123456789abcdef/callbackAfterSendSingleMsgCommand", base).as_deref(),
+            Some("/callbackExample/callbackAfterSendSingleMsgCommand")
+        );
+        assert_eq!(
+            stripped("/callbackExample/0123456789abcdef?command=x", base).as_deref(),
+            Some("/callbackExample?command=x")
+        );
+        assert_eq!(
+            stripped("/callbackExample/0123456789abcdef//c", base).as_deref(),
+            Some("/callbackExample//c")
+        );
+        assert_eq!(stripped("/0123456789abcdef?command=x", "").as_deref(), Some("/?command=x"));
+        assert_eq!(stripped("/callbackExample/0123456789abcdeX/c", base), None);
+        assert_eq!(stripped("/callbackExample/c", base), None);
+        assert_eq!(stripped("/elsewhere/0123456789abcdef/c", base), None);
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let proxies: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.9, 10.0.0.7".parse().unwrap());
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_address(proxy, &headers, &proxies), "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(client_address(stranger, &headers, &proxies), stranger, "a stranger's header is ignored");
+        headers.insert("x-forwarded-for", "junk, 10.0.0.7".parse().unwrap());
+        assert_eq!(client_address(proxy, &headers, &proxies), proxy);
+    }
+}
