@@ -55,6 +55,7 @@ struct SinkReport {
     handled: u64,
     failed: u64,
     missed: u64,
+    panics: u64,
 }
 
 pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
@@ -76,6 +77,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
                 handled: counters.handled.load(Ordering::Relaxed),
                 failed: counters.failed.load(Ordering::Relaxed),
                 missed: counters.missed.load(Ordering::Relaxed),
+                panics: counters.panics.load(Ordering::Relaxed),
             };
             (sink.name(), report)
         })

@@ -58,6 +58,8 @@ pub struct SinkCounters {
     pub missed: AtomicU64,
     /// Messages put in the queue.
     pub queued: AtomicU64,
+    /// Panics caught in the sink (each also counts as failed).
+    pub panics: AtomicU64,
 }
 
 impl SinkCounters {
@@ -164,8 +166,8 @@ impl SinkSet {
             SinkHandle { name, queue, counters: Arc::clone(&counters), running: Arc::clone(&running) };
         let thread = std::thread::Builder::new().name(format!("sink-{name}")).spawn(move || {
             // Cleared however the loop ends, a panic included, so /readyz tells.
-            let _running = RunningFlag(running);
-            run_worker(&mut sink, &mut receiver, &counters);
+            let running = RunningFlag(running);
+            run_worker(&mut sink, &mut receiver, &counters, &running.0);
         })?;
         self.handles.push(handle);
         self.workers.push((name, thread));
@@ -214,19 +216,24 @@ impl SinkSet {
 /// most this much later.
 const BATCH_LINGER: Duration = Duration::from_millis(1);
 
+/// How long a sink whose `deliver` panicked rests before its worker goes on.
+/// Meanwhile `/readyz` names it and its queue holds the messages that arrive.
+pub const RESTART_BACKOFF: Duration = Duration::from_secs(1);
+
 /// A worker's loop: deliver messages in batches, flush after each batch,
 /// and end once the queue is closed and empty.
 fn run_worker<S: Sink>(
     sink: &mut S,
     queue: &mut mpsc::Receiver<Arc<ReceivedMessage>>,
     counters: &SinkCounters,
+    running: &AtomicBool,
 ) {
     let name = sink.name();
     while let Some(first) = queue.blocking_recv() {
-        deliver_counted(sink, &first, counters);
+        deliver_guarded(sink, &first, counters, running);
         loop {
             while let Ok(message) = queue.try_recv() {
-                deliver_counted(sink, &message, counters);
+                deliver_guarded(sink, &message, counters, running);
             }
             if let Err(error) = sink.flush() {
                 tracing::error!(sink = name, %error, "sink could not flush");
@@ -239,15 +246,41 @@ fn run_worker<S: Sink>(
     }
 }
 
-fn deliver_counted<S: Sink>(sink: &mut S, message: &ReceivedMessage, counters: &SinkCounters) {
-    match sink.deliver(message) {
-        Ok(()) => counters.handled.fetch_add(1, Ordering::Release),
-        Err(error) => {
-            tracing::error!(sink = sink.name(), operationID = %message.operation_id, %error,
-                "sink could not take a message");
-            counters.failed.fetch_add(1, Ordering::Release)
+/// Delivers one message, counting the outcome. A panic in the sink is caught
+/// here: reported, counted as a failure, and the worker restarts after
+/// [`RESTART_BACKOFF`], so one bad message never stops a sink for good.
+fn deliver_guarded<S: Sink>(
+    sink: &mut S,
+    message: &ReceivedMessage,
+    counters: &SinkCounters,
+    running: &AtomicBool,
+) {
+    let name = sink.name();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.deliver(message))) {
+        Ok(Ok(())) => {
+            counters.handled.fetch_add(1, Ordering::Release);
         }
-    };
+        Ok(Err(error)) => {
+            tracing::error!(sink = name, operationID = %message.operation_id, %error,
+                "sink could not take a message");
+            counters.failed.fetch_add(1, Ordering::Release);
+        }
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(sink = name, operationID = %message.operation_id, reason,
+                backoff_ms = RESTART_BACKOFF.as_millis() as u64,
+                "sink panicked on a message; restarting it after the backoff");
+            counters.failed.fetch_add(1, Ordering::Release);
+            counters.panics.fetch_add(1, Ordering::Release);
+            running.store(false, Ordering::Release);
+            std::thread::sleep(RESTART_BACKOFF);
+            running.store(true, Ordering::Release);
+        }
+    }
 }
 
 struct RunningFlag(Arc<AtomicBool>);

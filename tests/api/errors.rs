@@ -6,13 +6,14 @@ use openim_callback_receiver::sinks::{Sink, SinkError};
 use reqwest::Method;
 
 /// One bad request and what the receiver must answer.
-struct Case {
+pub struct Case {
     what: &'static str,
     method: Method,
     path: &'static str,
     content_type: Option<&'static str>,
     operation_id: Option<&'static str>,
-    body: String,
+    headers: Vec<(&'static str, &'static str)>,
+    body: Vec<u8>,
     status: u16,
     err_code: i64,
     /// Text the errMsg or errDlt must contain (the field, the command, …).
@@ -21,7 +22,7 @@ struct Case {
 
 fn case(
     what: &'static str,
-    body: impl Into<String>,
+    body: impl Into<Vec<u8>>,
     status: u16,
     err_code: i64,
     mentions: &'static str,
@@ -32,6 +33,7 @@ fn case(
         path: COMMAND_PATH,
         content_type: Some("application/json"),
         operation_id: Some("op-bad"),
+        headers: Vec::new(),
         body: body.into(),
         status,
         err_code,
@@ -39,7 +41,8 @@ fn case(
     }
 }
 
-fn cases() -> Vec<Case> {
+/// At least 40 malformed requests, from a wrong type to a hostile body.
+pub fn cases() -> Vec<Case> {
     let valid = packet("a", "b", 101).to_string();
     let with = |key: &str, value: serde_json::Value| {
         let mut body = packet("a", "b", 101);
@@ -165,18 +168,75 @@ fn cases() -> Vec<Case> {
             path: "/callbackExample/a/b",
             ..case("too deep a path", valid.clone(), 404, 4040, "/callbackExample/a/b")
         },
-        Case {
-            method: Method::GET,
-            body: String::new(),
-            ..case("GET on the callback", "", 405, 4050, "GET")
-        },
+        Case { method: Method::GET, body: Vec::new(), ..case("GET on the callback", "", 405, 4050, "GET") },
         Case { method: Method::PUT, ..case("PUT on the callback", valid.clone(), 405, 4050, "PUT") },
         Case { path: "/healthz", ..case("POST on a probe", valid.clone(), 405, 4050, "POST") },
+        case("seq over uint32", with("seq", 4_294_967_296_u64.into()), 400, 4006, "seq"),
+        case(
+            "createTime over int64",
+            r#"{"sendID":"a","recvID":"b","contentType":1,"createTime":100000000000000000000}"#,
+            400,
+            4006,
+            "createTime",
+        ),
+        case(
+            "senderPlatformID under int32",
+            with("senderPlatformID", (-2_147_483_649_i64).into()),
+            400,
+            4006,
+            "senderPlatformID",
+        ),
+        case("sendTime as a float", with("sendTime", 1.25.into()), 400, 4006, "sendTime"),
+        case("status as a string", with("status", "1".into()), 400, 4006, "status"),
+        case(
+            "atUserList as an object",
+            with("atUserList", serde_json::json!({"a": 1})),
+            400,
+            4006,
+            "atUserList",
+        ),
+        case(
+            "invalid UTF-8 in a string",
+            b"{\"sendID\":\"a\xff\xfe\",\"recvID\":\"b\",\"contentType\":1}".to_vec(),
+            400,
+            4006,
+            "sendID",
+        ),
+        case("100,000 nested arrays", "[".repeat(100_000), 400, 4006, "expected a JSON object"),
+        case("100,000 nested objects, unclosed", "{\"x\":".repeat(100_000), 400, 4006, "EOF while parsing"),
+        case("two objects back to back", format!("{valid}{valid}"), 400, 4006, "trailing characters"),
+        case("a JSON string", "\"hello\"", 400, 4006, "expected struct"),
+        case(
+            "body over the 4 MiB limit",
+            format!("{{\"content\":\"{}\"}}", "x".repeat(4 * 1024 * 1024)),
+            413,
+            4130,
+            "4194304",
+        ),
+        Case {
+            headers: vec![("Content-Encoding", "gzip")],
+            ..case("gzip-encoded body", vec![0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0], 415, 4151, "gzip")
+        },
+        Case {
+            path: "/callbackExample?command=%ZZ%E0%A4%A&x=%%%",
+            ..case("percent-encoding junk in the query", valid.clone(), 400, 4001, "%ZZ")
+        },
+        Case {
+            path: "/callbackExample/callbackAfterSendSingleMsgCommand?contenttype=%FF",
+            ..case("undecodable contenttype", valid.clone(), 400, 4003, "contenttype")
+        },
+        Case {
+            content_type: Some("application/"),
+            ..case("a content type without a subtype", valid.clone(), 415, 4150, "application/")
+        },
     ]
 }
 
-async fn send(receiver: &TestReceiver, case: &Case) -> Answer {
-    let mut request = receiver.client.request(case.method.clone(), receiver.url(case.path));
+pub async fn send(client: &reqwest::Client, address: std::net::SocketAddr, case: &Case) -> Answer {
+    let mut request = client.request(case.method.clone(), format!("http://{address}{}", case.path));
+    for (name, value) in &case.headers {
+        request = request.header(*name, *value);
+    }
     if let Some(content_type) = case.content_type {
         request = request.header("Content-Type", content_type);
     }
@@ -186,22 +246,28 @@ async fn send(receiver: &TestReceiver, case: &Case) -> Answer {
     Answer::read(request.body(case.body.clone()).send().await.unwrap()).await
 }
 
+/// The answer is the case's status and errCode, in a full envelope that names the cause.
+pub fn check(case: &Case, answer: &Answer) {
+    assert_eq!(
+        (answer.status, answer.err_code()),
+        (case.status, case.err_code),
+        "{}: {:?}",
+        case.what,
+        answer.body
+    );
+    answer.assert_rejected(case.status, case.err_code);
+    let said = format!("{} | {}", answer.body["errMsg"], answer.body["errDlt"].as_str().unwrap());
+    assert!(said.contains(case.mentions), "{}: {said} does not mention {:?}", case.what, case.mentions);
+}
+
 #[tokio::test]
 async fn every_bad_request_gets_its_status_code_and_a_pointer_to_the_cause() {
     let receiver = TestReceiver::start().await;
     let cases = cases();
+    assert!(cases.len() >= 40, "the table has {} cases", cases.len());
     for case in &cases {
-        let answer = send(&receiver, case).await;
-        assert_eq!(
-            (answer.status, answer.err_code()),
-            (case.status, case.err_code),
-            "{}: {:?}",
-            case.what,
-            answer.body
-        );
-        answer.assert_rejected(case.status, case.err_code);
-        let said = format!("{} | {}", answer.body["errMsg"], answer.body["errDlt"].as_str().unwrap());
-        assert!(said.contains(case.mentions), "{}: {said} does not mention {:?}", case.what, case.mentions);
+        let answer = send(&receiver.client, receiver.address, case).await;
+        check(case, &answer);
     }
     // Nothing refused reached a sink, every refusal was counted, and the server is fine.
     let stats = receiver.get_json("/stats").await;
@@ -209,7 +275,7 @@ async fn every_bad_request_gets_its_status_code_and_a_pointer_to_the_cause() {
     let rejected: u64 =
         stats["requests"]["rejected"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(rejected, cases.len() as u64);
-    assert_eq!(stats["requests"]["rejected"]["invalid_json"], 18);
+    assert_eq!(stats["requests"]["rejected"]["invalid_json"], 29);
     assert_eq!(stats["requests"]["unknown_commands"]["callbackBeforeSendSingleMsgCommand"], 2);
     receiver.post_packet("op-good", &packet("a", "b", 101)).await.assert_accepted();
 }
@@ -260,37 +326,96 @@ async fn an_operation_id_header_that_is_not_utf8_is_refused_by_name() {
 }
 
 #[tokio::test]
-async fn a_sink_whose_worker_died_makes_readyz_and_callbacks_answer_503_naming_it() {
-    let receiver =
-        TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(PanickingSink, 4).unwrap()).await;
-    receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
-    // The worker panics on that message; from then on its queue is closed.
-    let mut refused = None;
-    for _ in 0..500 {
-        let answer = receiver.post_packet("op-2", &packet("a", "b", 101)).await;
-        if answer.status != 200 {
-            refused = Some(answer);
+async fn a_sink_that_panics_is_reported_on_readyz_and_restarted_without_losing_queued_messages() {
+    let receiver = TestReceiver::start_with(settings(&[]), |sinks| {
+        sinks.spawn(PanicsOnce { panicked: false }, 16).unwrap()
+    })
+    .await;
+    receiver.post_packet("op-boom", &packet("a", "b", 101)).await.assert_accepted();
+    // While the sink rests after its panic, readiness names it.
+    let mut not_ready = None;
+    for _ in 0..200 {
+        let ready = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();
+        if ready.status() == 503 {
+            not_ready = Some(ready.json::<serde_json::Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let envelope = not_ready.expect("/readyz turns 503 after the panic");
+    assert_eq!(envelope["errCode"], 5032);
+    assert!(envelope["errMsg"].as_str().unwrap().contains("panics-once"), "{envelope}");
+    // Messages keep being accepted meanwhile, and reach the sink once it is back.
+    receiver.post_packet("op-after", &packet("a", "c", 101)).await.assert_accepted();
+    let mut stats = serde_json::Value::Null;
+    for _ in 0..400 {
+        stats = receiver.get_json("/stats").await;
+        if stats["sinks"]["panics-once"]["handled"] == 1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let refused = refused.expect("callbacks are refused once the worker is gone");
-    refused.assert_rejected(503, 5032);
-    assert!(refused.body["errMsg"].as_str().unwrap().contains("panicking"));
+    let sink = &stats["sinks"]["panics-once"];
+    assert_eq!(
+        (sink["handled"].as_u64(), sink["failed"].as_u64(), sink["panics"].as_u64()),
+        (Some(1), Some(1), Some(1)),
+        "{stats}"
+    );
+    assert_eq!(sink["running"], true);
     let ready = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 503);
-    let envelope: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(envelope["errCode"], 5032);
-    assert!(envelope["errMsg"].as_str().unwrap().contains("panicking"));
+    assert_eq!(ready.status(), 200);
 }
 
-struct PanickingSink;
+#[tokio::test]
+async fn a_sink_that_returns_errors_is_counted_and_goes_on() {
+    let receiver =
+        TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(RefusesOddMessages, 16).unwrap()).await;
+    for index in 0..6 {
+        receiver
+            .post_packet(&format!("op-{index}"), &packet(&format!("user-{index}"), "b", 101))
+            .await
+            .assert_accepted();
+    }
+    let stats = receiver.stats_after(6).await;
+    let mut sink = stats["sinks"]["refuses-odd"].clone();
+    for _ in 0..200 {
+        if sink["handled"].as_u64().unwrap() + sink["failed"].as_u64().unwrap() == 6 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        sink = receiver.get_json("/stats").await["sinks"]["refuses-odd"].clone();
+    }
+    assert_eq!((sink["handled"].as_u64(), sink["failed"].as_u64()), (Some(3), Some(3)), "{sink}");
+    assert_eq!(stats["messages"]["total"], 6, "the other sinks are not affected");
+}
 
-impl Sink for PanickingSink {
+/// Panics on its first message, then works.
+struct PanicsOnce {
+    panicked: bool,
+}
+
+impl Sink for PanicsOnce {
     fn name(&self) -> &'static str {
-        "panicking"
+        "panics-once"
     }
     fn deliver(&mut self, _message: &ReceivedMessage) -> Result<(), SinkError> {
-        panic!("a sink bug, on purpose");
+        if !self.panicked {
+            self.panicked = true;
+            panic!("a sink bug, on purpose");
+        }
+        Ok(())
+    }
+}
+
+/// Refuses messages whose sender ends in an odd digit.
+struct RefusesOddMessages;
+
+impl Sink for RefusesOddMessages {
+    fn name(&self) -> &'static str {
+        "refuses-odd"
+    }
+    fn deliver(&mut self, message: &ReceivedMessage) -> Result<(), SinkError> {
+        let last = message.packet.send_id.bytes().last().unwrap_or(b'0');
+        if (last - b'0') % 2 == 1 { Err(SinkError("odd sender, on purpose".into())) } else { Ok(()) }
     }
 }
