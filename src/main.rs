@@ -53,6 +53,12 @@ fn main() -> ExitCode {
         };
     }
     let _telemetry = telemetry::init(&settings.telemetry);
+    // Every connection is a file descriptor: lift the soft limit (often 1024)
+    // to the hard limit, so server.max_connections is what bounds them.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

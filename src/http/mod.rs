@@ -45,6 +45,13 @@ impl std::ops::Deref for AppState {
     }
 }
 
+impl SharedState {
+    /// Callbacks being handled right now.
+    pub fn in_flight(&self) -> usize {
+        self.settings.server.max_in_flight - self.in_flight.available_permits()
+    }
+}
+
 impl AppState {
     pub fn new(settings: Settings, sinks: Vec<SinkHandle>, stats: Option<StatsHandle>) -> Self {
         let in_flight = Arc::new(Semaphore::new(settings.server.max_in_flight));

@@ -41,6 +41,8 @@ struct StatsReport {
 
 #[derive(Serialize)]
 struct RequestReport {
+    /// Callbacks being handled now (at most server.max_in_flight).
+    in_flight: usize,
     accepted: u64,
     rejected: BTreeMap<&'static str, u64>,
     /// Requests for other webhook commands, by command.
@@ -86,6 +88,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
         uptime_seconds: requests.uptime().as_secs(),
         messages: state.stats.as_ref().map(|stats| stats.report()),
         requests: RequestReport {
+            in_flight: state.in_flight(),
             accepted: requests.accepted(),
             rejected,
             unknown_commands: requests.unknown_commands().into_iter().collect(),

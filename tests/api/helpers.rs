@@ -101,6 +101,8 @@ impl TestReceiver {
 
     /// Starts with `settings`'s sinks, plus any `add_sinks` adds after them.
     pub async fn start_with(settings: Settings, add_sinks: impl FnOnce(&mut SinkSet)) -> Self {
+        // Tests with many connections hold both of their ends in this process.
+        let _ = rlimit::increase_nofile_limit(u64::MAX);
         let log = CapturedLog::default();
         let records = RecordWriter::new(CapturedLogWriter(Arc::clone(&log.0)));
         let (mut sinks, stats) = SinkSet::from_settings(&settings, records).unwrap();

@@ -4,6 +4,7 @@ mod binary;
 mod callback;
 mod deadline;
 mod errors;
+mod hardening;
 mod helpers;
 mod log_records;
 mod settings_layers;

@@ -1,0 +1,361 @@
+//! Limits and hostile transports: idle connections, slow clients, bursts past
+//! the in-flight limit, requests malformed below HTTP's surface, and who may call.
+
+use crate::helpers::{
+    COMMAND_PATH, StuckSink, StuckSinkControl, TestReceiver, packet, raw_request, settings,
+};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads until the server closes the connection (or `limit` passes); true if it closed.
+async fn closed_by_server(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buffer = [0u8; 1024];
+    let reading = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    };
+    tokio::time::timeout(limit, reading).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_thousand_idle_connections_do_not_keep_a_callback_from_its_answer() {
+    let receiver = TestReceiver::start().await;
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(TcpStream::connect(receiver.address).await.unwrap());
+    }
+    let answer = receiver.post_packet("op-busy", &packet("a", "b", 101)).await;
+    answer.assert_accepted();
+    assert_eq!(receiver.get_json("/stats").await["requests"]["accepted"], 1);
+    drop(idle);
+}
+
+#[tokio::test]
+async fn a_client_sending_its_headers_a_byte_at_a_time_is_disconnected() {
+    let receiver = TestReceiver::start_with(
+        settings(&[("SERVER__HEADER_READ_TIMEOUT", "500ms"), ("SERVER__KEEP_ALIVE_TIMEOUT", "500ms")]),
+        |_| {},
+    )
+    .await;
+    let mut stream = TcpStream::connect(receiver.address).await.unwrap();
+    let head = format!("POST {COMMAND_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n");
+    let mut disconnected = false;
+    for byte in head.bytes() {
+        if stream.write_all(&[byte]).await.is_err() {
+            disconnected = true;
+            break;
+        }
+        // Paced writes: a slowloris client, not a timing assertion.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The whole head would take 4 s at this pace; the server must not wait for it.
+    assert!(disconnected || closed_by_server(&mut stream, Duration::from_secs(10)).await);
+    receiver.post_packet("op", &packet("a", "b", 101)).await.assert_accepted();
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let receiver =
+        TestReceiver::start_with(settings(&[("SERVER__KEEP_ALIVE_TIMEOUT", "300ms")]), |_| {}).await;
+    let mut stream = TcpStream::connect(receiver.address).await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = [0u8; 512];
+    let read = stream.read(&mut answer).await.unwrap();
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+    assert!(
+        closed_by_server(&mut stream, Duration::from_secs(10)).await,
+        "the idle connection was kept open"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_past_the_in_flight_limit_is_shed_with_503_and_the_server_recovers() {
+    let (stuck, control) = StuckSink::new();
+    let receiver = TestReceiver::start_with(
+        settings(&[("SERVER__MAX_IN_FLIGHT", "4"), ("SERVER__RESPONSE_TIMEOUT", "20s")]),
+        |sinks| sinks.spawn(stuck, 1).unwrap(),
+    )
+    .await;
+    let StuckSinkControl { entered, release } = control;
+    receiver.post_packet("op-0", &packet("a", "b", 101)).await.assert_accepted();
+    tokio::task::spawn_blocking(move || entered.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .unwrap();
+    receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
+    // Four requests now wait for the stuck sink's queue: the limit is reached.
+    let receiver = std::sync::Arc::new(receiver);
+    let waiting: Vec<_> = (0..4)
+        .map(|index| {
+            let receiver = std::sync::Arc::clone(&receiver);
+            tokio::spawn(async move {
+                receiver.post_packet(&format!("op-w{index}"), &packet("a", "b", 101)).await
+            })
+        })
+        .collect();
+    for _ in 0..500 {
+        if receiver.get_json("/stats").await["requests"]["in_flight"] == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(receiver.get_json("/stats").await["requests"]["in_flight"], 4);
+    for index in 0..10 {
+        let shed = receiver.post_packet(&format!("op-s{index}"), &packet("a", "b", 101)).await;
+        shed.assert_rejected(503, 5033);
+    }
+    assert!(
+        waiting.iter().all(|task| !task.is_finished()),
+        "the shed requests did not wait for the stuck ones"
+    );
+    // Free the sink: the waiting requests get their places, and new ones are served again.
+    drop(release);
+    for task in waiting {
+        task.await.unwrap().assert_accepted();
+    }
+    receiver.post_packet("op-after", &packet("a", "b", 101)).await.assert_accepted();
+    assert_eq!(receiver.get_json("/stats").await["requests"]["rejected"]["overloaded"], 10);
+}
+
+/// Requests broken below JSON: framing, headers, protocol versions.
+#[tokio::test]
+async fn requests_malformed_at_the_http_level_get_clear_answers() {
+    let receiver = TestReceiver::start_with(settings(&[("SERVER__RESPONSE_TIMEOUT", "300ms")]), |_| {}).await;
+    let body = packet("a", "b", 101).to_string();
+    let head = |extra: &str, length: usize| {
+        format!(
+            "POST {COMMAND_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\noperationID: op\r\n\
+             Connection: close\r\n{extra}Content-Length: {length}\r\n\r\n"
+        )
+    };
+    let cases: Vec<(&str, String, &str, Option<&str>)> = vec![
+        ("body longer than Content-Length", head("", body.len() - 5) + &body, "HTTP/1.1 400", Some("4006")),
+        ("body shorter than Content-Length", head("", body.len() + 50) + &body, "HTTP/1.1 503", Some("5030")),
+        (
+            "chunked body",
+            format!(
+                "POST {COMMAND_PATH} HTTP/1.1\r\nHost: x\r\noperationID: op\r\nTransfer-Encoding: chunked\r\n\
+                 Connection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                body.len()
+            ),
+            "HTTP/1.1 200",
+            Some("\"errCode\":0"),
+        ),
+        (
+            "no Host header",
+            format!(
+                "POST {COMMAND_PATH} HTTP/1.1\r\noperationID: op\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+            "HTTP/1.1 200",
+            None,
+        ),
+        (
+            "HTTP/1.0",
+            format!(
+                "POST {COMMAND_PATH} HTTP/1.0\r\noperationID: op\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            "HTTP/1.0 200",
+            None,
+        ),
+        (
+            "a 64 KiB header",
+            head(&format!("X-Junk: {}\r\n", "j".repeat(64 * 1024)), body.len()) + &body,
+            "HTTP/1.1 431",
+            None,
+        ),
+        (
+            "garbage instead of a request line",
+            "\x16\x03\x01 not http at all\r\n\r\n".to_owned(),
+            "HTTP/1.1 400",
+            None,
+        ),
+    ];
+    for (what, request, status_line, contains) in cases {
+        let answer = raw_request(receiver.address, request.as_bytes()).await;
+        assert!(answer.starts_with(status_line), "{what}: {answer:?}");
+        if let Some(text) = contains {
+            assert!(answer.contains(text), "{what}: {answer:?}");
+        }
+    }
+    receiver.post_packet("op", &packet("a", "b", 101)).await.assert_accepted();
+}
+
+mod auth {
+    use super::*;
+
+    const TOKEN: &str = "k3y-0123456789-abcdef";
+
+    async fn with_token() -> TestReceiver {
+        TestReceiver::start_with(settings(&[("AUTH__TOKEN", TOKEN)]), |_| {}).await
+    }
+
+    #[tokio::test]
+    async fn the_token_as_a_path_segment_or_bearer_lets_a_callback_in() {
+        let receiver = with_token().await;
+        let body = packet("a", "b", 101).to_string();
+        for url in [
+            format!("/callbackExample/{TOKEN}/callbackAfterSendSingleMsgCommand"),
+            format!("/callbackExample/{TOKEN}?command=callbackAfterSendSingleMsgCommand"),
+            format!("/callbackExample/{TOKEN}//callbackAfterSendSingleMsgCommand"),
+        ] {
+            receiver.post(&url, "op", body.clone()).await.assert_accepted();
+        }
+        let bearer = receiver
+            .client
+            .post(receiver.url(COMMAND_PATH))
+            .header("operationID", "op")
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bearer.status(), 200);
+        assert_eq!(receiver.log.wait_for(4).await.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_wrong_token_gets_401_without_detail() {
+        let receiver = with_token().await;
+        let body = packet("a", "b", 101).to_string();
+        for url in [
+            COMMAND_PATH.to_owned(),
+            "/callbackExample/wrong-token-0123456789/callbackAfterSendSingleMsgCommand".to_owned(),
+            format!("/callbackExample/{}/callbackAfterSendSingleMsgCommand", &TOKEN[..TOKEN.len() - 1]),
+        ] {
+            let answer = receiver.post(&url, "op", body.clone()).await;
+            answer.assert_rejected(401, 4010);
+            assert_eq!(answer.body["errMsg"], "unauthorized");
+            assert_eq!(answer.body["errDlt"], "");
+        }
+        let wrong_bearer = receiver
+            .client
+            .post(receiver.url(COMMAND_PATH))
+            .bearer_auth("nope")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong_bearer.status(), 401);
+        assert_eq!(receiver.get_json("/stats").await["errCode"], 4010, "/stats needs the token too");
+        let probe = receiver.client.get(receiver.url("/healthz")).send().await.unwrap();
+        assert_eq!(probe.status(), 200, "probes stay open");
+        let stats: serde_json::Value = receiver
+            .client
+            .get(receiver.url("/stats"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stats["requests"]["rejected"]["unauthorized"], 5, "three URLs, a wrong bearer, /stats");
+    }
+
+    #[tokio::test]
+    async fn callers_outside_the_allowlist_get_403_naming_their_address() {
+        let only_elsewhere =
+            TestReceiver::start_with(settings(&[("AUTH__ALLOW_IPS", "10.0.0.0/8")]), |_| {}).await;
+        let refused = only_elsewhere.post_packet("op", &packet("a", "b", 101)).await;
+        refused.assert_rejected(403, 4030);
+        assert!(refused.body["errMsg"].as_str().unwrap().contains("127.0.0.1"));
+
+        let loopback =
+            TestReceiver::start_with(settings(&[("AUTH__ALLOW_IPS", "127.0.0.1,10.0.0.0/8")]), |_| {}).await;
+        loopback.post_packet("op", &packet("a", "b", 101)).await.assert_accepted();
+    }
+
+    #[tokio::test]
+    async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+        let behind_proxy = TestReceiver::start_with(
+            settings(&[("AUTH__ALLOW_IPS", "10.0.0.0/8"), ("SERVER__TRUSTED_PROXIES", "127.0.0.1")]),
+            |_| {},
+        )
+        .await;
+        let post = |forwarded: &'static str| {
+            behind_proxy
+                .client
+                .post(behind_proxy.url(COMMAND_PATH))
+                .header("operationID", "op")
+                .header("X-Forwarded-For", forwarded)
+                .body(packet("a", "b", 101).to_string())
+                .send()
+        };
+        assert_eq!(post("10.1.2.3").await.unwrap().status(), 200);
+        let outsider = crate::helpers::Answer::read(post("203.0.113.7").await.unwrap()).await;
+        outsider.assert_rejected(403, 4030);
+        assert!(outsider.body["errMsg"].as_str().unwrap().contains("203.0.113.7"));
+
+        let untrusted =
+            TestReceiver::start_with(settings(&[("AUTH__ALLOW_IPS", "10.0.0.0/8")]), |_| {}).await;
+        let spoofed = untrusted
+            .client
+            .post(untrusted.url(COMMAND_PATH))
+            .header("X-Forwarded-For", "10.1.2.3")
+            .body(packet("a", "b", 101).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(spoofed.status(), 403, "a header from an untrusted peer is ignored");
+    }
+}
+
+mod tls {
+    use super::*;
+    use std::sync::Arc;
+    use tokio_rustls::TlsConnector;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+    #[tokio::test]
+    async fn https_serves_callbacks_with_the_configured_certificate() {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+        std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+        let receiver = TestReceiver::start_with(
+            settings(&[
+                ("SERVER__TLS__CERT_PATH", cert_path.to_str().unwrap()),
+                ("SERVER__TLS__KEY_PATH", key_path.to_str().unwrap()),
+            ]),
+            |_| {},
+        )
+        .await;
+
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(certified.cert.der().to_vec())).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(receiver.address).await.unwrap();
+        let mut stream = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        let body = packet("a", "b", 101).to_string();
+        let request = format!(
+            "POST {COMMAND_PATH} HTTP/1.1\r\nHost: localhost\r\noperationID: op-tls\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(receiver.log.wait_for(1).await[0]["operationID"], "op-tls");
+
+        // Plain HTTP to the TLS port gets no answer a client could mistake for success.
+        let plain = receiver.client.post(receiver.url(COMMAND_PATH)).body(body).send().await;
+        assert!(plain.is_err() || plain.unwrap().status() != 200);
+    }
+}
