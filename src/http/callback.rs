@@ -10,8 +10,8 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::response::Response;
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -71,23 +71,44 @@ async fn hand_over_by(
     }
 }
 
-/// The whole body, refused early when Content-Length already says it is too big.
+/// The whole body, in a buffer of its own exact size (the chunks hyper hands
+/// over can be slices of a larger read buffer, which a queued message would
+/// otherwise pin). Refused early when Content-Length already says too big.
 async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
+    let mut body: Body = request.into_body();
     if declared.is_some_and(|length| length > limit as u64) {
+        discard_rest(&mut body, limit).await;
         return Err(ApiError::BodyTooLarge { limit });
     }
-    let body: Body = request.into_body();
-    match Limited::new(body, limit).collect().await {
-        // A copy of exactly the body's size: the chunk hyper hands over can be a
-        // slice of a much larger read buffer, which a queued message would pin.
-        Ok(collected) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
-        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge { limit }),
-        Err(error) => Err(ApiError::UnreadableBody { detail: error.to_string() }),
+    let mut buffer = BytesMut::with_capacity(declared.map_or(0, |length| length as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| ApiError::UnreadableBody { detail: error.to_string() })?;
+        let Ok(data) = frame.into_data() else { continue };
+        if buffer.len() + data.len() > limit {
+            discard_rest(&mut body, limit).await;
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok(buffer.freeze())
+}
+
+/// Reads and drops what is left of an oversized body, up to four times the
+/// limit, so that the client is reading when the 413 goes out instead of
+/// meeting a reset connection mid-upload. Past that, the connection is cut.
+async fn discard_rest(body: &mut Body, limit: usize) {
+    let mut allowance = limit.saturating_mul(4);
+    while let Some(Ok(frame)) = body.frame().await {
+        let size = frame.data_ref().map_or(0, Bytes::len);
+        if size >= allowance {
+            return;
+        }
+        allowance -= size;
     }
 }
 

@@ -126,3 +126,132 @@ async fn print_config_shows_the_effective_settings() {
     assert_eq!(printed["sinks"]["stats"]["queue_capacity"].as_integer(), Some(77));
     assert_eq!(printed["server"]["response_timeout"].as_str(), Some("3s"));
 }
+
+/// A running binary whose stdout is read in the background (a full pipe
+/// would stall its log sink), with every log line kept.
+struct RunningBinary {
+    child: tokio::process::Child,
+    address: SocketAddr,
+    lines: tokio::task::JoinHandle<Vec<serde_json::Value>>,
+}
+
+impl RunningBinary {
+    async fn start(workdir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let mut command = receiver_command(workdir);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let started =
+            next_line_where(&mut lines, |line| line["message"] == "receiving OpenIM callbacks").await;
+        let address = started["listen"].as_str().unwrap().parse().unwrap();
+        let lines = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.push(serde_json::from_str(&line).unwrap_or(serde_json::Value::Null));
+            }
+            kept
+        });
+        RunningBinary { child, address, lines }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id().unwrap())).unwrap();
+        let line = status.lines().find(|line| line.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn the_hostile_table_leaves_the_binary_healthy_and_its_memory_where_it_was() {
+    let workdir = tempfile::tempdir().unwrap();
+    let mut binary = RunningBinary::start(workdir.path(), &[]).await;
+    let client = reqwest::Client::new();
+    let cases = crate::errors::cases();
+    let run_table = || async {
+        for case in &cases {
+            let answer = crate::errors::send(&client, binary.address, case).await;
+            crate::errors::check(case, &answer);
+        }
+    };
+    run_table().await; // first use sizes the allocator's pools
+    let settled = binary.rss_kib();
+    for _ in 0..3 {
+        run_table().await;
+    }
+    let after = binary.rss_kib();
+    let healthz = client.get(format!("http://{}/healthz", binary.address)).send().await.unwrap();
+    assert_eq!(healthz.status(), 200);
+    assert!(after <= settled + 8 * 1024, "RSS grew from {settled} KiB to {after} KiB over three more tables");
+    assert_eq!(binary.terminate().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_no_message_answered_200() {
+    let workdir = tempfile::tempdir().unwrap();
+    let mut binary = RunningBinary::start(workdir.path(), &[]).await;
+    let address = binary.address;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|client_index| {
+            let stop = std::sync::Arc::clone(&stop);
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut answered_200 = Vec::new();
+                for index in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let server_msg_id = format!("c{client_index}-{index}");
+                    let mut body = crate::helpers::packet("a", "b", 101);
+                    body["serverMsgID"] = server_msg_id.clone().into();
+                    let sent = client
+                        .post(format!("http://{address}{COMMAND_PATH}"))
+                        .header("operationID", "op-load")
+                        .body(body.to_string())
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) if response.status() == 200 => answered_200.push(server_msg_id),
+                        // Refused or 503 once shutdown began: allowed, and not counted.
+                        Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+                answered_200
+            })
+        })
+        .collect();
+    // Let the load run, then stop the process in the middle of it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signalled = std::time::Instant::now();
+    let status = binary.terminate().await;
+    let stopping_took = signalled.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answered = std::collections::HashSet::new();
+    for client in clients {
+        answered.extend(client.await.unwrap());
+    }
+    let lines = binary.lines.await.unwrap();
+
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        stopping_took < Duration::from_secs(10),
+        "exited within server.shutdown_timeout: {stopping_took:?}"
+    );
+    assert!(answered.len() > 100, "the load ran: {} messages answered 200", answered.len());
+    let logged: std::collections::HashSet<String> = lines
+        .iter()
+        .filter(|line| line["target"] == "message")
+        .map(|line| line["serverMsgID"].as_str().unwrap().to_owned())
+        .collect();
+    let lost: Vec<_> = answered.difference(&logged).collect();
+    assert!(lost.is_empty(), "answered 200 but never logged: {lost:?}");
+    assert!(lines.iter().any(|line| line["message"] == "stopped cleanly: every accepted message delivered"));
+}

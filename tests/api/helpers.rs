@@ -62,6 +62,11 @@ impl Write for CapturedLogWriter {
 }
 
 impl CapturedLog {
+    /// A log-sink writer that appends here.
+    pub fn record_writer(&self) -> RecordWriter {
+        RecordWriter::new(CapturedLogWriter(Arc::clone(&self.0)))
+    }
+
     /// Every JSON line written so far.
     pub fn records(&self) -> Vec<Value> {
         let bytes = self.0.lock().unwrap().clone();
@@ -104,7 +109,7 @@ impl TestReceiver {
         // Tests with many connections hold both of their ends in this process.
         let _ = rlimit::increase_nofile_limit(u64::MAX);
         let log = CapturedLog::default();
-        let records = RecordWriter::new(CapturedLogWriter(Arc::clone(&log.0)));
+        let records = log.record_writer();
         let (mut sinks, stats) = SinkSet::from_settings(&settings, records).unwrap();
         add_sinks(&mut sinks);
         let receiver = Receiver::with_sinks(settings, sinks, stats);

@@ -7,6 +7,7 @@ mod errors;
 mod hardening;
 mod helpers;
 mod log_records;
+mod properties;
 mod settings_layers;
 mod shutdown;
 mod stats;
