@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(Command::Healthcheck) = cli.command {
-        return match healthcheck::probe(settings.server.listen, Duration::from_secs(3)) {
+        return match healthcheck::probe(&settings.server, Duration::from_secs(3)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("unhealthy: {error}");

@@ -255,3 +255,27 @@ async fn sigterm_under_load_loses_no_message_answered_200() {
     assert!(lost.is_empty(), "answered 200 but never logged: {lost:?}");
     assert!(lines.iter().any(|line| line["message"] == "stopped cleanly: every accepted message delivered"));
 }
+
+#[tokio::test]
+async fn healthcheck_speaks_tls_when_the_receiver_does() {
+    let workdir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["receiver.example".to_owned()]).unwrap();
+    let (cert, key) = (workdir.path().join("cert.pem"), workdir.path().join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let tls = [
+        ("OPENIM_CALLBACK__SERVER__TLS__CERT_PATH", cert.to_str().unwrap()),
+        ("OPENIM_CALLBACK__SERVER__TLS__KEY_PATH", key.to_str().unwrap()),
+    ];
+    let mut binary = RunningBinary::start(workdir.path(), &tls).await;
+    let healthy = Command::new(BINARY)
+        .arg("healthcheck")
+        .env_clear()
+        .env("OPENIM_CALLBACK__SERVER__LISTEN", binary.address.to_string())
+        .envs(tls)
+        .status()
+        .await
+        .unwrap();
+    assert!(healthy.success());
+    assert_eq!(binary.terminate().await.code(), Some(0));
+}
