@@ -69,7 +69,7 @@ impl Receiver {
         let Receiver { state, sinks } = self;
         let shutdown_timeout = state.settings.server.shutdown_timeout;
         let tls = server::tls_acceptor(&state.settings.server)?;
-        let limits = server::Limits::from(&state.settings.server);
+        let limits = server::Limits::from_settings(&state.settings);
         let router = http::app(state);
         let (signalled_tx, mut signalled_rx) = tokio::sync::oneshot::channel();
         let serving = server::serve(listener, router, limits, tls, async move {

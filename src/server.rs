@@ -2,24 +2,31 @@
 //! configured limits, serves each with hyper, and shuts down gracefully.
 //!
 //! axum's own `serve` has no knobs for these limits, so the accept loop is
-//! ours: a connection permit per connection (`max_connections`), hyper's
-//! header read timeout (slowloris), a keep-alive idle timeout, a bound on the
+//! ours: a connection permit per connection (`max_connections`), a header
+//! read timeout (slowloris) and a keep-alive idle timeout, a bound on the
 //! request head size, and a TLS handshake bounded like a request head.
+//!
+//! Both timeouts are kept by one watcher per connection rather than by
+//! hyper's own header timer, which re-arms a timer for every request: the
+//! watcher sleeps until the next deadline and only looks at two timestamps
+//! the connection updates as it reads and serves.
 
-use crate::settings::ServerSettings;
+use crate::settings::{ServerSettings, Settings};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
@@ -32,15 +39,19 @@ use tower::ServiceExt;
 /// Connection limits, from `[server]`.
 #[derive(Clone, Debug)]
 pub struct Limits {
+    /// Whether requests carry the peer address (`auth.allow_ips` needs it).
+    pub peer_address: bool,
     pub header_read_timeout: Duration,
     pub keep_alive_timeout: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
 }
 
-impl From<&ServerSettings> for Limits {
-    fn from(server: &ServerSettings) -> Self {
+impl Limits {
+    pub fn from_settings(settings: &Settings) -> Self {
+        let server = &settings.server;
         Limits {
+            peer_address: !settings.auth.allow_ips.is_empty(),
             header_read_timeout: server.header_read_timeout,
             keep_alive_timeout: server.keep_alive_timeout,
             max_connections: server.max_connections,
@@ -152,11 +163,16 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(Activity::new());
+        let io = TrackedIo { inner: io, activity: Arc::clone(&activity) };
         let service = {
             let (app, peer, activity) = (self.app.clone(), self.peer, Arc::clone(&activity));
+            let peer_address = self.limits.peer_address;
             hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                // For auth.allow_ips: axum's ConnectInfo extractor reads this.
-                request.extensions_mut().insert(ConnectInfo(peer));
+                // For auth.allow_ips: axum's ConnectInfo extractor reads this. Only
+                // then: the first extension costs every request an allocation.
+                if peer_address {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                }
                 let busy = activity.request_started();
                 let response = app.clone().oneshot(request.map(Body::new));
                 async move {
@@ -167,12 +183,9 @@ impl Connection {
             })
         };
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.limits.header_read_timeout)
-            .max_buf_size(self.limits.max_header_bytes);
-        builder.http2().timer(TokioTimer::new()).max_header_list_size(self.limits.max_header_bytes as u32);
+        // No timer for hyper: without one it keeps no header timeout of its own.
+        builder.http1().max_buf_size(self.limits.max_header_bytes);
+        builder.http2().max_header_list_size(self.limits.max_header_bytes as u32);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         let mut closing = false;
@@ -188,21 +201,27 @@ impl Connection {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                () = activity.idle_for(self.limits.keep_alive_timeout), if !closing => {
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
+                () = activity.expired(&self.limits), if !closing => {
+                    // No request is running: drop the connection outright. (A graceful
+                    // shutdown would wait for the half-sent head of a slowloris client.)
+                    tracing::debug!(peer = %self.peer, "closing an idle or stalled connection");
+                    break;
                 }
             }
         }
     }
 }
 
-/// When a connection last finished a request, and whether one is running.
+/// What a connection's watcher needs to know: whether a request is running,
+/// when the last one finished, and when the bytes of the next one began.
 struct Activity {
     started: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after `started` at which the last request finished.
     last_done_ms: AtomicU64,
+    /// Milliseconds after `started` (plus one; 0 for none) at which bytes of
+    /// a request head that has not started yet first arrived.
+    head_started_ms: AtomicU64,
 }
 
 /// Marks a request as running until dropped.
@@ -211,34 +230,106 @@ struct Busy(Arc<Activity>);
 impl Drop for Busy {
     fn drop(&mut self) {
         let activity = &self.0;
-        activity.last_done_ms.store(activity.started.elapsed().as_millis() as u64, Ordering::Release);
+        activity.last_done_ms.store(activity.elapsed_ms(), Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Activity {
     fn new() -> Self {
-        Activity { started: Instant::now(), in_flight: AtomicUsize::new(0), last_done_ms: AtomicU64::new(0) }
+        Activity {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_done_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     fn request_started(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started_ms.store(0, Ordering::Release);
         Busy(Arc::clone(self))
     }
 
-    /// Completes once no request has run for `timeout`.
-    async fn idle_for(&self, timeout: Duration) {
-        loop {
-            let idle_since = self.started + Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
-            if self.in_flight.load(Ordering::Acquire) == 0 && idle_since.elapsed() >= timeout {
-                return;
-            }
-            let wake = if self.in_flight.load(Ordering::Acquire) == 0 {
-                idle_since + timeout
-            } else {
-                Instant::now() + timeout
-            };
-            tokio::time::sleep_until(wake).await;
+    /// Bytes arrived: between requests, they start the next request's head.
+    fn bytes_read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0 && self.head_started_ms.load(Ordering::Acquire) == 0 {
+            self.head_started_ms.store(self.elapsed_ms() + 1, Ordering::Release);
         }
+    }
+
+    /// Completes when the connection has outstayed its welcome: a request
+    /// head begun more than `header_read_timeout` ago and still not complete,
+    /// or no request at all for `keep_alive_timeout`.
+    async fn expired(&self, limits: &Limits) {
+        loop {
+            let head_started = self.head_started_ms.load(Ordering::Acquire);
+            let deadline_ms = if self.in_flight.load(Ordering::Acquire) > 0 {
+                // Busy: the response deadline bounds the request; look again later.
+                None
+            } else if head_started > 0 {
+                Some(head_started - 1 + limits.header_read_timeout.as_millis() as u64)
+            } else {
+                Some(self.last_done_ms.load(Ordering::Acquire) + limits.keep_alive_timeout.as_millis() as u64)
+            };
+            match deadline_ms {
+                Some(deadline) if self.elapsed_ms() >= deadline => return,
+                Some(deadline) => {
+                    tokio::time::sleep_until(self.started + Duration::from_millis(deadline)).await
+                }
+                None => tokio::time::sleep(limits.keep_alive_timeout).await,
+            }
+        }
+    }
+}
+
+/// The connection's stream, telling its [`Activity`] when bytes arrive.
+struct TrackedIo<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.bytes_read();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

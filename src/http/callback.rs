@@ -2,7 +2,7 @@
 //! all within `server.response_timeout`.
 
 use super::AppState;
-use super::error::{self, ApiError};
+use super::error::{self, ApiError, Outcome};
 use super::extract::{AfterSendSingleMsgCommand, JsonContentType, OperationIdHeader};
 use crate::message::{AFTER_SEND_SINGLE_MSG_COMMAND, AfterSendSingleMsg, OperationId, ReceivedMessage};
 use crate::sinks::{self, HandOverError};
@@ -26,6 +26,10 @@ pub async fn receive(
     request: Request,
 ) -> Result<Response, ApiError> {
     let server = &state.settings.server;
+    // Shed load past the limit at once, rather than queue without bound.
+    let Ok(_in_flight) = state.in_flight.clone().try_acquire_owned() else {
+        return Err(ApiError::Overloaded { limit: server.max_in_flight });
+    };
     let deadline = Instant::now() + server.response_timeout;
     let raw = tokio::time::timeout_at(deadline, read_body(request, server.max_body_bytes)).await.map_err(
         |_elapsed| ApiError::DeadlineExceeded { deadline_ms: server.response_timeout.as_millis() },
@@ -37,9 +41,10 @@ pub async fn receive(
     let operation_id = choose_operation_id(header_id, &packet, server.require_operation_id)?;
     // The span starts once the id is known: everything logged about this
     // message from here on carries it.
-    let span = tracing::info_span!("callback", operationID = %operation_id);
+    let span = tracing::info_span!("callback", operationID = operation_id.value.as_str());
     let message = Arc::new(ReceivedMessage { packet, raw, operation_id, received_at: SystemTime::now() });
     hand_over_by(&state, message, deadline).instrument(span).await?;
+    state.requests.count(Outcome::Accepted);
     Ok(error::success())
 }
 
