@@ -24,7 +24,10 @@ COPY --from=build /src/target/release/openim-callback-receiver /usr/local/bin/op
 COPY --from=build --chown=65532:65532 /out/data /data
 # Inside the container the receiver must be reachable from OpenIM's container.
 ENV OPENIM_CALLBACK__SERVER__LISTEN=0.0.0.0:10006
+# Stats survive restarts in the /data volume (mount one to keep them across containers).
+ENV OPENIM_CALLBACK__STATS__SNAPSHOT_PATH=/data/stats.snapshot
 WORKDIR /data
+VOLUME /data
 EXPOSE 10006
 USER nonroot
 # No shell or curl in the image: the binary probes its own /healthz.

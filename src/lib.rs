@@ -69,6 +69,18 @@ impl Receiver {
         let Receiver { state, sinks } = self;
         let shutdown_timeout = state.settings.server.shutdown_timeout;
         let tls = server::tls_acceptor(&state.settings.server)?;
+        let snapshots = state.stats.clone().zip(state.settings.stats.snapshot_path().map(ToOwned::to_owned));
+        let snapshot_interval = state.settings.stats.snapshot_interval;
+        let periodic_snapshots = snapshots.clone().map(|(stats, path)| {
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(snapshot_interval);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    sinks::stats::save_snapshot(&stats, &path).await;
+                }
+            })
+        });
         let limits = server::Limits::from_settings(&state.settings);
         let router = http::app(state);
         let (signalled_tx, mut signalled_rx) = tokio::sync::oneshot::channel();
@@ -102,6 +114,13 @@ impl Receiver {
         let undrained = sinks.drain(deadline).await;
         for (sink, left) in &undrained {
             tracing::error!(sink, messages = left, "sink did not drain by the shutdown deadline");
+        }
+        // Last, once the stats sink has counted every accepted message.
+        if let Some(task) = periodic_snapshots {
+            task.abort();
+        }
+        if let Some((stats, path)) = snapshots {
+            sinks::stats::save_snapshot(&stats, &path).await;
         }
         Ok(ShutdownReport { requests_finished, undrained })
     }

@@ -23,6 +23,23 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub sinks: SinksSettings,
     pub auth: AuthSettings,
+    pub stats: StatsSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsSettings {
+    /// Where the stats state is saved; empty for nowhere.
+    pub snapshot_path: PathBuf,
+    /// How often it is saved while running.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+}
+
+impl StatsSettings {
+    pub fn snapshot_path(&self) -> Option<&Path> {
+        (!self.snapshot_path.as_os_str().is_empty()).then_some(self.snapshot_path.as_path())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -280,6 +297,9 @@ impl Settings {
                 "auth.token",
                 "must be at least 16 characters of A-Z a-z 0-9 - _ . ~ (it is a URL path segment)",
             );
+        }
+        if self.stats.snapshot_interval.is_zero() {
+            return fail("stats.snapshot_interval", "must be longer than 0s");
         }
         if self.sinks.log.queue_capacity == 0 {
             return fail("sinks.log.queue_capacity", "must be at least 1");

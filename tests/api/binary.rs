@@ -26,7 +26,7 @@ fn receiver_command(workdir: &std::path::Path) -> Command {
 /// Reads JSON log lines until one satisfies `wanted`.
 async fn next_line_where(
     lines: &mut Lines<BufReader<ChildStdout>>,
-    wanted: impl Fn(&serde_json::Value) -> bool,
+    mut wanted: impl FnMut(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     let reading = async {
         while let Some(line) = lines.next_line().await.unwrap() {
@@ -143,11 +143,15 @@ impl RunningBinary {
         }
         let mut child = command.spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let started =
-            next_line_where(&mut lines, |line| line["message"] == "receiving OpenIM callbacks").await;
+        // Lines before the start line are kept too: start-up reports land there.
+        let mut kept = Vec::new();
+        let started = next_line_where(&mut lines, |line| {
+            kept.push(line.clone());
+            line["message"] == "receiving OpenIM callbacks"
+        })
+        .await;
         let address = started["listen"].as_str().unwrap().parse().unwrap();
         let lines = tokio::spawn(async move {
-            let mut kept = Vec::new();
             while let Ok(Some(line)) = lines.next_line().await {
                 kept.push(serde_json::from_str(&line).unwrap_or(serde_json::Value::Null));
             }
@@ -278,4 +282,73 @@ async fn healthcheck_speaks_tls_when_the_receiver_does() {
         .unwrap();
     assert!(healthy.success());
     assert_eq!(binary.terminate().await.code(), Some(0));
+}
+
+async fn post_to(address: SocketAddr, send_id: &str) {
+    let answer = reqwest::Client::new()
+        .post(format!("http://{address}{COMMAND_PATH}"))
+        .header("operationID", "op-restart")
+        .body(crate::helpers::packet(send_id, "bob", 101).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+}
+
+async fn stats_of(address: SocketAddr) -> serde_json::Value {
+    reqwest::get(format!("http://{address}/stats")).await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn counts_continue_across_a_restart() {
+    let workdir = tempfile::tempdir().unwrap();
+    let mut first = RunningBinary::start(workdir.path(), &[]).await;
+    for sender in ["alice", "carol", "dave"] {
+        post_to(first.address, sender).await;
+    }
+    assert_eq!(first.terminate().await.code(), Some(0));
+    assert!(
+        workdir.path().join("data/stats.snapshot").is_file(),
+        "saved at shutdown, under the working directory"
+    );
+
+    let mut second = RunningBinary::start(workdir.path(), &[]).await;
+    for sender in ["alice", "erin"] {
+        post_to(second.address, sender).await;
+    }
+    let mut stats = stats_of(second.address).await;
+    for _ in 0..200 {
+        if stats["messages"]["total"] == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        stats = stats_of(second.address).await;
+    }
+    assert_eq!(stats["messages"]["total"], 5);
+    assert_eq!(stats["messages"]["by_content_type"]["text"], 5);
+    assert_eq!(stats["people"]["senders"], 4, "alice is counted once across the restart");
+    assert_eq!(stats["people"]["total"], 5);
+    assert_eq!(stats["conversations"], 4);
+    assert_eq!(second.terminate().await.code(), Some(0));
+}
+
+#[tokio::test]
+async fn an_unreadable_snapshot_is_moved_aside_and_reported() {
+    let workdir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(workdir.path().join("data")).unwrap();
+    std::fs::write(workdir.path().join("data/stats.snapshot"), b"not a snapshot").unwrap();
+    let mut binary = RunningBinary::start(workdir.path(), &[]).await;
+    assert_eq!(stats_of(binary.address).await["messages"]["total"], 0);
+    assert_eq!(binary.terminate().await.code(), Some(0));
+    let lines = binary.lines.await.unwrap();
+    let reported = lines.iter().find(|line| line["level"] == "ERROR").expect("an ERROR line at start-up");
+    assert!(reported["message"].as_str().unwrap().contains("moved aside"), "{reported}");
+    let moved: Vec<_> = std::fs::read_dir(workdir.path().join("data"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("stats.snapshot.unreadable-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    let kept = std::fs::read(workdir.path().join("data").join(&moved[0])).unwrap();
+    assert_eq!(kept, b"not a snapshot");
 }

@@ -35,9 +35,11 @@ pub fn packet(send: &str, recv: &str, content_type: i32) -> Value {
 }
 
 /// Settings as the built-in defaults, with environment-style overrides.
-/// Log records are JSON whatever the terminal, so the tests can parse them.
+/// Log records are JSON whatever the terminal, so the tests can parse them,
+/// and no stats snapshot is kept unless a test asks for one (tests run in
+/// parallel in one working directory).
 pub fn settings(overrides: &[(&str, &str)]) -> Settings {
-    let env = [("TELEMETRY__FORMAT", "json")]
+    let env = [("TELEMETRY__FORMAT", "json"), ("STATS__SNAPSHOT_PATH", "")]
         .iter()
         .chain(overrides)
         .map(|(key, value)| (format!("OPENIM_CALLBACK__{key}"), value.to_string()))

@@ -1,15 +1,21 @@
-//! The stats sink: counts of messages, people and conversations since start,
-//! served by `GET /stats`. Counts are exact and held in memory.
+//! The stats sink: counts of messages, people and conversations, served by
+//! `GET /stats`. Distinct counts are exact while small and bounded in memory
+//! past that (`distinct`); the state is snapshotted to disk and restored at
+//! start (`snapshot`), so counts continue across restarts.
+
+pub mod distinct;
+pub mod snapshot;
 
 use super::{Sink, SinkError};
 use crate::message::{AfterSendSingleMsg, ReceivedMessage};
-use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use distinct::{Distinct, hash_of, hash_of_pair};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Everything counted so far.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MessageStats {
     total: u64,
     by_content_type: HashMap<crate::message::ContentType, u64>,
@@ -17,13 +23,12 @@ pub struct MessageStats {
     by_msg_from: HashMap<crate::message::MsgFrom, u64>,
     by_session_type: HashMap<crate::message::SessionType, u64>,
     by_status: HashMap<crate::message::MsgStatus, u64>,
-    senders: HashSet<String>,
-    receivers: HashSet<String>,
-    people: HashSet<String>,
-    /// Conversations as first person → second people (ordered pair, smaller id first),
-    /// so a known conversation is found without allocating.
-    conversations: HashMap<String, HashSet<String>>,
-    conversation_count: u64,
+    senders: Distinct,
+    receivers: Distinct,
+    /// Either role.
+    people: Distinct,
+    /// Unordered sendID/recvID pairs.
+    conversations: Distinct,
     create_time: Option<(i64, i64)>,
 }
 
@@ -35,19 +40,12 @@ impl MessageStats {
         *self.by_msg_from.entry(packet.msg_from).or_default() += 1;
         *self.by_session_type.entry(packet.session_type).or_default() += 1;
         *self.by_status.entry(packet.status).or_default() += 1;
-        insert_new(&mut self.senders, &packet.send_id);
-        insert_new(&mut self.receivers, &packet.recv_id);
-        insert_new(&mut self.people, &packet.send_id);
-        insert_new(&mut self.people, &packet.recv_id);
-        let (first, second) = packet.conversation();
-        let partners = match self.conversations.get_mut(first) {
-            Some(partners) => partners,
-            None => self.conversations.entry(first.to_owned()).or_default(),
-        };
-        if !partners.contains(second) {
-            partners.insert(second.to_owned());
-            self.conversation_count += 1;
-        }
+        let (sender, receiver) = (hash_of(&packet.send_id), hash_of(&packet.recv_id));
+        self.senders.insert(sender);
+        self.receivers.insert(receiver);
+        self.people.insert(sender);
+        self.people.insert(receiver);
+        self.conversations.insert(hash_of_pair(&packet.send_id, &packet.recv_id));
         let at = packet.create_time;
         self.create_time = Some(match self.create_time {
             None => (at, at),
@@ -66,21 +64,27 @@ impl MessageStats {
                 by_status: labelled(&self.by_status, |c| c.label().into_owned()),
             },
             people: PeopleCounts {
-                senders: self.senders.len() as u64,
-                receivers: self.receivers.len() as u64,
-                total: self.people.len() as u64,
+                senders: self.senders.count(),
+                receivers: self.receivers.count(),
+                total: self.people.count(),
             },
-            conversations: self.conversation_count,
+            conversations: self.conversations.count(),
+            distinct_counts_exact: [&self.senders, &self.receivers, &self.people, &self.conversations]
+                .iter()
+                .all(|distinct| distinct.is_exact()),
             earliest_create_time: self.create_time.map(|(earliest, _)| earliest),
             latest_create_time: self.create_time.map(|(_, latest)| latest),
         }
     }
 }
 
-/// Inserts without allocating when the id is already known (the common case).
-fn insert_new(set: &mut HashSet<String>, id: &str) {
-    if !set.contains(id) {
-        set.insert(id.to_owned());
+impl MessageStats {
+    /// Heap bytes held by the distinct counters (the part that grows with traffic).
+    pub fn heap_bytes(&self) -> usize {
+        [&self.senders, &self.receivers, &self.people, &self.conversations]
+            .iter()
+            .map(|d| d.heap_bytes())
+            .sum()
     }
 }
 
@@ -95,6 +99,8 @@ pub struct MessageReport {
     pub people: PeopleCounts,
     /// Distinct unordered sendID/recvID pairs.
     pub conversations: u64,
+    /// False once any distinct count is an estimate (past 10,000 items; within 1%).
+    pub distinct_counts_exact: bool,
     /// Smallest and largest `createTime` seen, in ms since the epoch.
     pub earliest_create_time: Option<i64>,
     pub latest_create_time: Option<i64>,
@@ -118,13 +124,52 @@ pub struct PeopleCounts {
     pub total: u64,
 }
 
+/// The counts to start from: the snapshot's, when there is a readable one.
+pub fn restore_counts(settings: &crate::settings::StatsSettings) -> std::io::Result<StatsHandle> {
+    let Some(path) = settings.snapshot_path() else {
+        return Ok(StatsHandle::default());
+    };
+    let stats = match snapshot::restore(path)? {
+        snapshot::Restored::Nothing => MessageStats::default(),
+        snapshot::Restored::Counts(stats) => {
+            tracing::info!(path = %path.display(), messages = stats.total, "stats restored from the snapshot");
+            stats
+        }
+        snapshot::Restored::MovedAside { moved_to, reason } => {
+            tracing::error!(path = %path.display(), moved_to = %moved_to.display(), reason,
+                "stats snapshot unreadable: moved aside, counting starts empty");
+            MessageStats::default()
+        }
+    };
+    Ok(StatsHandle::new(stats))
+}
+
+/// Saves the counts to `path`, off the async runtime; errors are logged.
+pub async fn save_snapshot(stats: &StatsHandle, path: &std::path::Path) {
+    let (copy, path) = (stats.copy(), path.to_owned());
+    let written =
+        tokio::task::spawn_blocking(move || snapshot::write(&path, &copy).map_err(|e| (path, e))).await;
+    if let Ok(Err((path, error))) = written {
+        tracing::error!(path = %path.display(), %error, "cannot save the stats snapshot");
+    }
+}
+
 /// Read access to the counts, for `GET /stats`.
 #[derive(Clone, Debug, Default)]
 pub struct StatsHandle(Arc<Mutex<MessageStats>>);
 
 impl StatsHandle {
+    pub fn new(stats: MessageStats) -> Self {
+        StatsHandle(Arc::new(Mutex::new(stats)))
+    }
+
     pub fn report(&self) -> MessageReport {
         self.lock().report()
+    }
+
+    /// A copy of the counts, for a snapshot.
+    pub fn copy(&self) -> MessageStats {
+        self.lock().clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, MessageStats> {
@@ -140,6 +185,11 @@ pub struct StatsSink {
 impl StatsSink {
     pub fn new() -> Self {
         StatsSink { stats: StatsHandle::default() }
+    }
+
+    /// A sink that continues from `handle`'s counts (restored from a snapshot).
+    pub fn continuing(handle: StatsHandle) -> Self {
+        StatsSink { stats: handle }
     }
 
     pub fn handle(&self) -> StatsHandle {

@@ -1,0 +1,138 @@
+//! The stats state on disk, so counts continue across restarts.
+//!
+//! A snapshot is written atomically: to a temporary file beside it, fsynced,
+//! renamed over the old one, and the directory fsynced. The file starts with
+//! a magic and a format version, then the state in postcard (a compact,
+//! specified serde format). A snapshot that cannot be read is never
+//! overwritten: it is moved aside with a timestamp suffix, and counting
+//! starts empty.
+
+use super::MessageStats;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"OIMSTATS";
+/// Bumped whenever the state's shape changes; older files are moved aside.
+const FORMAT_VERSION: u32 = 1;
+
+/// What start-up found at the snapshot path.
+#[derive(Debug)]
+pub enum Restored {
+    /// No snapshot yet: start empty.
+    Nothing,
+    Counts(MessageStats),
+    /// The file could not be read as a snapshot; it now lives at `moved_to`.
+    MovedAside {
+        moved_to: PathBuf,
+        reason: String,
+    },
+}
+
+pub fn write(path: &Path, stats: &MessageStats) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(64 * 1024);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let bytes = postcard::to_extend(stats, bytes).map_err(io::Error::other)?;
+    let directory = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(directory)?;
+    let temporary = path.with_extension("snapshot-tmp");
+    let mut file = fs::File::create(&temporary)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&temporary, path)?;
+    // The rename itself is durable only once the directory is.
+    fs::File::open(directory)?.sync_all()
+}
+
+/// Reads the snapshot at `path`. Err only when a bad snapshot could not be
+/// moved aside: then start-up must stop rather than overwrite it later.
+pub fn restore(path: &Path) -> io::Result<Restored> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Restored::Nothing),
+        Err(error) => return move_aside(path, format!("unreadable: {error}")),
+    };
+    match decode(&bytes) {
+        Ok(stats) => Ok(Restored::Counts(stats)),
+        Err(reason) => move_aside(path, reason),
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<MessageStats, String> {
+    let rest = bytes.strip_prefix(MAGIC).ok_or("not a stats snapshot (no magic)")?;
+    let (version, state) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
+    let version = u32::from_le_bytes(*version);
+    if version != FORMAT_VERSION {
+        return Err(format!("format version {version}, this build reads {FORMAT_VERSION}"));
+    }
+    postcard::from_bytes(state).map_err(|error| format!("corrupt: {error}"))
+}
+
+fn move_aside(path: &Path, reason: String) -> io::Result<Restored> {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace(':', "");
+    let mut moved_to = path.as_os_str().to_owned();
+    moved_to.push(format!(".unreadable-{stamp}"));
+    let moved_to = PathBuf::from(moved_to);
+    fs::rename(path, &moved_to).map_err(|error| {
+        io::Error::new(
+            error.kind(),
+            format!(
+                "snapshot {} is unreadable ({reason}) and cannot be moved aside: {error}",
+                path.display()
+            ),
+        )
+    })?;
+    Ok(Restored::MovedAside { moved_to, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::AfterSendSingleMsg;
+
+    fn counted(messages: usize) -> MessageStats {
+        let mut stats = MessageStats::default();
+        for index in 0..messages {
+            let packet = AfterSendSingleMsg {
+                send_id: format!("user-{index}"),
+                recv_id: "bob".into(),
+                content_type: crate::message::ContentType(101),
+                ..Default::default()
+            };
+            stats.record(&packet);
+        }
+        stats
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_exact_and_estimated_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/stats.snapshot");
+        for stats in [counted(3), counted(12_000)] {
+            write(&path, &stats).unwrap();
+            match restore(&path).unwrap() {
+                Restored::Counts(restored) => assert_eq!(restored, stats),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(!path.with_extension("snapshot-tmp").exists(), "no temporary file left behind");
+    }
+
+    #[test]
+    fn an_unreadable_snapshot_is_moved_aside_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.snapshot");
+        fs::write(&path, b"OIMSTATS\x01\x00\x00\x00garbage").unwrap();
+        match restore(&path).unwrap() {
+            Restored::MovedAside { moved_to, reason } => {
+                assert!(reason.contains("corrupt"), "{reason}");
+                assert_eq!(fs::read(&moved_to).unwrap(), b"OIMSTATS\x01\x00\x00\x00garbage");
+                assert!(!path.exists());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(restore(&path).unwrap(), Restored::Nothing));
+    }
+}
