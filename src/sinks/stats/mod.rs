@@ -132,6 +132,7 @@ pub fn restore_counts(settings: &crate::settings::StatsSettings) -> std::io::Res
     let stats = match snapshot::restore(path)? {
         snapshot::Restored::Nothing => MessageStats::default(),
         snapshot::Restored::Counts(stats) => {
+            let stats = *stats;
             tracing::info!(path = %path.display(), messages = stats.total, "stats restored from the snapshot");
             stats
         }

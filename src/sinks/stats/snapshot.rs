@@ -21,7 +21,7 @@ const FORMAT_VERSION: u32 = 1;
 pub enum Restored {
     /// No snapshot yet: start empty.
     Nothing,
-    Counts(MessageStats),
+    Counts(Box<MessageStats>),
     /// The file could not be read as a snapshot; it now lives at `moved_to`.
     MovedAside {
         moved_to: PathBuf,
@@ -55,7 +55,7 @@ pub fn restore(path: &Path) -> io::Result<Restored> {
         Err(error) => return move_aside(path, format!("unreadable: {error}")),
     };
     match decode(&bytes) {
-        Ok(stats) => Ok(Restored::Counts(stats)),
+        Ok(stats) => Ok(Restored::Counts(Box::new(stats))),
         Err(reason) => move_aside(path, reason),
     }
 }
@@ -113,7 +113,7 @@ mod tests {
         for stats in [counted(3), counted(12_000)] {
             write(&path, &stats).unwrap();
             match restore(&path).unwrap() {
-                Restored::Counts(restored) => assert_eq!(restored, stats),
+                Restored::Counts(restored) => assert_eq!(*restored, stats),
                 other => panic!("{other:?}"),
             }
         }
