@@ -8,6 +8,7 @@
 pub mod healthcheck;
 pub mod http;
 pub mod message;
+pub mod metrics;
 pub mod server;
 pub mod settings;
 pub mod sinks;

@@ -34,9 +34,21 @@ pub struct StatsSettings {
     /// How often it is saved while running.
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
+    /// The UTC offset days are cut in, like "+08:00".
+    pub timezone: String,
+    /// Days of daily counts kept.
+    pub retention_days: u32,
 }
 
 impl StatsSettings {
+    /// How days are cut and kept (validated at load).
+    pub fn calendar(&self) -> crate::sinks::stats::daily::Calendar {
+        crate::sinks::stats::daily::Calendar {
+            offset_minutes: crate::sinks::stats::daily::Calendar::parse_offset(&self.timezone).unwrap_or(0),
+            retention_days: self.retention_days,
+        }
+    }
+
     pub fn snapshot_path(&self) -> Option<&Path> {
         (!self.snapshot_path.as_os_str().is_empty()).then_some(self.snapshot_path.as_path())
     }
@@ -297,6 +309,12 @@ impl Settings {
                 "auth.token",
                 "must be at least 16 characters of A-Z a-z 0-9 - _ . ~ (it is a URL path segment)",
             );
+        }
+        if let Err(error) = crate::sinks::stats::daily::Calendar::parse_offset(&self.stats.timezone) {
+            return fail("stats.timezone", &error);
+        }
+        if !(1..=3660).contains(&self.stats.retention_days) {
+            return fail("stats.retention_days", "must be from 1 to 3660");
         }
         if self.stats.snapshot_interval.is_zero() {
             return fail("stats.snapshot_interval", "must be longer than 0s");

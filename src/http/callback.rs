@@ -25,6 +25,13 @@ pub async fn receive(
     OperationIdHeader(header_id): OperationIdHeader,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let answer = accept(&state, header_id, request).await;
+    state.requests.request_duration.observe(started.elapsed().as_secs_f64());
+    answer
+}
+
+async fn accept(state: &AppState, header_id: Option<String>, request: Request) -> Result<Response, ApiError> {
     let server = &state.settings.server;
     // Shed load past the limit at once, rather than queue without bound.
     let Ok(_in_flight) = state.in_flight.clone().try_acquire_owned() else {
@@ -43,7 +50,7 @@ pub async fn receive(
     // message from here on carries it.
     let span = tracing::info_span!("callback", operationID = operation_id.value.as_str());
     let message = Arc::new(ReceivedMessage { packet, raw, operation_id, received_at: SystemTime::now() });
-    hand_over_by(&state, message, deadline).instrument(span).await?;
+    hand_over_by(state, message, deadline).instrument(span).await?;
     state.requests.count(Outcome::Accepted);
     Ok(error::success())
 }

@@ -53,10 +53,11 @@ pub enum Rejection {
     Unauthorized,
     Forbidden,
     Overloaded,
+    InvalidQuery,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 19] = [
+    pub const ALL: [Rejection; 20] = [
         Rejection::UnknownCommand,
         Rejection::MissingCommand,
         Rejection::UnsupportedContentTypeParam,
@@ -76,6 +77,7 @@ impl Rejection {
         Rejection::Unauthorized,
         Rejection::Forbidden,
         Rejection::Overloaded,
+        Rejection::InvalidQuery,
     ];
 
     /// The envelope's `errCode`: the HTTP status times ten, plus a digit.
@@ -100,6 +102,7 @@ impl Rejection {
             Rejection::Unauthorized => 4010,
             Rejection::Forbidden => 4030,
             Rejection::Overloaded => 5033,
+            Rejection::InvalidQuery => 4009,
         }
     }
 
@@ -138,6 +141,7 @@ impl Rejection {
             Rejection::Unauthorized => "unauthorized",
             Rejection::Forbidden => "forbidden",
             Rejection::Overloaded => "overloaded",
+            Rejection::InvalidQuery => "invalid_query",
         }
     }
 }
@@ -202,6 +206,9 @@ pub enum ApiError {
     /// 503: `server.max_in_flight` requests are being handled already.
     #[error("overloaded: {limit} requests in flight already, try again")]
     Overloaded { limit: usize },
+    /// 400: a query parameter of a stats endpoint is not what it takes.
+    #[error("invalid query parameter {parameter}: {expected}")]
+    InvalidQuery { parameter: String, expected: &'static str },
 }
 
 fn invalid_packet_message(error: &PacketError) -> String {
@@ -236,6 +243,7 @@ impl ApiError {
             ApiError::Unauthorized => Rejection::Unauthorized,
             ApiError::Forbidden { .. } => Rejection::Forbidden,
             ApiError::Overloaded { .. } => Rejection::Overloaded,
+            ApiError::InvalidQuery { .. } => Rejection::InvalidQuery,
         }
     }
 

@@ -37,6 +37,12 @@ pub struct SharedState {
     pub(crate) in_flight: Arc<Semaphore>,
 }
 
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppState")
+    }
+}
+
 impl std::ops::Deref for AppState {
     type Target = SharedState;
 
@@ -82,6 +88,8 @@ impl AppState {
 /// Outcomes of callback requests since start.
 pub struct RequestCounters {
     started: Instant,
+    /// Seconds from a callback's arrival to its answer.
+    pub request_duration: prometheus_client::metrics::histogram::Histogram,
     accepted: AtomicU64,
     rejected: [AtomicU64; Rejection::ALL.len()],
     unknown_commands: Mutex<HashMap<String, u64>>,
@@ -93,8 +101,11 @@ const MAX_UNKNOWN_COMMANDS: usize = 64;
 
 impl RequestCounters {
     fn new() -> Self {
+        let seconds =
+            [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
         RequestCounters {
             started: Instant::now(),
+            request_duration: prometheus_client::metrics::histogram::Histogram::new(seconds),
             accepted: AtomicU64::new(0),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             unknown_commands: Mutex::new(HashMap::new()),
@@ -165,6 +176,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(probes::healthz).fallback(method_not_allowed))
         .route("/readyz", get(probes::readyz).fallback(method_not_allowed))
         .route("/stats", get(probes::stats).fallback(method_not_allowed))
+        .route("/stats/daily", get(probes::daily).fallback(method_not_allowed))
+        .route("/metrics", get(probes::metrics).fallback(method_not_allowed))
         .fallback(not_found)
         // A layer wraps what is above it: the counters see every answer, fallbacks included.
         .layer(map_response_with_state(state.clone(), count_outcomes));

@@ -96,3 +96,33 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
         sinks,
     })
 }
+
+/// `GET /stats/daily?from=YYYY-MM-DD&to=YYYY-MM-DD`: per-day counts, newest first.
+pub async fn daily(State(state): State<AppState>, uri: axum::http::Uri) -> Response {
+    let mut bounds = [None, None];
+    for (key, value) in form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
+        let slot = match &*key {
+            "from" => 0,
+            "to" => 1,
+            _ => continue,
+        };
+        match crate::sinks::stats::daily::parse_date(&value) {
+            Some(day) => bounds[slot] = Some(day),
+            None => {
+                let error = ApiError::InvalidQuery {
+                    parameter: format!("{key}={value}"),
+                    expected: "a date like 2026-11-27",
+                };
+                return probe_answer(error.into_response());
+            }
+        }
+    }
+    let days = state.stats.as_ref().map(|stats| stats.daily(bounds[0], bounds[1])).unwrap_or_default();
+    Json(serde_json::json!({ "timezone": state.settings.stats.timezone, "days": days })).into_response()
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = crate::metrics::render(&state);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}

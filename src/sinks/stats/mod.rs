@@ -3,16 +3,20 @@
 //! past that (`distinct`); the state is snapshotted to disk and restored at
 //! start (`snapshot`), so counts continue across restarts.
 
+pub mod daily;
 pub mod distinct;
 pub mod snapshot;
 
 use super::{Sink, SinkError};
 use crate::message::{AfterSendSingleMsg, ReceivedMessage};
+use daily::{Calendar, DailyWindows, DayReport, Identities, MinuteRates, MinuteReport};
 use distinct::{Distinct, hash_of, hash_of_pair};
+use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 /// Everything counted so far.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -30,10 +34,21 @@ pub struct MessageStats {
     /// Unordered sendID/recvID pairs.
     conversations: Distinct,
     create_time: Option<(i64, i64)>,
+    daily: DailyWindows,
+    per_minute: MinuteRates,
+}
+
+/// Milliseconds since the epoch (negative before it).
+fn epoch_ms(time: SystemTime) -> i64 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => after.as_millis() as i64,
+        Err(before) => -(before.duration().as_millis() as i64),
+    }
 }
 
 impl MessageStats {
-    pub fn record(&mut self, packet: &AfterSendSingleMsg) {
+    /// Counts one message, received at `received_at`, into the totals, its day and its minute.
+    pub fn record(&mut self, packet: &AfterSendSingleMsg, received_at: SystemTime, calendar: &Calendar) {
         self.total += 1;
         *self.by_content_type.entry(packet.content_type).or_default() += 1;
         *self.by_platform.entry(packet.sender_platform_id).or_default() += 1;
@@ -45,7 +60,12 @@ impl MessageStats {
         self.receivers.insert(receiver);
         self.people.insert(sender);
         self.people.insert(receiver);
-        self.conversations.insert(hash_of_pair(&packet.send_id, &packet.recv_id));
+        let conversation = hash_of_pair(&packet.send_id, &packet.recv_id);
+        self.conversations.insert(conversation);
+        let now_ms = epoch_ms(received_at);
+        let who = Identities { sender, receiver, conversation };
+        self.daily.record(packet.content_type, &who, packet.create_time, now_ms, calendar);
+        self.per_minute.record(now_ms);
         let at = packet.create_time;
         self.create_time = Some(match self.create_time {
             None => (at, at),
@@ -53,7 +73,7 @@ impl MessageStats {
         });
     }
 
-    pub fn report(&self) -> MessageReport {
+    pub fn report(&self, now: SystemTime) -> MessageReport {
         MessageReport {
             messages: MessageCounts {
                 total: self.total,
@@ -74,17 +94,24 @@ impl MessageStats {
                 .all(|distinct| distinct.is_exact()),
             earliest_create_time: self.create_time.map(|(earliest, _)| earliest),
             latest_create_time: self.create_time.map(|(_, latest)| latest),
+            out_of_window: self.daily.out_of_window(),
+            messages_per_minute: self.per_minute.report(epoch_ms(now)),
         }
+    }
+
+    pub fn daily(&self, from: Option<i64>, to: Option<i64>) -> Vec<DayReport> {
+        self.daily.report(from, to)
     }
 }
 
 impl MessageStats {
     /// Heap bytes held by the distinct counters (the part that grows with traffic).
     pub fn heap_bytes(&self) -> usize {
-        [&self.senders, &self.receivers, &self.people, &self.conversations]
+        let totals: usize = [&self.senders, &self.receivers, &self.people, &self.conversations]
             .iter()
             .map(|d| d.heap_bytes())
-            .sum()
+            .sum();
+        totals + self.daily.heap_bytes()
     }
 }
 
@@ -104,6 +131,10 @@ pub struct MessageReport {
     /// Smallest and largest `createTime` seen, in ms since the epoch.
     pub earliest_create_time: Option<i64>,
     pub latest_create_time: Option<i64>,
+    /// Messages dated outside the kept daily windows (still in every total).
+    pub out_of_window: u64,
+    /// Messages per minute of arrival, the last 60 minutes, oldest first.
+    pub messages_per_minute: Vec<MinuteReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,8 +157,9 @@ pub struct PeopleCounts {
 
 /// The counts to start from: the snapshot's, when there is a readable one.
 pub fn restore_counts(settings: &crate::settings::StatsSettings) -> std::io::Result<StatsHandle> {
+    let calendar = settings.calendar();
     let Some(path) = settings.snapshot_path() else {
-        return Ok(StatsHandle::default());
+        return Ok(StatsHandle::new(MessageStats::default(), calendar));
     };
     let stats = match snapshot::restore(path)? {
         snapshot::Restored::Nothing => MessageStats::default(),
@@ -142,7 +174,7 @@ pub fn restore_counts(settings: &crate::settings::StatsSettings) -> std::io::Res
             MessageStats::default()
         }
     };
-    Ok(StatsHandle::new(stats))
+    Ok(StatsHandle::new(stats, calendar))
 }
 
 /// Saves the counts to `path`, off the async runtime; errors are logged.
@@ -155,17 +187,44 @@ pub async fn save_snapshot(stats: &StatsHandle, path: &std::path::Path) {
     }
 }
 
-/// Read access to the counts, for `GET /stats`.
-#[derive(Clone, Debug, Default)]
-pub struct StatsHandle(Arc<Mutex<MessageStats>>);
+/// The counts, shared by the stats sink (which writes) and `/stats`,
+/// `/metrics` and the snapshots (which read); and the histograms the sink
+/// observes.
+#[derive(Clone, Debug)]
+pub struct StatsHandle {
+    stats: Arc<Mutex<MessageStats>>,
+    calendar: Calendar,
+    /// Seconds from the message's sendTime (createTime when absent) to its arrival.
+    pub delivery_lag: Histogram,
+    /// Bytes of the message's content.
+    pub content_bytes: Histogram,
+}
+
+impl Default for StatsHandle {
+    fn default() -> Self {
+        Self::new(MessageStats::default(), Calendar::default())
+    }
+}
 
 impl StatsHandle {
-    pub fn new(stats: MessageStats) -> Self {
-        StatsHandle(Arc::new(Mutex::new(stats)))
+    pub fn new(stats: MessageStats, calendar: Calendar) -> Self {
+        let lag_buckets = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0];
+        let size_buckets = [16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0];
+        StatsHandle {
+            stats: Arc::new(Mutex::new(stats)),
+            calendar,
+            delivery_lag: Histogram::new(lag_buckets),
+            content_bytes: Histogram::new(size_buckets),
+        }
     }
 
     pub fn report(&self) -> MessageReport {
-        self.lock().report()
+        self.lock().report(SystemTime::now())
+    }
+
+    /// Days from `from` to `to` (day numbers, inclusive), newest first.
+    pub fn daily(&self, from: Option<i64>, to: Option<i64>) -> Vec<DayReport> {
+        self.lock().daily(from, to)
     }
 
     /// A copy of the counts, for a snapshot.
@@ -175,7 +234,7 @@ impl StatsHandle {
 
     fn lock(&self) -> MutexGuard<'_, MessageStats> {
         // Counting cannot leave the counts half-updated in a way worth refusing to read.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -210,7 +269,15 @@ impl Sink for StatsSink {
     }
 
     fn deliver(&mut self, message: &ReceivedMessage) -> Result<(), SinkError> {
-        self.stats.lock().record(&message.packet);
+        let packet = &message.packet;
+        let handle = &self.stats;
+        handle.lock().record(packet, message.received_at, &handle.calendar);
+        let sent_ms = if packet.send_time > 0 { packet.send_time } else { packet.create_time };
+        if sent_ms > 0 {
+            let lag_ms = epoch_ms(message.received_at) - sent_ms;
+            handle.delivery_lag.observe(lag_ms.max(0) as f64 / 1000.0);
+        }
+        handle.content_bytes.observe(packet.content.len() as f64);
         Ok(())
     }
 }
@@ -232,10 +299,11 @@ mod tests {
     #[test]
     fn counts_people_in_either_role_and_conversations_in_either_direction() {
         let mut stats = MessageStats::default();
-        stats.record(&packet("alice", "bob", 101, 20));
-        stats.record(&packet("bob", "alice", 101, 10));
-        stats.record(&packet("alice", "carol", 9999, 30));
-        let report = stats.report();
+        let (now, calendar) = (SystemTime::now(), Calendar::default());
+        stats.record(&packet("alice", "bob", 101, 20), now, &calendar);
+        stats.record(&packet("bob", "alice", 101, 10), now, &calendar);
+        stats.record(&packet("alice", "carol", 9999, 30), now, &calendar);
+        let report = stats.report(now);
         assert_eq!(report.messages.total, 3);
         assert_eq!(report.messages.by_content_type["text"], 2);
         assert_eq!(report.messages.by_content_type["9999"], 1);

@@ -101,7 +101,7 @@ mod tests {
                 content_type: crate::message::ContentType(101),
                 ..Default::default()
             };
-            stats.record(&packet);
+            stats.record(&packet, std::time::SystemTime::now(), &Default::default());
         }
         stats
     }
