@@ -9,6 +9,7 @@ use axum::http::Request;
 use openim_callback_receiver::message::{AfterSendSingleMsg, OperationId, ReceivedMessage};
 use openim_callback_receiver::settings::{LogFormat, Settings};
 use openim_callback_receiver::sinks::stats::MessageStats;
+use openim_callback_receiver::sinks::stats::daily::Calendar;
 use openim_callback_receiver::sinks::{LogSink, Sink, SinkSet};
 use openim_callback_receiver::telemetry::RecordWriter;
 use openim_callback_receiver::{Receiver, http};
@@ -51,8 +52,9 @@ fn main() {
     let mut log = LogSink::new(&settings.sinks.log, LogFormat::Json, RecordWriter::new(std::io::sink()));
     let per_record = count(RUNS, || log.deliver(&message).unwrap());
     println!("log record, text.json            {per_record:6.1} allocations");
+    let calendar = Calendar::default();
     let mut stats = MessageStats::default();
-    let per_update = count(RUNS, || stats.record(&message.packet));
+    let per_update = count(RUNS, || stats.record(&message.packet, message.received_at, &calendar));
     println!("stats update, known people       {per_update:6.1} allocations");
     let request = || {
         Request::post("/callbackExample/callbackAfterSendSingleMsgCommand")

@@ -10,6 +10,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use openim_callback_receiver::message::{AfterSendSingleMsg, OperationId, ReceivedMessage};
 use openim_callback_receiver::settings::{LogFormat, Settings};
 use openim_callback_receiver::sinks::stats::MessageStats;
+use openim_callback_receiver::sinks::stats::daily::Calendar;
 use openim_callback_receiver::sinks::{LogSink, Sink, SinkSet};
 use openim_callback_receiver::telemetry::RecordWriter;
 use openim_callback_receiver::{Receiver, http};
@@ -44,8 +45,11 @@ fn decode(c: &mut Criterion) {
 
 fn stats_update(c: &mut Criterion) {
     let message = received(sample("text.json"));
+    let (now, calendar) = (message.received_at, Calendar::default());
     let mut stats = MessageStats::default();
-    c.bench_function("stats/record known people", |b| b.iter(|| stats.record(black_box(&message.packet))));
+    c.bench_function("stats/record known people", |b| {
+        b.iter(|| stats.record(black_box(&message.packet), message.received_at, &calendar))
+    });
     let mut packet = message.packet.clone();
     let mut stats = MessageStats::default();
     let mut next = 0u64;
@@ -53,7 +57,7 @@ fn stats_update(c: &mut Criterion) {
         b.iter(|| {
             next += 1;
             packet.send_id = next.to_string();
-            stats.record(black_box(&packet))
+            stats.record(black_box(&packet), now, &calendar)
         })
     });
 }

@@ -10,4 +10,5 @@ mod log_records;
 mod properties;
 mod settings_layers;
 mod shutdown;
+mod statistics;
 mod stats;
