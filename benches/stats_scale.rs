@@ -20,6 +20,9 @@ const USERS: u64 = 1_000_000;
 const DAYS: u64 = 31;
 const DAY_MS: u64 = 86_400_000;
 
+/// One day's exact sets: senders, receivers, people, conversations.
+type DayTruth = (HashSet<u64>, HashSet<u64>, HashSet<u64>, HashSet<(u64, u64)>);
+
 fn main() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let now = SystemTime::now();
@@ -30,8 +33,7 @@ fn main() {
     let mut sink = StatsSink::continuing(handle.clone());
 
     // The truth, kept apart (its memory is not the sink's).
-    let mut truth_days: HashMap<u64, (HashSet<u64>, HashSet<u64>, HashSet<u64>, HashSet<(u64, u64)>)> =
-        HashMap::new();
+    let mut truth_days: HashMap<u64, DayTruth> = HashMap::new();
     let mut receivers = HashSet::new();
     let mut conversations = HashSet::new();
     let mut sink_bytes_during = 0;
