@@ -177,3 +177,33 @@ async fn the_last_hour_is_counted_per_minute() {
         "oldest first"
     );
 }
+
+/// The shipped Grafana dashboard only queries metrics the receiver exposes.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_exposed_metrics() {
+    let receiver = TestReceiver::start().await;
+    receiver.post_packet("op", &packet("a", "b", 101)).await.assert_accepted();
+    receiver.stats_after(1).await;
+    let exposed = receiver.client.get(receiver.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let dashboard =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/grafana-dashboard.json"))
+            .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (start, _) in expr.match_indices("openim_callback_") {
+                let name: String =
+                    expr[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                assert!(
+                    exposed.contains(&format!("\n{name}")),
+                    "{name} (panel {}) is not in /metrics",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 10);
+}
