@@ -352,3 +352,32 @@ async fn an_unreadable_snapshot_is_moved_aside_and_reported() {
     let kept = std::fs::read(workdir.path().join("data").join(&moved[0])).unwrap();
     assert_eq!(kept, b"not a snapshot");
 }
+
+#[tokio::test]
+async fn a_crash_loses_at_most_the_last_snapshot_interval() {
+    let workdir = tempfile::tempdir().unwrap();
+    let interval = [("OPENIM_CALLBACK__STATS__SNAPSHOT_INTERVAL", "100ms")];
+    let mut first = RunningBinary::start(workdir.path(), &interval).await;
+    for sender in ["alice", "carol"] {
+        post_to(first.address, sender).await;
+    }
+    // Wait for a periodic snapshot that holds both messages, then crash.
+    let snapshot = workdir.path().join("data/stats.snapshot");
+    let mut saved = false;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if stats_of(first.address).await["messages"]["total"] == 2 && snapshot.is_file() {
+            // One more interval, so the file written after the count reached 2 is there.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            saved = true;
+            break;
+        }
+    }
+    assert!(saved, "a periodic snapshot was written");
+    first.child.start_kill().unwrap();
+    let _ = first.child.wait().await;
+
+    let mut second = RunningBinary::start(workdir.path(), &interval).await;
+    assert_eq!(stats_of(second.address).await["messages"]["total"], 2, "restored from the periodic snapshot");
+    assert_eq!(second.terminate().await.code(), Some(0));
+}
