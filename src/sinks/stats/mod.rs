@@ -271,13 +271,14 @@ impl Sink for StatsSink {
     fn deliver(&mut self, message: &ReceivedMessage) -> Result<(), SinkError> {
         let packet = &message.packet;
         let handle = &self.stats;
-        handle.lock().record(packet, message.received_at, &handle.calendar);
+        // Histograms first: whoever sees the message counted sees it observed too.
         let sent_ms = if packet.send_time > 0 { packet.send_time } else { packet.create_time };
         if sent_ms > 0 {
             let lag_ms = epoch_ms(message.received_at) - sent_ms;
             handle.delivery_lag.observe(lag_ms.max(0) as f64 / 1000.0);
         }
         handle.content_bytes.observe(packet.content.len() as f64);
+        handle.lock().record(packet, message.received_at, &handle.calendar);
         Ok(())
     }
 }
