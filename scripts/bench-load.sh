@@ -33,6 +33,7 @@ cleanup() {
 trap cleanup EXIT
 
 OPENIM_CALLBACK__SERVER__LISTEN=$RECEIVER_ADDR OPENIM_CALLBACK__TELEMETRY__FORMAT=json \
+    OPENIM_CALLBACK__STATS__SNAPSHOT_PATH="$work/stats.snapshot" \
     target/release/openim-callback-receiver >"$work/receiver.log" 2>&1 &
 receiver_pid=$!
 target/release/examples/ceiling $CEILING_ADDR 2>/dev/null &
