@@ -329,6 +329,12 @@ async fn counts_continue_across_a_restart() {
     assert_eq!(stats["people"]["senders"], 4, "alice is counted once across the restart");
     assert_eq!(stats["people"]["total"], 5);
     assert_eq!(stats["conversations"], 4);
+    let metrics =
+        reqwest::get(format!("http://{}/metrics", second.address)).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("\nopenim_callback_messages_total 5\n"),
+        "/metrics continues from the restored counts"
+    );
     assert_eq!(second.terminate().await.code(), Some(0));
 }
 
