@@ -6,6 +6,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::serve::ListenerExt;
 use axum::http::header;
 use axum::routing::post;
 
@@ -19,7 +20,10 @@ async fn answer(_body: Bytes) -> ([(header::HeaderName, &'static str); 1], &'sta
 async fn main() -> std::io::Result<()> {
     let listen = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:10007".to_owned());
     let app = Router::new().route("/callbackExample/{command}", post(answer));
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    // TCP_NODELAY, as the receiver sets it: the two differ only in what they do per request.
+    let listener = tokio::net::TcpListener::bind(&listen).await?.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     eprintln!("ceiling listening on {listen}");
     axum::serve(listener, app).await
 }
