@@ -6,9 +6,9 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::serve::ListenerExt;
 use axum::http::header;
 use axum::routing::post;
+use axum::serve::ListenerExt;
 
 const SUCCESS: &str = r#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}"#;
 

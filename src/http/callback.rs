@@ -18,6 +18,8 @@ use std::time::SystemTime;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+/// `POST {base}/callbackAfterSendSingleMsgCommand` and `{base}?command=…`.
+/// Every callback that gets this far is timed for `/metrics`.
 pub async fn receive(
     State(state): State<AppState>,
     _command: AfterSendSingleMsgCommand,
@@ -77,6 +79,11 @@ async fn hand_over_by(
                     sink.name()
                 })
                 .collect();
+            if full.is_empty() {
+                // The queues emptied in the very moment the deadline passed.
+                let deadline_ms = state.settings.server.response_timeout.as_millis();
+                return Err(ApiError::DeadlineExceeded { deadline_ms });
+            }
             tracing::warn!(sinks = ?full, "message refused: sink queues full until the deadline");
             Err(ApiError::SinkQueueFull { sinks: full })
         }
