@@ -359,3 +359,24 @@ mod tls {
         assert!(plain.is_err() || plain.unwrap().status() != 200);
     }
 }
+
+mod auth_on_observability {
+    use super::*;
+
+    #[tokio::test]
+    async fn metrics_need_the_bearer_token_when_one_is_set() {
+        let receiver =
+            TestReceiver::start_with(settings(&[("AUTH__TOKEN", "k3y-0123456789-abcdef")]), |_| {}).await;
+        let anonymous = receiver.client.get(receiver.url("/metrics")).send().await.unwrap();
+        assert_eq!(anonymous.status(), 401);
+        let scraper = receiver
+            .client
+            .get(receiver.url("/metrics"))
+            .bearer_auth("k3y-0123456789-abcdef")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(scraper.status(), 200);
+        assert!(scraper.text().await.unwrap().contains("openim_callback_requests_total"));
+    }
+}
