@@ -43,7 +43,8 @@ impl ShutdownReport {
 }
 
 impl Receiver {
-    /// The receiver the settings describe: log records to stdout, stats in memory.
+    /// The receiver the settings describe: log records to stdout, stats restored
+    /// from (and saved to) `stats.snapshot_path`.
     pub fn from_settings(settings: Settings) -> std::io::Result<Self> {
         let (sinks, stats) = SinkSet::from_settings(&settings, telemetry::RecordWriter::stdout())?;
         Ok(Self::with_sinks(settings, sinks, stats))
