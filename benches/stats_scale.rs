@@ -30,7 +30,7 @@ fn main() {
     let today_start = now_ms / DAY_MS * DAY_MS;
 
     let handle = StatsHandle::new(MessageStats::default(), Calendar::default());
-    let mut sink = StatsSink::continuing(handle.clone());
+    let mut sink = StatsSink::new(handle.clone());
 
     // The truth, kept apart (its memory is not the sink's).
     let mut truth_days: HashMap<u64, DayTruth> = HashMap::new();

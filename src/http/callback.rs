@@ -36,7 +36,7 @@ pub async fn receive(
 async fn accept(state: &AppState, header_id: Option<String>, request: Request) -> Result<Response, ApiError> {
     let server = &state.settings.server;
     // Shed load past the limit at once, rather than queue without bound.
-    let Ok(_in_flight) = state.in_flight.clone().try_acquire_owned() else {
+    let Ok(_in_flight) = state.in_flight.try_acquire() else {
         return Err(ApiError::Overloaded { limit: server.max_in_flight });
     };
     let deadline = Instant::now() + server.response_timeout;

@@ -12,18 +12,18 @@ use std::sync::atomic::Ordering;
 
 /// Alive: the process answers HTTP.
 pub async fn healthz() -> Response {
-    probe_answer(error::success())
+    error::success()
 }
 
 /// Ready: serving, and every sink's worker is running.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match state.sinks.iter().find(|sink| !sink.is_running()) {
-        None => probe_answer(error::success()),
+        None => error::success(),
         Some(stopped) => probe_answer(ApiError::SinkStopped { sink: stopped.name() }.into_response()),
     }
 }
 
-/// Probe answers are envelopes too, but not callbacks: they are not counted.
+/// A probe's refusal is an envelope too, but not a refused callback: it is not counted.
 fn probe_answer(mut response: Response) -> Response {
     response.extensions_mut().remove::<Outcome>();
     response

@@ -149,7 +149,7 @@ impl SinkSet {
         }
         let mut stats_handle = None;
         if settings.sinks.stats.enabled {
-            let sink = StatsSink::continuing(stats::restore_counts(&settings.stats)?);
+            let sink = StatsSink::new(stats::restore_counts(&settings.stats)?);
             stats_handle = Some(sink.handle());
             set.spawn(sink, settings.sinks.stats.queue_capacity)?;
         }

@@ -243,23 +243,13 @@ pub struct StatsSink {
 }
 
 impl StatsSink {
-    pub fn new() -> Self {
-        StatsSink { stats: StatsHandle::default() }
-    }
-
-    /// A sink that continues from `handle`'s counts (restored from a snapshot).
-    pub fn continuing(handle: StatsHandle) -> Self {
+    /// A sink that counts into `handle` (empty, or restored from a snapshot).
+    pub fn new(handle: StatsHandle) -> Self {
         StatsSink { stats: handle }
     }
 
     pub fn handle(&self) -> StatsHandle {
         self.stats.clone()
-    }
-}
-
-impl Default for StatsSink {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
