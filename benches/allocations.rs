@@ -1,16 +1,18 @@
 //! Heap allocations per callback, counted by dhat's global allocator:
 //! for decoding alone, and for the whole request through the router (the
-//! sinks' work included, counted once their queues are drained).
+//! journal append and the sinks' work included, counted once they caught up).
 //!
 //! cargo bench --bench allocations
 
 use axum::body::Body;
 use axum::http::Request;
+use futures_util::FutureExt;
+use openim_callback_receiver::journal::Journal;
 use openim_callback_receiver::message::{AfterSendSingleMsg, OperationId, ReceivedMessage};
 use openim_callback_receiver::settings::{LogFormat, Settings};
 use openim_callback_receiver::sinks::stats::MessageStats;
 use openim_callback_receiver::sinks::stats::daily::Calendar;
-use openim_callback_receiver::sinks::{LogSink, Sink, SinkSet};
+use openim_callback_receiver::sinks::{Entry, LogSink, Sink, SinkSet};
 use openim_callback_receiver::telemetry::RecordWriter;
 use openim_callback_receiver::{Receiver, http};
 use std::sync::atomic::Ordering;
@@ -50,7 +52,8 @@ fn main() {
     };
     let settings = Settings::defaults();
     let mut log = LogSink::new(&settings.sinks.log, LogFormat::Json, RecordWriter::new(std::io::sink()));
-    let per_record = count(RUNS, || log.deliver(&message).unwrap());
+    let batch = [Entry { seq: 1, message: message.clone() }];
+    let per_record = count(RUNS, || log.deliver(&batch).now_or_never().unwrap().unwrap());
     println!("log record, text.json            {per_record:6.1} allocations");
     let calendar = Calendar::default();
     let mut stats = MessageStats::default();
@@ -67,15 +70,19 @@ fn main() {
     println!("building the bench's own request {per_request_built:6.1} allocations (included below)");
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let settings = Settings::defaults();
-    let (sinks, stats) = SinkSet::from_settings(&settings, RecordWriter::new(std::io::sink())).unwrap();
+    let journal_dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::defaults();
+    settings.journal.dir = journal_dir.path().to_owned();
+    settings.stats.snapshot_path = Default::default();
+    let journal = Journal::open(&settings.journal).unwrap();
+    let (sinks, stats) =
+        SinkSet::from_settings(&settings, journal, RecordWriter::new(std::io::sink())).unwrap();
     let receiver = Receiver::with_sinks(settings, sinks, stats);
     let app = http::app(receiver.state().clone());
     let body = bytes::Bytes::from(
         std::fs::read(format!("{}/samples/text.json", env!("CARGO_MANIFEST_DIR"))).unwrap(),
     );
-    let handled =
-        || receiver.state().sinks.iter().map(|s| s.counters().handled.load(Ordering::Acquire)).sum::<u64>();
+    let handled = || receiver.state().sinks.iter().map(|s| s.handled.load(Ordering::Acquire)).sum::<u64>();
     let post = || {
         let request = Request::post("/callbackExample/callbackAfterSendSingleMsgCommand")
             .header("content-type", "application/json; charset=utf-8")
@@ -98,5 +105,5 @@ fn main() {
         std::thread::yield_now();
     }
     let per_request = (allocations() - before) as f64 / RUNS as f64;
-    println!("request through the router, text.json, log+stats sinks: {per_request:.1} allocations");
+    println!("request through the router, text.json, journal, log+stats sinks: {per_request:.1} allocations");
 }

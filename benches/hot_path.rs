@@ -1,17 +1,20 @@
 //! Where a callback's time goes, piece by piece: decoding each sample packet,
-//! the stats update, formatting a log record, and the whole handler path
-//! through the router (sinks included, their queues drained by their threads).
+//! the stats update, formatting a log record, appending to the journal, and
+//! the whole handler path through the router (journal append included; the
+//! sinks read the journal on their own threads).
 //!
 //! cargo bench --bench hot_path
 
 use axum::body::Body;
 use axum::http::Request;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::FutureExt;
+use openim_callback_receiver::journal::{Journal, NewRecord};
 use openim_callback_receiver::message::{AfterSendSingleMsg, OperationId, ReceivedMessage};
 use openim_callback_receiver::settings::{LogFormat, Settings};
 use openim_callback_receiver::sinks::stats::MessageStats;
 use openim_callback_receiver::sinks::stats::daily::Calendar;
-use openim_callback_receiver::sinks::{LogSink, Sink, SinkSet};
+use openim_callback_receiver::sinks::{Entry, LogSink, Sink, SinkSet};
 use openim_callback_receiver::telemetry::RecordWriter;
 use openim_callback_receiver::{Receiver, http};
 use std::hint::black_box;
@@ -65,20 +68,45 @@ fn stats_update(c: &mut Criterion) {
 fn log_record(c: &mut Criterion) {
     let settings = Settings::defaults();
     let mut sink = LogSink::new(&settings.sinks.log, LogFormat::Json, RecordWriter::new(std::io::sink()));
-    let message = received(sample("text.json"));
+    let batch = [Entry { seq: 1, message: received(sample("text.json")) }];
     c.bench_function("log/format one JSON record", |b| {
+        b.iter(|| sink.deliver(black_box(&batch)).now_or_never().unwrap().unwrap())
+    });
+}
+
+/// Settings whose journal lives in `dir`, with no stats snapshot.
+fn settings_in(dir: &std::path::Path) -> Settings {
+    let mut settings = Settings::defaults();
+    settings.journal.dir = dir.to_owned();
+    settings.stats.snapshot_path = Default::default();
+    settings
+}
+
+fn journal_append(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&settings_in(dir.path()).journal).unwrap();
+    // No sink reads this journal: nothing holds segments back, so it stays small.
+    let message = received(sample("text.json"));
+    c.bench_function("journal/append text.json (sync = os)", |b| {
         b.iter(|| {
-            sink.deliver(black_box(&message)).unwrap();
-            sink.flush().unwrap();
+            let record = NewRecord {
+                received_at: message.received_at,
+                operation_id: &message.operation_id,
+                body: &message.raw,
+            };
+            journal.append(black_box(&record)).unwrap()
         })
     });
+    journal.close();
 }
 
 fn handler_path(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let settings = Settings::defaults();
-    let sinks_settings = settings.clone();
-    let (sinks, stats) = SinkSet::from_settings(&sinks_settings, RecordWriter::new(std::io::sink())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_in(dir.path());
+    let journal = Journal::open(&settings.journal).unwrap();
+    let (sinks, stats) =
+        SinkSet::from_settings(&settings, journal, RecordWriter::new(std::io::sink())).unwrap();
     let receiver = Receiver::with_sinks(settings, sinks, stats);
     let app = http::app(receiver.state().clone());
     let body = bytes::Bytes::from(sample("text.json"));
@@ -98,5 +126,5 @@ fn handler_path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode, stats_update, log_record, handler_path);
+criterion_group!(benches, decode, stats_update, log_record, journal_append, handler_path);
 criterion_main!(benches);

@@ -6,10 +6,11 @@
 //!
 //! cargo bench --bench stats_scale
 
+use futures_util::FutureExt;
 use openim_callback_receiver::message::{AfterSendSingleMsg, ContentType, OperationId, ReceivedMessage};
-use openim_callback_receiver::sinks::Sink;
 use openim_callback_receiver::sinks::stats::daily::Calendar;
 use openim_callback_receiver::sinks::stats::{MessageStats, StatsHandle, StatsSink};
+use openim_callback_receiver::sinks::{Entry, Sink};
 use std::collections::{HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -52,8 +53,9 @@ fn main() {
             operation_id: OperationId { value: String::new(), generated: false },
             received_at: now,
         };
+        let batch = [Entry { seq: i + 1, message }];
         let heap_before_message = dhat::HeapStats::get().curr_bytes;
-        sink.deliver(&message).unwrap();
+        sink.deliver(&batch).now_or_never().unwrap().unwrap();
         sink_bytes_during += dhat::HeapStats::get().curr_bytes as i64 - heap_before_message as i64;
         receivers.insert(receiver);
         conversations.insert((i.min(receiver), i.max(receiver)));

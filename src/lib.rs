@@ -1,12 +1,14 @@
 //! openim-callback-receiver: receives OpenIM's `callbackAfterSendSingleMsgCommand`
-//! webhook, hands each message to the enabled sinks (log, stats), and answers
-//! OpenIM's JSON envelope within a deadline.
+//! webhook, appends each message to the journal before answering OpenIM's JSON
+//! envelope within a deadline, and feeds the enabled sinks (log, stats) from
+//! the journal: http → journal → sinks.
 //!
 //! `main.rs` only parses arguments and calls into this crate; tests build the
 //! same [`Receiver`] and run it on a listener of their own.
 
 pub mod healthcheck;
 pub mod http;
+pub mod journal;
 pub mod message;
 pub mod metrics;
 pub mod server;
@@ -31,7 +33,8 @@ pub struct Receiver {
 pub struct ShutdownReport {
     /// False when in-flight requests were still running at the shutdown deadline.
     pub requests_finished: bool,
-    /// Sinks that had not drained by the deadline, with the messages each had not taken.
+    /// Sinks that had not caught up by the deadline, with the records each had
+    /// left (kept in the journal for the next start).
     pub undrained: Vec<(&'static str, u64)>,
 }
 
@@ -42,17 +45,28 @@ impl ShutdownReport {
     }
 }
 
+/// Why the receiver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Journal(#[from] journal::OpenError),
+    #[error("cannot start the sinks: {0}")]
+    Sinks(#[from] std::io::Error),
+}
+
 impl Receiver {
-    /// The receiver the settings describe: log records to stdout, stats restored
-    /// from (and saved to) `stats.snapshot_path`.
-    pub fn from_settings(settings: Settings) -> std::io::Result<Self> {
-        let (sinks, stats) = SinkSet::from_settings(&settings, telemetry::RecordWriter::stdout())?;
+    /// The receiver the settings describe: the journal in `journal.dir`, log
+    /// records to stdout, stats restored from (and saved to) `stats.snapshot_path`.
+    pub fn from_settings(settings: Settings) -> Result<Self, StartError> {
+        let journal = journal::Journal::open(&settings.journal)?;
+        let (sinks, stats) = SinkSet::from_settings(&settings, journal, telemetry::RecordWriter::stdout())?;
         Ok(Self::with_sinks(settings, sinks, stats))
     }
 
     /// A receiver with sinks of the caller's choosing (tests add their own).
     pub fn with_sinks(settings: Settings, sinks: SinkSet, stats: Option<StatsHandle>) -> Self {
-        let state = http::AppState::new(settings, sinks.handles(), stats);
+        let state =
+            http::AppState::new(settings, std::sync::Arc::clone(sinks.journal()), sinks.statuses(), stats);
         Receiver { state, sinks }
     }
 
@@ -61,8 +75,9 @@ impl Receiver {
     }
 
     /// Serves on `listener` until `shutdown` completes, then stops accepting,
-    /// finishes in-flight requests, drains every sink queue and returns; all
-    /// of that within `server.shutdown_timeout` of the signal.
+    /// finishes in-flight requests, lets every sink catch up with the journal,
+    /// saves their positions and returns; all of that within
+    /// `server.shutdown_timeout` of the signal.
     pub async fn run(
         self,
         listener: TcpListener,
@@ -71,24 +86,15 @@ impl Receiver {
         let Receiver { state, sinks } = self;
         let shutdown_timeout = state.settings.server.shutdown_timeout;
         let tls = server::tls_acceptor(&state.settings.server)?;
-        let snapshots = state.stats.clone().zip(state.settings.stats.snapshot_path().map(ToOwned::to_owned));
-        let snapshot_interval = state.settings.stats.snapshot_interval;
-        let periodic_snapshots = snapshots.clone().map(|(stats, path)| {
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(snapshot_interval);
-                every.tick().await;
-                loop {
-                    every.tick().await;
-                    sinks::stats::save_snapshot(&stats, &path).await;
-                }
-            })
-        });
+        let journal = std::sync::Arc::clone(&state.journal);
         let limits = server::Limits::from_settings(&state.settings);
         let router = http::app(state);
         let (signalled_tx, mut signalled_rx) = tokio::sync::oneshot::channel();
         let serving = server::serve(listener, router, limits, tls, async move {
             shutdown.await;
-            tracing::info!("shutting down: no new connections, finishing requests, draining sinks");
+            tracing::info!(
+                "shutting down: no new connections, finishing requests, letting the sinks catch up"
+            );
             let _ = signalled_tx.send(Instant::now());
         });
         let mut server = tokio::spawn(serving);
@@ -111,43 +117,36 @@ impl Receiver {
         if !requests_finished {
             tracing::error!("requests still in flight at the shutdown deadline");
         }
-        // The ended server has dropped the router and its sink handles: the queues
-        // close once the last message is taken.
+        // The server has ended: nothing more is appended, so each sink drains
+        // to the journal's end (or stops at the deadline) and saves its position.
         let undrained = sinks.drain(deadline).await;
         for (sink, left) in &undrained {
-            tracing::error!(sink, messages = left, "sink did not drain by the shutdown deadline");
+            tracing::error!(
+                sink,
+                records = left,
+                "sink did not catch up by the shutdown deadline; its records stay in the journal for the next start"
+            );
         }
-        // Last, once the stats sink has counted every accepted message.
-        if let Some(task) = periodic_snapshots {
-            task.abort();
-        }
-        if let Some((stats, path)) = snapshots {
-            sinks::stats::save_snapshot(&stats, &path).await;
-        }
+        journal.close();
         Ok(ShutdownReport { requests_finished, undrained })
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM (what `docker stop` sends).
+/// Completes on SIGINT (Ctrl-C), SIGTERM (what `docker stop` sends) or
+/// SIGHUP (a closed terminal): each is a graceful shutdown.
 pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let on = |kind: SignalKind| async move {
+        match signal(kind) {
             Ok(mut signal) => {
                 signal.recv().await;
             }
             Err(_) => std::future::pending::<()>().await,
         }
     };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
     tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+        () = on(SignalKind::interrupt()) => {}
+        () = on(SignalKind::terminate()) => {}
+        () = on(SignalKind::hangup()) => {}
     }
 }

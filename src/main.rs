@@ -66,7 +66,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(settings))
+    let exit = runtime.block_on(serve(settings));
+    // A sink stuck in a blocking write must not keep the process alive past
+    // its shutdown deadline: its thread ends with the process.
+    runtime.shutdown_background();
+    exit
 }
 
 async fn serve(settings: Settings) -> ExitCode {
@@ -84,7 +88,7 @@ async fn serve(settings: Settings) -> ExitCode {
     let receiver = match Receiver::from_settings(settings) {
         Ok(receiver) => receiver,
         Err(error) => {
-            tracing::error!(%error, "cannot start the sinks");
+            tracing::error!(%error, "cannot start");
             return ExitCode::FAILURE;
         }
     };
@@ -95,7 +99,12 @@ async fn serve(settings: Settings) -> ExitCode {
             tracing::info!("stopped cleanly: every accepted message delivered");
             ExitCode::SUCCESS
         }
-        Ok(_) => ExitCode::FAILURE,
+        Ok(report) => {
+            let behind: Vec<&str> = report.undrained.iter().map(|(sink, _)| *sink).collect();
+            tracing::error!(sinks = ?behind, requests_finished = report.requests_finished,
+                "stopped with work left: the journal keeps it for the next start");
+            ExitCode::FAILURE
+        }
         Err(error) => {
             tracing::error!(%error, "server failed");
             ExitCode::FAILURE

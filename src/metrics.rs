@@ -40,6 +40,11 @@ pub fn render(state: &AppState) -> String {
             stats.content_bytes.clone(),
         );
     }
+    registry.register(
+        "journal_fsync_seconds",
+        "Time each fdatasync of the journal took",
+        state.journal.fsync_seconds.clone(),
+    );
     registry.register_collector(Box::new(StateCollector(state.clone())));
     let mut text = String::new();
     // Writing into a String cannot fail.
@@ -147,24 +152,47 @@ impl prometheus_client::collector::Collector for StateCollector {
                 (vec![("outcome", Cow::Borrowed(outcome))], ConstCounter::new(count))
             }),
         )?;
+        let sink_label = |sink: &crate::sinks::SinkStatus| vec![("sink", Cow::Borrowed(sink.name()))];
         family(
             &mut encoder,
-            "sink_queue_depth",
-            "Messages waiting in each sink's queue",
+            "sink_lag_records",
+            "Records in the journal each sink has not delivered yet",
+            MetricType::Gauge,
+            state.sinks.iter().map(|sink| (sink_label(sink), ConstGauge::new(sink.lag_records() as i64))),
+        )?;
+        family(
+            &mut encoder,
+            "sink_lag_seconds",
+            "Age of the oldest record each sink has not delivered yet (0 when caught up)",
+            MetricType::Gauge,
+            state.sinks.iter().map(|sink| (sink_label(sink), ConstGauge::new(sink.lag_seconds()))),
+        )?;
+        family(
+            &mut encoder,
+            "sink_retries",
+            "Deliveries that failed and were retried, per sink",
+            MetricType::Counter,
+            state
+                .sinks
+                .iter()
+                .map(|sink| (sink_label(sink), ConstCounter::new(sink.retries.load(Ordering::Relaxed)))),
+        )?;
+        family(
+            &mut encoder,
+            "sink_up",
+            "1 while a sink delivers, 0 while its deliveries fail (retrying) or after it stopped",
             MetricType::Gauge,
             state.sinks.iter().map(|sink| {
-                (
-                    vec![("sink", Cow::Borrowed(sink.name()))],
-                    ConstGauge::new(sink.counters().pending() as i64),
-                )
+                let up = sink.state() == crate::sinks::SinkState::Running;
+                (sink_label(sink), ConstGauge::new(up as i64))
             }),
         )?;
         let results = state.sinks.iter().flat_map(|sink| {
-            let counters = sink.counters();
             [
-                ("handled", counters.handled.load(Ordering::Relaxed)),
-                ("failed", counters.failed.load(Ordering::Relaxed)),
-                ("missed", counters.missed.load(Ordering::Relaxed)),
+                ("handled", sink.handled.load(Ordering::Relaxed)),
+                ("failed", sink.failed.load(Ordering::Relaxed)),
+                ("skipped", sink.skipped.load(Ordering::Relaxed)),
+                ("damaged", sink.damaged.load(Ordering::Relaxed)),
             ]
             .map(|(result, count)| {
                 (
@@ -176,10 +204,26 @@ impl prometheus_client::collector::Collector for StateCollector {
         family(
             &mut encoder,
             "sink_messages",
-            "Messages per sink: handled, failed (error or panic), missed (queue full until the deadline)",
+            "Records per sink: handled, failed (given up), skipped (dropped by a full journal before the sink read them), damaged (lost to damaged journal files)",
             MetricType::Counter,
             results,
         )?;
+        let journal = state.journal.report();
+        for (name, help, value) in [
+            ("journal_bytes", "Bytes in the journal's segment files", journal.bytes),
+            ("journal_segments", "Segment files in the journal", journal.segments),
+            ("journal_max_bytes", "The journal's size limit (journal.max_bytes)", journal.max_bytes),
+        ] {
+            let gauge = ConstGauge::new(value as i64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        let failures = ConstCounter::new(journal.append_failures);
+        failures.encode(encoder.encode_descriptor(
+            "journal_append_failures",
+            "Appends to the journal that failed (disk full or failing; the callback got 503)",
+            None,
+            MetricType::Counter,
+        )?)?;
         Ok(())
     }
 }

@@ -24,6 +24,46 @@ pub struct Settings {
     pub sinks: SinksSettings,
     pub auth: AuthSettings,
     pub stats: StatsSettings,
+    pub journal: JournalSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalSettings {
+    /// Directory of the segment files, sink cursors and the lock.
+    pub dir: PathBuf,
+    /// What is done before a 200: write(2), or write(2) and fdatasync.
+    pub sync: SyncMode,
+    /// How often written records are fdatasynced with `sync = "os"`.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// A segment file is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// The journal's size limit.
+    pub max_bytes: u64,
+    /// What happens when a sink is so far behind that the journal reaches `max_bytes`.
+    pub when_full: WhenFull,
+    /// How often a sink's position is saved while it works (and always when it stops).
+    #[serde(with = "humantime_serde")]
+    pub cursor_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Written to the OS before the 200; fdatasync every `sync_interval`.
+    Os,
+    /// fdatasync before the 200 (group commit).
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    /// Keep accepting; the sinks that are behind skip their oldest unread records.
+    Skip,
+    /// Answer 503 until the sinks catch up.
+    Refuse,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -192,8 +232,8 @@ pub struct SinksSettings {
 #[serde(deny_unknown_fields)]
 pub struct LogSinkSettings {
     pub enabled: bool,
-    /// Messages that may wait for this sink.
-    pub queue_capacity: usize,
+    /// Most records the sink takes from the journal at once.
+    pub batch_size: usize,
     /// Write the message text into records.
     pub include_content: bool,
     /// Cut content longer than this many characters (0: no limit).
@@ -204,8 +244,8 @@ pub struct LogSinkSettings {
 #[serde(deny_unknown_fields)]
 pub struct StatsSinkSettings {
     pub enabled: bool,
-    /// Messages that may wait for this sink.
-    pub queue_capacity: usize,
+    /// Most records the sink takes from the journal at once.
+    pub batch_size: usize,
 }
 
 /// A setting that stops start-up; the message names the key.
@@ -319,11 +359,34 @@ impl Settings {
         if self.stats.snapshot_interval.is_zero() {
             return fail("stats.snapshot_interval", "must be longer than 0s");
         }
-        if self.sinks.log.queue_capacity == 0 {
-            return fail("sinks.log.queue_capacity", "must be at least 1");
+        for (key, batch_size) in [
+            ("sinks.log.batch_size", self.sinks.log.batch_size),
+            ("sinks.stats.batch_size", self.sinks.stats.batch_size),
+        ] {
+            if !(1..=100_000).contains(&batch_size) {
+                return fail(key, "must be from 1 to 100000");
+            }
         }
-        if self.sinks.stats.queue_capacity == 0 {
-            return fail("sinks.stats.queue_capacity", "must be at least 1");
+        if self.server.max_body_bytes > crate::journal::record::MAX_PAYLOAD_LEN / 2 {
+            return fail("server.max_body_bytes", "must be at most 134217728 (128 MiB)");
+        }
+        let journal = &self.journal;
+        if journal.dir.as_os_str().is_empty() {
+            return fail("journal.dir", "must name a directory");
+        }
+        if !(1024 * 1024..=1024 * 1024 * 1024).contains(&journal.segment_bytes) {
+            return fail("journal.segment_bytes", "must be from 1048576 (1 MiB) to 1073741824 (1 GiB)");
+        }
+        if journal.max_bytes < 2 * journal.segment_bytes {
+            return fail("journal.max_bytes", "must be at least twice journal.segment_bytes");
+        }
+        for (key, interval) in [
+            ("journal.sync_interval", journal.sync_interval),
+            ("journal.cursor_interval", journal.cursor_interval),
+        ] {
+            if interval.is_zero() || interval > Duration::from_secs(3600) {
+                return fail(key, "must be longer than 0s and at most 1h");
+            }
         }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.level) {
             return fail("telemetry.level", &error.to_string());

@@ -1,19 +1,17 @@
-//! The callback handler: read, parse, check, hand to every sink, answer;
-//! all within `server.response_timeout`.
+//! The callback handler: read, parse, check, append to the journal, answer;
+//! all within `server.response_timeout`. The sinks take it from the journal.
 
 use super::AppState;
 use super::error::{self, ApiError, Outcome};
 use super::extract::{AfterSendSingleMsgCommand, JsonContentType, OperationIdHeader};
-use crate::message::{AFTER_SEND_SINGLE_MSG_COMMAND, AfterSendSingleMsg, OperationId, ReceivedMessage};
-use crate::sinks::{self, HandOverError};
+use crate::journal::{AppendError, NewRecord};
+use crate::message::{AFTER_SEND_SINGLE_MSG_COMMAND, AfterSendSingleMsg, OperationId};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -51,43 +49,33 @@ async fn accept(state: &AppState, header_id: Option<String>, request: Request) -
     // The span starts once the id is known: everything logged about this
     // message from here on carries it.
     let span = tracing::info_span!("callback", operationID = operation_id.value.as_str());
-    let message = Arc::new(ReceivedMessage { packet, raw, operation_id, received_at: SystemTime::now() });
-    hand_over_by(state, message, deadline).instrument(span).await?;
+    let record = NewRecord { received_at: SystemTime::now(), operation_id: &operation_id, body: &raw };
+    append_by(state, &record, deadline).instrument(span).await?;
     state.requests.count(Outcome::Accepted);
     Ok(error::success())
 }
 
-/// Queues the message for every sink, waiting on full queues until `deadline`.
-async fn hand_over_by(
-    state: &AppState,
-    message: Arc<ReceivedMessage>,
-    deadline: Instant,
-) -> Result<(), ApiError> {
-    match tokio::time::timeout_at(deadline, sinks::hand_over(&state.sinks, message)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(HandOverError::SinkStopped(sink))) => {
-            tracing::error!(sink, "message refused: sink is not running");
-            Err(ApiError::SinkStopped { sink })
+/// Appends the message to the journal, durably as `journal.sync` says, by `deadline`.
+async fn append_by(state: &AppState, record: &NewRecord<'_>, deadline: Instant) -> Result<(), ApiError> {
+    let seq = state.journal.append(record).map_err(|error| match error {
+        AppendError::Full { max_bytes } => {
+            tracing::warn!(
+                max_bytes,
+                "message refused: the journal is full (journal.when_full = \"refuse\")"
+            );
+            ApiError::JournalFull { max_bytes }
         }
-        Err(_elapsed) => {
-            let full: Vec<&'static str> = state
-                .sinks
-                .iter()
-                .filter(|sink| sink.is_full())
-                .map(|sink| {
-                    sink.counters().missed.fetch_add(1, Ordering::Relaxed);
-                    sink.name()
-                })
-                .collect();
-            if full.is_empty() {
-                // The queues emptied in the very moment the deadline passed.
-                let deadline_ms = state.settings.server.response_timeout.as_millis();
-                return Err(ApiError::DeadlineExceeded { deadline_ms });
-            }
-            tracing::warn!(sinks = ?full, "message refused: sink queues full until the deadline");
-            Err(ApiError::SinkQueueFull { sinks: full })
+        AppendError::Io(error) => {
+            tracing::error!(%error, "message refused: cannot write the journal");
+            ApiError::JournalWriteFailed { detail: error.to_string() }
         }
-    }
+    })?;
+    // With sync = "always", the fdatasync that covers it; otherwise at once.
+    // Past the deadline the record stays in the journal (the sinks get it),
+    // but the answer must not promise what the disk has not confirmed.
+    tokio::time::timeout_at(deadline, state.journal.durable(seq)).await.map_err(|_elapsed| {
+        ApiError::DeadlineExceeded { deadline_ms: state.settings.server.response_timeout.as_millis() }
+    })
 }
 
 /// The whole body, in a buffer of its own exact size (the chunks hyper hands

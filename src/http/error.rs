@@ -47,17 +47,18 @@ pub enum Rejection {
     NotFound,
     MethodNotAllowed,
     DeadlineExceeded,
-    SinkQueueFull,
-    SinkStopped,
+    JournalFull,
+    SinkFailing,
     UnsupportedContentEncoding,
     Unauthorized,
     Forbidden,
     Overloaded,
     InvalidQuery,
+    JournalWriteFailed,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 20] = [
+    pub const ALL: [Rejection; 21] = [
         Rejection::UnknownCommand,
         Rejection::MissingCommand,
         Rejection::UnsupportedContentTypeParam,
@@ -71,13 +72,14 @@ impl Rejection {
         Rejection::NotFound,
         Rejection::MethodNotAllowed,
         Rejection::DeadlineExceeded,
-        Rejection::SinkQueueFull,
-        Rejection::SinkStopped,
+        Rejection::JournalFull,
+        Rejection::SinkFailing,
         Rejection::UnsupportedContentEncoding,
         Rejection::Unauthorized,
         Rejection::Forbidden,
         Rejection::Overloaded,
         Rejection::InvalidQuery,
+        Rejection::JournalWriteFailed,
     ];
 
     /// The envelope's `errCode`: the HTTP status times ten, plus a digit.
@@ -96,13 +98,14 @@ impl Rejection {
             Rejection::BodyTooLarge => 4130,
             Rejection::UnsupportedMediaType => 4150,
             Rejection::DeadlineExceeded => 5030,
-            Rejection::SinkQueueFull => 5031,
-            Rejection::SinkStopped => 5032,
+            Rejection::JournalFull => 5031,
+            Rejection::SinkFailing => 5032,
             Rejection::UnsupportedContentEncoding => 4151,
             Rejection::Unauthorized => 4010,
             Rejection::Forbidden => 4030,
             Rejection::Overloaded => 5033,
             Rejection::InvalidQuery => 4009,
+            Rejection::JournalWriteFailed => 5034,
         }
     }
 
@@ -135,13 +138,14 @@ impl Rejection {
             Rejection::NotFound => "not_found",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::DeadlineExceeded => "deadline_exceeded",
-            Rejection::SinkQueueFull => "sink_queue_full",
-            Rejection::SinkStopped => "sink_stopped",
+            Rejection::JournalFull => "journal_full",
+            Rejection::SinkFailing => "sink_failing",
             Rejection::UnsupportedContentEncoding => "unsupported_content_encoding",
             Rejection::Unauthorized => "unauthorized",
             Rejection::Forbidden => "forbidden",
             Rejection::Overloaded => "overloaded",
             Rejection::InvalidQuery => "invalid_query",
+            Rejection::JournalWriteFailed => "journal_write_failed",
         }
     }
 }
@@ -187,12 +191,15 @@ pub enum ApiError {
     /// 503: the deadline passed before the body had arrived.
     #[error("request not complete within the response deadline of {deadline_ms} ms")]
     DeadlineExceeded { deadline_ms: u128 },
-    /// 503: a sink's queue stayed full until the deadline; the message was not taken.
-    #[error("message not accepted: queue of sink(s) {} full until the deadline", .sinks.join(", "))]
-    SinkQueueFull { sinks: Vec<&'static str> },
-    /// 503: a sink's worker is not running (shutting down, or it failed).
-    #[error("message not accepted: sink {sink} is not running")]
-    SinkStopped { sink: &'static str },
+    /// 503: the journal reached `journal.max_bytes` with `journal.when_full = "refuse"`.
+    #[error("message not accepted: the journal is full ({max_bytes} bytes) because a sink is behind")]
+    JournalFull { max_bytes: u64 },
+    /// 503: the journal could not be written (a full or failing disk).
+    #[error("message not accepted: the journal cannot be written")]
+    JournalWriteFailed { detail: String },
+    /// 503 from `/readyz`: a sink's deliveries are failing and being retried.
+    #[error("not ready: sink {sink} is failing: {error}")]
+    SinkFailing { sink: &'static str, error: String },
     /// 415: a compressed body (OpenIM never compresses what it sends).
     #[error("unsupported Content-Encoding {encoding:?}: send the body uncompressed")]
     UnsupportedContentEncoding { encoding: String },
@@ -237,8 +244,9 @@ impl ApiError {
             ApiError::NotFound { .. } => Rejection::NotFound,
             ApiError::MethodNotAllowed { .. } => Rejection::MethodNotAllowed,
             ApiError::DeadlineExceeded { .. } => Rejection::DeadlineExceeded,
-            ApiError::SinkQueueFull { .. } => Rejection::SinkQueueFull,
-            ApiError::SinkStopped { .. } => Rejection::SinkStopped,
+            ApiError::JournalFull { .. } => Rejection::JournalFull,
+            ApiError::JournalWriteFailed { .. } => Rejection::JournalWriteFailed,
+            ApiError::SinkFailing { .. } => Rejection::SinkFailing,
             ApiError::UnsupportedContentEncoding { .. } => Rejection::UnsupportedContentEncoding,
             ApiError::Unauthorized => Rejection::Unauthorized,
             ApiError::Forbidden { .. } => Rejection::Forbidden,
@@ -254,7 +262,7 @@ impl ApiError {
                 format!("command taken from the {source_of}")
             }
             ApiError::InvalidPacket(error) => error.to_string(),
-            ApiError::UnreadableBody { detail } => detail.clone(),
+            ApiError::UnreadableBody { detail } | ApiError::JournalWriteFailed { detail } => detail.clone(),
             _ => String::new(),
         }
     }

@@ -6,9 +6,10 @@ pub mod error;
 mod extract;
 mod probes;
 
+use crate::journal::Journal;
 use crate::message::AFTER_SEND_SINGLE_MSG_COMMAND;
 use crate::settings::Settings;
-use crate::sinks::{SinkHandle, StatsHandle};
+use crate::sinks::{SinkStatus, StatsHandle};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{Method, Uri};
@@ -29,7 +30,10 @@ pub struct AppState(Arc<SharedState>);
 
 pub struct SharedState {
     pub settings: Settings,
-    pub sinks: Vec<SinkHandle>,
+    /// Where every accepted message goes before its 200.
+    pub journal: Arc<Journal>,
+    /// Each sink's progress through the journal.
+    pub sinks: Vec<Arc<SinkStatus>>,
     /// Present when the stats sink is enabled.
     pub stats: Option<StatsHandle>,
     pub requests: RequestCounters,
@@ -59,10 +63,16 @@ impl SharedState {
 }
 
 impl AppState {
-    pub fn new(settings: Settings, sinks: Vec<SinkHandle>, stats: Option<StatsHandle>) -> Self {
+    pub fn new(
+        settings: Settings,
+        journal: Arc<Journal>,
+        sinks: Vec<Arc<SinkStatus>>,
+        stats: Option<StatsHandle>,
+    ) -> Self {
         let in_flight = Arc::new(Semaphore::new(settings.server.max_in_flight));
         AppState(Arc::new(SharedState {
             settings,
+            journal,
             sinks,
             stats,
             requests: RequestCounters::new(),

@@ -15,11 +15,16 @@ pub async fn healthz() -> Response {
     error::success()
 }
 
-/// Ready: serving, and every sink's worker is running.
+/// Ready: serving, and no local sink (log, stats) is failing. A sink whose
+/// remote target is down shows as degraded in `/stats` instead: the journal
+/// holds its records until the target is back.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match state.sinks.iter().find(|sink| !sink.is_running()) {
+    match state.sinks.iter().find(|sink| sink.is_failing()) {
         None => error::success(),
-        Some(stopped) => probe_answer(ApiError::SinkStopped { sink: stopped.name() }.into_response()),
+        Some(failing) => {
+            let error = failing.last_error().unwrap_or_default();
+            probe_answer(ApiError::SinkFailing { sink: failing.name(), error }.into_response())
+        }
     }
 }
 
@@ -36,6 +41,7 @@ struct StatsReport {
     #[serde(flatten)]
     messages: Option<MessageReport>,
     requests: RequestReport,
+    journal: crate::journal::JournalReport,
     sinks: BTreeMap<&'static str, SinkReport>,
 }
 
@@ -51,13 +57,21 @@ struct RequestReport {
 
 #[derive(Serialize)]
 struct SinkReport {
-    running: bool,
-    queue_depth: u64,
-    queue_capacity: usize,
+    /// running, retrying (its last delivery failed), or stopped.
+    state: crate::sinks::SinkState,
+    /// The next journal record it will deliver.
+    position: u64,
+    /// Records written to the journal and not yet delivered by this sink.
+    lag_records: u64,
+    /// Age of the oldest of those, in seconds.
+    lag_seconds: f64,
     handled: u64,
     failed: u64,
-    missed: u64,
+    retries: u64,
+    skipped: u64,
+    damaged: u64,
     panics: u64,
+    last_error: Option<String>,
 }
 
 pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
@@ -71,15 +85,18 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
         .sinks
         .iter()
         .map(|sink| {
-            let counters = sink.counters();
             let report = SinkReport {
-                running: sink.is_running(),
-                queue_depth: counters.pending(),
-                queue_capacity: sink.queue_capacity(),
-                handled: counters.handled.load(Ordering::Relaxed),
-                failed: counters.failed.load(Ordering::Relaxed),
-                missed: counters.missed.load(Ordering::Relaxed),
-                panics: counters.panics.load(Ordering::Relaxed),
+                state: sink.state(),
+                position: sink.position(),
+                lag_records: sink.lag_records(),
+                lag_seconds: sink.lag_seconds(),
+                handled: sink.handled.load(Ordering::Relaxed),
+                failed: sink.failed.load(Ordering::Relaxed),
+                retries: sink.retries.load(Ordering::Relaxed),
+                skipped: sink.skipped.load(Ordering::Relaxed),
+                damaged: sink.damaged.load(Ordering::Relaxed),
+                panics: sink.panics.load(Ordering::Relaxed),
+                last_error: sink.last_error(),
             };
             (sink.name(), report)
         })
@@ -93,6 +110,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
             rejected,
             unknown_commands: requests.unknown_commands().into_iter().collect(),
         },
+        journal: state.journal.report(),
         sinks,
     })
 }

@@ -1,8 +1,10 @@
 //! The log sink: one structured record per message, target `message`.
 //!
 //! Records are written on this sink's thread into a buffer that goes out
-//! after each batch, with blocking writes: a slow stdout slows this sink's
-//! queue and nothing else, and no record is ever dropped.
+//! after each batch, with blocking writes: a slow stdout slows this sink
+//! and nothing else (the journal holds what it has not written yet). After a
+//! crash the records since its last saved cursor are written again
+//! (at-least-once).
 //!
 //! JSON records, the format of every deployment that ships logs, are
 //! serialized straight from the message: the same line tracing's JSON
@@ -10,7 +12,7 @@
 //! piece it writes as UTF-8). Human-readable records go through tracing's
 //! own formatter, as a tracing event.
 
-use super::{Sink, SinkError};
+use super::{Entry, Sink, SinkError};
 use crate::message::ReceivedMessage;
 use crate::settings::{LogFormat, LogSinkSettings};
 use crate::telemetry::{self, MESSAGE_TARGET, RecordWriter};
@@ -111,7 +113,19 @@ impl Sink for LogSink {
         "log"
     }
 
-    fn deliver(&mut self, message: &ReceivedMessage) -> Result<(), SinkError> {
+    async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
+        for entry in batch {
+            self.write_record(&entry.message)
+                .map_err(|error| SinkError::transient(format!("writing a log record: {error}")))?;
+        }
+        // A closed or broken stdout shows here: the batch is retried, and
+        // /readyz says so, rather than records being counted and lost.
+        self.writer.flush().map_err(|error| SinkError::transient(format!("writing log records: {error}")))
+    }
+}
+
+impl LogSink {
+    fn write_record(&self, message: &ReceivedMessage) -> std::io::Result<()> {
         let packet = &message.packet;
         let (content, content_truncated) = if self.include_content {
             let (content, truncated) = truncate_chars(&packet.content, self.max_content_chars);
@@ -143,18 +157,13 @@ impl Sink for LogSink {
             content,
             content_truncated,
         };
-        let written = match &self.format {
+        match &self.format {
             RecordFormat::Json => write_json(&self.writer, &record),
             RecordFormat::Pretty(dispatch) => {
                 tracing::dispatcher::with_default(dispatch, || emit_event(&record));
                 Ok(())
             }
-        };
-        written.map_err(|error| SinkError(format!("writing a log record: {error}")))
-    }
-
-    fn flush(&mut self) -> Result<(), SinkError> {
-        self.writer.flush().map_err(|error| SinkError(format!("writing log records: {error}")))
+        }
     }
 }
 
@@ -246,8 +255,8 @@ mod format_tests {
             operation_id: OperationId { value: "op-7".into(), generated: false },
             received_at: std::time::SystemTime::now(),
         };
-        sink.deliver(&message).unwrap();
-        sink.flush().unwrap();
+        let entry = crate::sinks::Entry { seq: 1, message };
+        futures_util::FutureExt::now_or_never(sink.deliver(&[entry])).unwrap().unwrap();
         String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
     }
 

@@ -1,292 +1,341 @@
-//! Sinks: where accepted messages go. Each sink runs on its own thread behind
-//! its own bounded queue, so a slow or stuck sink never slows another one and
-//! never blocks the request path; the request path only hands over an `Arc`.
+//! Sinks: where accepted messages go. Each sink reads the journal from its own
+//! position, on its own thread, through the runner (`runner`): a slow, stuck
+//! or failing sink never slows the request path or another sink.
 //!
 //! Adding a sink is a new file here with a type that implements [`Sink`], a
 //! section under `[sinks]` in the settings, and one line in
-//! [`SinkSet::from_settings`]. The HTTP handler does not change.
+//! [`SinkSet::from_settings`]. Neither the HTTP handler nor the journal changes.
 
 pub mod log;
+mod runner;
 pub mod stats;
 
+use crate::journal::{Consumer, Journal, cursor};
 use crate::message::ReceivedMessage;
 use crate::settings::Settings;
 use crate::telemetry::RecordWriter;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
-use tokio::sync::mpsc;
+use serde::Serialize;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 pub use self::log::LogSink;
 pub use self::stats::{StatsHandle, StatsSink};
 
+/// One journal record as a sink sees it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The record's sequence number in the journal.
+    pub seq: u64,
+    pub message: ReceivedMessage,
+}
+
 /// A destination for accepted messages.
 ///
-/// `deliver` runs on the sink's own thread and may block: a sink that writes
-/// to a file or a socket does so directly. It is called once per message, in
-/// the order the messages were accepted.
+/// A sink runs on a thread of its own, inside a single-threaded async
+/// runtime: it may do async I/O, and it may block without stalling anyone
+/// else. The runner hands it batches in journal order, and calls it again
+/// with the same batch after a failure that asks for a retry.
 pub trait Sink: Send + 'static {
-    /// Stable short name, used in settings, logs, `/stats` and error answers.
+    /// Stable short name, used in settings, logs, cursor files, `/stats` and `/metrics`.
     fn name(&self) -> &'static str;
 
-    /// Takes one message. An error is logged with the message's operation id
-    /// and counted; the sink goes on with the next message.
-    fn deliver(&mut self, message: &ReceivedMessage) -> Result<(), SinkError>;
+    /// Takes a batch. `Ok`: every entry is done. `Err`: none counts as done;
+    /// [`SinkError::retry`] says whether the runner tries the batch again.
+    fn deliver(&mut self, batch: &[Entry]) -> impl Future<Output = Result<(), SinkError>>;
 
-    /// Called after each batch of messages, when the queue is momentarily
-    /// empty: a sink that buffers writes them out here. The last call comes
-    /// after the queue is closed and drained, before the worker ends.
-    fn flush(&mut self) -> Result<(), SinkError> {
-        Ok(())
+    /// Where the sink's position in the journal is kept.
+    fn progress(&self) -> Progress {
+        Progress::Cursor
+    }
+
+    /// For [`Progress::WithState`]: saves the sink's state, which includes
+    /// every record before `next`, together with `next`.
+    fn save(&mut self, next: u64) -> impl Future<Output = Result<(), SinkError>> {
+        let _ = next;
+        async { Ok(()) }
+    }
+
+    /// Whether `/readyz` fails while this sink's deliveries fail. True for the
+    /// local sinks (their failure is this host's); a sink whose remote target
+    /// is down shows as degraded in `/stats` instead.
+    fn failures_affect_readiness(&self) -> bool {
+        true
     }
 }
 
-/// Why a sink could not take a message.
+/// Where a sink's position in the journal is kept.
+pub enum Progress {
+    /// A cursor file under `<journal.dir>/cursors/`, saved by the runner every
+    /// `journal.cursor_interval` and when the sink stops: after a crash the
+    /// sink redoes what it did since (at-least-once).
+    Cursor,
+    /// In the sink's own saved state (the stats snapshot), through
+    /// [`Sink::save`] every `save_interval`: state and position are saved
+    /// together, so a restart neither misses nor repeats a record (exactly-once).
+    WithState {
+        /// The position the restored state includes; None to start at the oldest record.
+        restored: Option<u64>,
+        save_interval: Duration,
+    },
+}
+
+/// Why a sink could not take a batch.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
-
-/// Counters a sink's worker and the request path keep about one sink.
-#[derive(Debug, Default)]
-pub struct SinkCounters {
-    /// Messages the sink took without error.
-    pub handled: AtomicU64,
-    /// Messages the sink returned an error for.
-    pub failed: AtomicU64,
-    /// Messages refused because this sink's queue stayed full until the deadline.
-    pub missed: AtomicU64,
-    /// Messages put in the queue.
-    pub queued: AtomicU64,
-    /// Panics caught in the sink (each also counts as failed).
-    pub panics: AtomicU64,
+#[error("{message}")]
+pub struct SinkError {
+    pub message: String,
+    /// True: try the same batch again after a backoff. False: give it up (counted as failed).
+    pub retry: bool,
 }
 
-impl SinkCounters {
-    /// Messages queued and not yet taken (waiting, or being delivered now).
-    pub fn pending(&self) -> u64 {
-        let done = self.handled.load(Ordering::Acquire) + self.failed.load(Ordering::Acquire);
-        self.queued.load(Ordering::Acquire).saturating_sub(done)
+impl SinkError {
+    /// A failure that may pass (a full disk, a closed pipe, a target that is down).
+    pub fn transient(message: impl Into<String>) -> Self {
+        SinkError { message: message.into(), retry: true }
+    }
+
+    /// A batch that can never be taken.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SinkError { message: message.into(), retry: false }
     }
 }
 
-/// The request path's side of a sink: cheap to clone, shared by every request.
-#[derive(Clone, Debug)]
-pub struct SinkHandle {
-    name: &'static str,
-    queue: mpsc::Sender<Arc<ReceivedMessage>>,
-    counters: Arc<SinkCounters>,
-    running: Arc<AtomicBool>,
+/// What a sink's runner is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkState {
+    Running,
+    /// Its last delivery failed; the batch is being retried.
+    Retrying,
+    /// Its runner has ended (at shutdown).
+    Stopped,
 }
 
-impl SinkHandle {
+/// Counters and state of one sink, shared by its runner and the HTTP face.
+#[derive(Debug)]
+pub struct SinkStatus {
+    name: &'static str,
+    affects_readiness: bool,
+    journal: Arc<Journal>,
+    /// Records delivered.
+    pub handled: AtomicU64,
+    /// Records given up: a permanent error, or a record that no longer parses.
+    pub failed: AtomicU64,
+    /// Delivery attempts that failed and were retried.
+    pub retries: AtomicU64,
+    /// Records dropped by a full journal before this sink read them.
+    pub skipped: AtomicU64,
+    /// Records lost to damage in the journal's files.
+    pub damaged: AtomicU64,
+    /// Panics caught in the sink (each also counts as a retry).
+    pub panics: AtomicU64,
+    state: AtomicU8,
+    /// The next record to deliver: everything before it is done.
+    position: AtomicU64,
+    /// Arrival time (µs since the epoch) of the oldest record not yet delivered; 0 when caught up.
+    oldest_pending_us: AtomicI64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SinkStatus {
+    fn new(name: &'static str, affects_readiness: bool, journal: Arc<Journal>, position: u64) -> Self {
+        SinkStatus {
+            name,
+            affects_readiness,
+            journal,
+            handled: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            damaged: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            state: AtomicU8::new(SinkState::Running as u8),
+            position: AtomicU64::new(position),
+            oldest_pending_us: AtomicI64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         self.name
     }
 
-    pub fn counters(&self) -> &SinkCounters {
-        &self.counters
+    pub fn state(&self) -> SinkState {
+        match self.state.load(Ordering::Acquire) {
+            0 => SinkState::Running,
+            1 => SinkState::Retrying,
+            _ => SinkState::Stopped,
+        }
     }
 
-    /// Whether the sink's worker thread is still taking messages.
-    pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::Acquire)
+    fn set_state(&self, state: SinkState) {
+        self.state.store(state as u8, Ordering::Release);
     }
 
-    pub fn queue_capacity(&self) -> usize {
-        self.queue.max_capacity()
+    /// Failing in a way that makes the receiver not ready.
+    pub fn is_failing(&self) -> bool {
+        self.affects_readiness && self.state() == SinkState::Retrying
     }
 
-    pub fn is_full(&self) -> bool {
-        self.queue.capacity() == 0
+    /// The next record this sink will deliver.
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    /// Records in the journal this sink has not delivered yet.
+    pub fn lag_records(&self) -> u64 {
+        (self.journal.written() + 1).saturating_sub(self.position())
+    }
+
+    /// Age of the oldest record this sink has not delivered; 0 when caught up.
+    pub fn lag_seconds(&self) -> f64 {
+        let oldest = self.oldest_pending_us.load(Ordering::Acquire);
+        if oldest == 0 || self.lag_records() == 0 {
+            return 0.0;
+        }
+        let now =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
+        (now - oldest).max(0) as f64 / 1e6
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    fn set_last_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error);
     }
 }
 
-/// Why a message could not be queued for every sink.
-#[derive(Debug, PartialEq, Eq)]
-pub enum HandOverError {
-    /// The sink's worker is gone (it stopped, or the receiver is shutting down).
-    SinkStopped(&'static str),
+/// What the receiver tells the runners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    Run,
+    /// The server has stopped: deliver what is in the journal, then save and
+    /// end; at `stop_at`, save what is done and end whatever is left.
+    Drain {
+        stop_at: Instant,
+    },
 }
 
-/// Queues `message` for every sink, or for none: a place in every queue is
-/// reserved first, so a message is never half delivered. Waits while a queue
-/// is full; the caller bounds the wait with its deadline.
-pub async fn hand_over(sinks: &[SinkHandle], message: Arc<ReceivedMessage>) -> Result<(), HandOverError> {
-    let mut permits = Vec::with_capacity(sinks.len());
-    for sink in sinks {
-        let permit = sink.queue.reserve().await.map_err(|_| HandOverError::SinkStopped(sink.name))?;
-        permits.push(permit);
-    }
-    for (sink, permit) in sinks.iter().zip(permits) {
-        sink.counters.queued.fetch_add(1, Ordering::Release);
-        permit.send(Arc::clone(&message));
-    }
-    Ok(())
+struct Runner {
+    status: Arc<SinkStatus>,
+    finished: oneshot::Receiver<()>,
 }
 
-/// The running sinks: handles for the request path, threads for shutdown.
-#[derive(Default)]
+/// The running sinks.
 pub struct SinkSet {
-    handles: Vec<SinkHandle>,
-    workers: Vec<(&'static str, std::thread::JoinHandle<()>)>,
+    journal: Arc<Journal>,
+    cursor_interval: Duration,
+    commands: watch::Sender<Command>,
+    runners: Vec<Runner>,
 }
 
 impl SinkSet {
-    pub fn new() -> Self {
-        Self::default()
+    /// No sinks yet; cursors are saved every `cursor_interval`.
+    pub fn new(journal: Arc<Journal>, cursor_interval: Duration) -> Self {
+        SinkSet { journal, cursor_interval, commands: watch::Sender::new(Command::Run), runners: Vec::new() }
+    }
+
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
     }
 
     /// The sinks the settings enable; the log sink writes its records to `records`.
     pub fn from_settings(
         settings: &Settings,
+        journal: Arc<Journal>,
         records: RecordWriter,
     ) -> std::io::Result<(Self, Option<StatsHandle>)> {
-        let mut set = SinkSet::new();
+        let mut set = SinkSet::new(journal, settings.journal.cursor_interval);
         let log = &settings.sinks.log;
         if log.enabled {
-            set.spawn(LogSink::new(log, settings.telemetry.format, records), log.queue_capacity)?;
+            set.spawn(LogSink::new(log, settings.telemetry.format, records), log.batch_size)?;
         }
         let mut stats_handle = None;
         if settings.sinks.stats.enabled {
-            let sink = StatsSink::new(stats::restore_counts(&settings.stats)?);
+            let sink = StatsSink::restore(&settings.stats)?;
             stats_handle = Some(sink.handle());
-            set.spawn(sink, settings.sinks.stats.queue_capacity)?;
+            set.spawn(sink, settings.sinks.stats.batch_size)?;
         }
         Ok((set, stats_handle))
     }
 
-    /// Starts `sink` on its own thread behind a queue of `queue_capacity` messages.
-    pub fn spawn<S: Sink>(&mut self, mut sink: S, queue_capacity: usize) -> std::io::Result<()> {
+    /// Starts `sink` on its own thread, reading the journal from its saved
+    /// position (the oldest record when it has none) in batches of up to `batch_size`.
+    pub fn spawn<S: Sink>(&mut self, sink: S, batch_size: usize) -> std::io::Result<()> {
         let name = sink.name();
-        let (queue, mut receiver) = mpsc::channel::<Arc<ReceivedMessage>>(queue_capacity.max(1));
-        let counters = Arc::new(SinkCounters::default());
-        let running = Arc::new(AtomicBool::new(true));
-        let handle =
-            SinkHandle { name, queue, counters: Arc::clone(&counters), running: Arc::clone(&running) };
-        let thread = std::thread::Builder::new().name(format!("sink-{name}")).spawn(move || {
-            // Cleared however the loop ends, a panic included, so /readyz tells.
-            let running = RunningFlag(running);
-            run_worker(&mut sink, &mut receiver, &counters, &running.0);
+        let journal = &self.journal;
+        let (saved, keeper) = match sink.progress() {
+            Progress::Cursor => {
+                let path = cursor::path(journal.dir(), name);
+                (cursor::load(&path)?, runner::PositionKeeper::cursor(path, self.cursor_interval))
+            }
+            Progress::WithState { restored, save_interval } => {
+                (restored, runner::PositionKeeper::with_state(save_interval))
+            }
+        };
+        let end = journal.written() + 1;
+        let start = match saved {
+            Some(next) if next > end => {
+                tracing::warn!(
+                    sink = name,
+                    saved = next,
+                    journal_end = end,
+                    "sink position is past the journal's end (was the journal directory replaced?): starting at its oldest record"
+                );
+                journal.oldest()
+            }
+            Some(next) => next,
+            None => journal.oldest(),
+        };
+        let consumer: Consumer = journal.register(start);
+        let status =
+            Arc::new(SinkStatus::new(name, sink.failures_affect_readiness(), Arc::clone(journal), start));
+        let work = runner::Work {
+            reader: journal.reader(start),
+            journal: Arc::clone(journal),
+            consumer,
+            status: Arc::clone(&status),
+            commands: self.commands.subscribe(),
+            batch_size,
+        };
+        let (finished_tx, finished) = oneshot::channel();
+        std::thread::Builder::new().name(format!("sink-{name}")).spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(runner::run(sink, work, keeper)),
+                Err(error) => tracing::error!(sink = name, %error, "cannot start the sink's runtime"),
+            }
+            let _ = finished_tx.send(());
         })?;
-        self.handles.push(handle);
-        self.workers.push((name, thread));
+        self.runners.push(Runner { status, finished });
         Ok(())
     }
 
-    pub fn handles(&self) -> Vec<SinkHandle> {
-        self.handles.clone()
+    pub fn statuses(&self) -> Vec<Arc<SinkStatus>> {
+        self.runners.iter().map(|runner| Arc::clone(&runner.status)).collect()
     }
 
-    /// Closes the queues and waits until `deadline` for every worker to drain
-    /// its queue and flush. Every other handle must be gone by then (the
-    /// server stopped), or the queues stay open. Returns the sinks that did
-    /// not finish, with the number of messages each had not taken.
+    /// Lets every sink deliver what the journal holds, then save its position
+    /// and end; all by `deadline`. Call it once the server has stopped.
+    /// Returns the sinks that did not finish, with the records each had left
+    /// (they stay in the journal for the next start).
     pub async fn drain(self, deadline: Instant) -> Vec<(&'static str, u64)> {
-        let SinkSet { handles, workers } = self;
-        let counters: Vec<Arc<SinkCounters>> = handles.iter().map(|h| Arc::clone(&h.counters)).collect();
-        // Dropping our senders is what lets each worker's loop end once its queue is empty.
-        drop(handles);
+        // Runners stop a moment before the deadline, to save their positions in time.
+        let margin = Duration::from_millis(100).min(deadline.saturating_duration_since(Instant::now()) / 10);
+        self.commands.send_replace(Command::Drain { stop_at: deadline - margin });
         let mut unfinished = Vec::new();
-        for ((name, thread), counters) in workers.into_iter().zip(counters) {
-            let joined = tokio::task::spawn_blocking(move || thread.join());
-            match tokio::time::timeout_at(deadline, joined).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(_) => {
-                    tracing::error!(
-                        sink = name,
-                        "sink worker panicked; its queued messages were not delivered"
-                    );
-                    unfinished.push((name, counters.pending()));
-                }
-                Err(_) => unfinished.push((name, counters.pending())),
+        for runner in self.runners {
+            let finished = tokio::time::timeout_at(deadline, runner.finished).await.is_ok();
+            let left = runner.status.lag_records();
+            if !finished || left > 0 {
+                unfinished.push((runner.status.name(), left));
             }
         }
         unfinished
-    }
-}
-
-/// After a batch, how long a worker waits for more before it parks.
-///
-/// A parked worker costs every sender a thread wake-up (a futex call and a
-/// context switch) on the request path. Lingering for a moment after a batch
-/// lets the messages that arrive meanwhile queue up without waking anyone, so
-/// under load a worker wakes about once per linger instead of once per
-/// message; when idle it parks and costs nothing. Records reach the sink at
-/// most this much later.
-const BATCH_LINGER: Duration = Duration::from_millis(1);
-
-/// How long a sink whose `deliver` panicked rests before its worker goes on.
-/// Meanwhile `/readyz` names it and its queue holds the messages that arrive.
-pub const RESTART_BACKOFF: Duration = Duration::from_secs(1);
-
-/// A worker's loop: deliver messages in batches, flush after each batch,
-/// and end once the queue is closed and empty.
-fn run_worker<S: Sink>(
-    sink: &mut S,
-    queue: &mut mpsc::Receiver<Arc<ReceivedMessage>>,
-    counters: &SinkCounters,
-    running: &AtomicBool,
-) {
-    let name = sink.name();
-    while let Some(first) = queue.blocking_recv() {
-        deliver_guarded(sink, &first, counters, running);
-        loop {
-            while let Ok(message) = queue.try_recv() {
-                deliver_guarded(sink, &message, counters, running);
-            }
-            if let Err(error) = sink.flush() {
-                tracing::error!(sink = name, %error, "sink could not flush");
-            }
-            std::thread::sleep(BATCH_LINGER);
-            if queue.is_empty() {
-                break;
-            }
-        }
-    }
-}
-
-/// Delivers one message, counting the outcome. A panic in the sink is caught
-/// here: reported, counted as a failure, and the worker restarts after
-/// [`RESTART_BACKOFF`], so one bad message never stops a sink for good.
-fn deliver_guarded<S: Sink>(
-    sink: &mut S,
-    message: &ReceivedMessage,
-    counters: &SinkCounters,
-    running: &AtomicBool,
-) {
-    let name = sink.name();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.deliver(message))) {
-        Ok(Ok(())) => {
-            counters.handled.fetch_add(1, Ordering::Release);
-        }
-        Ok(Err(error)) => {
-            tracing::error!(sink = name, operationID = %message.operation_id, %error,
-                "sink could not take a message");
-            counters.failed.fetch_add(1, Ordering::Release);
-        }
-        Err(panic) => {
-            let reason = panic
-                .downcast_ref::<&str>()
-                .map(|text| text.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(sink = name, operationID = %message.operation_id, reason,
-                backoff_ms = RESTART_BACKOFF.as_millis() as u64,
-                "sink panicked on a message; restarting it after the backoff");
-            counters.failed.fetch_add(1, Ordering::Release);
-            counters.panics.fetch_add(1, Ordering::Release);
-            running.store(false, Ordering::Release);
-            std::thread::sleep(RESTART_BACKOFF);
-            running.store(true, Ordering::Release);
-        }
-    }
-}
-
-struct RunningFlag(Arc<AtomicBool>);
-
-impl Drop for RunningFlag {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
     }
 }

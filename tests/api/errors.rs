@@ -1,8 +1,7 @@
 //! Every refusal: its status, its errCode, the envelope, and the field it names.
 
 use crate::helpers::{Answer, COMMAND_PATH, TestReceiver, packet, raw_request, settings};
-use openim_callback_receiver::message::ReceivedMessage;
-use openim_callback_receiver::sinks::{Sink, SinkError};
+use openim_callback_receiver::sinks::{Entry, Sink, SinkError};
 use reqwest::Method;
 
 /// One bad request and what the receiver must answer.
@@ -326,7 +325,7 @@ async fn an_operation_id_header_that_is_not_utf8_is_refused_by_name() {
 }
 
 #[tokio::test]
-async fn a_sink_that_panics_is_reported_on_readyz_and_restarted_without_losing_queued_messages() {
+async fn a_sink_that_panics_is_reported_on_readyz_and_retried_without_losing_messages() {
     let receiver = TestReceiver::start_with(settings(&[]), |sinks| {
         sinks.spawn(PanicsOnce { panicked: false }, 16).unwrap()
     })
@@ -355,38 +354,73 @@ async fn a_sink_that_panics_is_reported_on_readyz_and_restarted_without_losing_q
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    for _ in 0..400 {
+        if stats["sinks"]["panics-once"]["handled"] == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        stats = receiver.get_json("/stats").await;
+    }
     let sink = &stats["sinks"]["panics-once"];
     assert_eq!(
-        (sink["handled"].as_u64(), sink["failed"].as_u64(), sink["panics"].as_u64()),
-        (Some(1), Some(1), Some(1)),
-        "{stats}"
+        (
+            sink["handled"].as_u64(),
+            sink["failed"].as_u64(),
+            sink["panics"].as_u64(),
+            sink["retries"].as_u64()
+        ),
+        (Some(2), Some(0), Some(1), Some(1)),
+        "the batch that panicked was retried: {stats}"
     );
-    assert_eq!(sink["running"], true);
+    assert_eq!(sink["state"], "running");
+    assert!(sink["last_error"].as_str().unwrap().contains("a sink bug, on purpose"), "{sink}");
     let ready = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
 
 #[tokio::test]
-async fn a_sink_that_returns_errors_is_counted_and_goes_on() {
+async fn a_sink_that_refuses_batches_for_good_is_counted_and_goes_on() {
     let receiver =
         TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(RefusesOddMessages, 16).unwrap()).await;
-    for index in 0..6 {
+    let mut sink = serde_json::Value::Null;
+    for index in 0..6u64 {
         receiver
             .post_packet(&format!("op-{index}"), &packet(&format!("user-{index}"), "b", 101))
             .await
             .assert_accepted();
+        // One at a time, so each batch is one message.
+        for _ in 0..400 {
+            sink = receiver.get_json("/stats").await["sinks"]["refuses-odd"].clone();
+            if sink["handled"].as_u64().unwrap() + sink["failed"].as_u64().unwrap() == index + 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
+    assert_eq!((sink["handled"].as_u64(), sink["failed"].as_u64()), (Some(3), Some(3)), "{sink}");
+    assert_eq!(sink["retries"], 0, "a permanent error is not retried");
     let stats = receiver.stats_after(6).await;
-    let mut sink = stats["sinks"]["refuses-odd"].clone();
-    for _ in 0..200 {
-        if sink["handled"].as_u64().unwrap() + sink["failed"].as_u64().unwrap() == 6 {
+    assert_eq!(stats["messages"]["total"], 6, "the other sinks are not affected");
+}
+
+#[tokio::test]
+async fn a_sink_whose_target_fails_for_a_while_gets_the_same_batch_again() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let flaky = FailsFirst { failures_left: 3, seen: std::sync::Arc::clone(&seen) };
+    let receiver = TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(flaky, 16).unwrap()).await;
+    receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
+    let mut sink = serde_json::Value::Null;
+    for _ in 0..500 {
+        sink = receiver.get_json("/stats").await["sinks"]["flaky"].clone();
+        if sink["handled"] == 1 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        sink = receiver.get_json("/stats").await["sinks"]["refuses-odd"].clone();
     }
-    assert_eq!((sink["handled"].as_u64(), sink["failed"].as_u64()), (Some(3), Some(3)), "{sink}");
-    assert_eq!(stats["messages"]["total"], 6, "the other sinks are not affected");
+    assert_eq!((sink["handled"].as_u64(), sink["retries"].as_u64()), (Some(1), Some(3)), "{sink}");
+    assert_eq!(sink["state"], "running");
+    assert_eq!(sink["last_error"], "target down, on purpose");
+    assert_eq!(*seen.lock().unwrap(), vec!["srv-a-b-101".to_owned()], "delivered once, when it worked");
 }
 
 /// Panics on its first message, then works.
@@ -398,7 +432,7 @@ impl Sink for PanicsOnce {
     fn name(&self) -> &'static str {
         "panics-once"
     }
-    fn deliver(&mut self, _message: &ReceivedMessage) -> Result<(), SinkError> {
+    async fn deliver(&mut self, _batch: &[Entry]) -> Result<(), SinkError> {
         if !self.panicked {
             self.panicked = true;
             panic!("a sink bug, on purpose");
@@ -414,8 +448,29 @@ impl Sink for RefusesOddMessages {
     fn name(&self) -> &'static str {
         "refuses-odd"
     }
-    fn deliver(&mut self, message: &ReceivedMessage) -> Result<(), SinkError> {
-        let last = message.packet.send_id.bytes().last().unwrap_or(b'0');
-        if (last - b'0') % 2 == 1 { Err(SinkError("odd sender, on purpose".into())) } else { Ok(()) }
+    async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
+        let last = batch[0].message.packet.send_id.bytes().last().unwrap_or(b'0');
+        if (last - b'0') % 2 == 1 { Err(SinkError::permanent("odd sender, on purpose")) } else { Ok(()) }
+    }
+}
+
+/// Fails (transiently) its first `failures_left` attempts, then records what it gets.
+struct FailsFirst {
+    failures_left: u32,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Sink for FailsFirst {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
+        if self.failures_left > 0 {
+            self.failures_left -= 1;
+            return Err(SinkError::transient("target down, on purpose"));
+        }
+        let mut seen = self.seen.lock().unwrap();
+        seen.extend(batch.iter().map(|entry| entry.message.packet.server_msg_id.clone()));
+        Ok(())
     }
 }

@@ -1,9 +1,7 @@
 //! Limits and hostile transports: idle connections, slow clients, bursts past
 //! the in-flight limit, requests malformed below HTTP's surface, and who may call.
 
-use crate::helpers::{
-    COMMAND_PATH, StuckSink, StuckSinkControl, TestReceiver, packet, raw_request, settings,
-};
+use crate::helpers::{COMMAND_PATH, TestReceiver, packet, raw_request, settings};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -75,29 +73,25 @@ async fn an_idle_keep_alive_connection_is_closed() {
 
 #[tokio::test]
 async fn a_burst_past_the_in_flight_limit_is_shed_with_503_and_the_server_recovers() {
-    let (stuck, control) = StuckSink::new();
     let receiver = TestReceiver::start_with(
         settings(&[("SERVER__MAX_IN_FLIGHT", "4"), ("SERVER__RESPONSE_TIMEOUT", "20s")]),
-        |sinks| sinks.spawn(stuck, 1).unwrap(),
+        |_| {},
     )
     .await;
-    let StuckSinkControl { entered, release } = control;
-    receiver.post_packet("op-0", &packet("a", "b", 101)).await.assert_accepted();
-    tokio::task::spawn_blocking(move || entered.recv_timeout(Duration::from_secs(10)))
-        .await
-        .unwrap()
-        .unwrap();
-    receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
-    // Four requests now wait for the stuck sink's queue: the limit is reached.
-    let receiver = std::sync::Arc::new(receiver);
-    let waiting: Vec<_> = (0..4)
-        .map(|index| {
-            let receiver = std::sync::Arc::clone(&receiver);
-            tokio::spawn(async move {
-                receiver.post_packet(&format!("op-w{index}"), &packet("a", "b", 101)).await
-            })
-        })
-        .collect();
+    // Four requests whose bodies have not finished arriving: the limit is reached.
+    let body = packet("a", "b", 101).to_string();
+    let (first_half, second_half) = body.split_at(body.len() / 2);
+    let mut waiting = Vec::new();
+    for index in 0..4 {
+        let mut stream = TcpStream::connect(receiver.address).await.unwrap();
+        let head = format!(
+            "POST {COMMAND_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             operationID: op-w{index}\r\nContent-Length: {}\r\n\r\n{first_half}",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        waiting.push(stream);
+    }
     for _ in 0..500 {
         if receiver.get_json("/stats").await["requests"]["in_flight"] == 4 {
             break;
@@ -109,17 +103,19 @@ async fn a_burst_past_the_in_flight_limit_is_shed_with_503_and_the_server_recove
         let shed = receiver.post_packet(&format!("op-s{index}"), &packet("a", "b", 101)).await;
         shed.assert_rejected(503, 5033);
     }
-    assert!(
-        waiting.iter().all(|task| !task.is_finished()),
-        "the shed requests did not wait for the stuck ones"
-    );
-    // Free the sink: the waiting requests get their places, and new ones are served again.
-    drop(release);
-    for task in waiting {
-        task.await.unwrap().assert_accepted();
+    // The bodies complete: the waiting requests are accepted, and new ones are served again.
+    for mut stream in waiting {
+        stream.write_all(second_half.as_bytes()).await.unwrap();
+        let mut answer = vec![0; 4096];
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer)).await.unwrap().unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
     receiver.post_packet("op-after", &packet("a", "b", 101)).await.assert_accepted();
-    assert_eq!(receiver.get_json("/stats").await["requests"]["rejected"]["overloaded"], 10);
+    let stats = receiver.stats_after(5).await;
+    assert_eq!(stats["requests"]["rejected"]["overloaded"], 10);
+    assert_eq!(stats["requests"]["accepted"], 5);
 }
 
 /// Requests broken below JSON: framing, headers, protocol versions.

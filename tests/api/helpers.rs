@@ -1,9 +1,9 @@
 //! One place for the test harness: a receiver on an ephemeral port with its
 //! log records captured, sample packets, and small sinks that misbehave on purpose.
 
-use openim_callback_receiver::message::ReceivedMessage;
+use openim_callback_receiver::journal::Journal;
 use openim_callback_receiver::settings::{EnvSource, Settings};
-use openim_callback_receiver::sinks::{Sink, SinkError, SinkSet};
+use openim_callback_receiver::sinks::{Entry, Sink, SinkError, SinkSet};
 use openim_callback_receiver::telemetry::RecordWriter;
 use openim_callback_receiver::{Receiver, ShutdownReport};
 use serde_json::Value;
@@ -37,7 +37,8 @@ pub fn packet(send: &str, recv: &str, content_type: i32) -> Value {
 /// Settings as the built-in defaults, with environment-style overrides.
 /// Log records are JSON whatever the terminal, so the tests can parse them,
 /// and no stats snapshot is kept unless a test asks for one (tests run in
-/// parallel in one working directory).
+/// parallel in one working directory). The journal goes to a directory of
+/// the receiver's own unless the test names one.
 pub fn settings(overrides: &[(&str, &str)]) -> Settings {
     let env = [("TELEMETRY__FORMAT", "json"), ("STATS__SNAPSHOT_PATH", "")]
         .iter()
@@ -97,6 +98,8 @@ pub struct TestReceiver {
     pub address: SocketAddr,
     pub client: reqwest::Client,
     pub log: CapturedLog,
+    /// The journal's directory when the test did not choose one.
+    _journal_dir: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     running: JoinHandle<std::io::Result<ShutdownReport>>,
 }
@@ -107,12 +110,18 @@ impl TestReceiver {
     }
 
     /// Starts with `settings`'s sinks, plus any `add_sinks` adds after them.
-    pub async fn start_with(settings: Settings, add_sinks: impl FnOnce(&mut SinkSet)) -> Self {
+    pub async fn start_with(mut settings: Settings, add_sinks: impl FnOnce(&mut SinkSet)) -> Self {
         // Tests with many connections hold both of their ends in this process.
         let _ = rlimit::increase_nofile_limit(u64::MAX);
+        let journal_dir = (settings.journal.dir == Settings::defaults().journal.dir).then(|| {
+            let dir = tempfile::tempdir().unwrap();
+            settings.journal.dir = dir.path().to_owned();
+            dir
+        });
         let log = CapturedLog::default();
         let records = log.record_writer();
-        let (mut sinks, stats) = SinkSet::from_settings(&settings, records).unwrap();
+        let journal = Journal::open(&settings.journal).unwrap();
+        let (mut sinks, stats) = SinkSet::from_settings(&settings, journal, records).unwrap();
         add_sinks(&mut sinks);
         let receiver = Receiver::with_sinks(settings, sinks, stats);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -121,7 +130,14 @@ impl TestReceiver {
         let running = tokio::spawn(receiver.run(listener, async {
             let _ = stopped.await;
         }));
-        TestReceiver { address, client: reqwest::Client::new(), log, stop: Some(stop), running }
+        TestReceiver {
+            address,
+            client: reqwest::Client::new(),
+            log,
+            _journal_dir: journal_dir,
+            stop: Some(stop),
+            running,
+        }
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -213,7 +229,7 @@ impl Answer {
     }
 }
 
-/// A sink that blocks on each message until released: a stuck downstream.
+/// A sink that blocks its thread on each batch until released: a stuck downstream.
 pub struct StuckSink {
     entered: std::sync::mpsc::Sender<()>,
     release: std::sync::mpsc::Receiver<()>,
@@ -221,9 +237,9 @@ pub struct StuckSink {
 
 /// The test's side of a [`StuckSink`].
 pub struct StuckSinkControl {
-    /// Receives one `()` each time the sink starts on a message.
+    /// Receives one `()` each time the sink starts on a batch.
     pub entered: std::sync::mpsc::Receiver<()>,
-    /// Each `()` sent lets the sink finish one message; dropping it frees the sink.
+    /// Each `()` sent lets the sink finish one batch; dropping it frees the sink.
     pub release: std::sync::mpsc::Sender<()>,
 }
 
@@ -239,26 +255,41 @@ impl Sink for StuckSink {
     fn name(&self) -> &'static str {
         "stuck"
     }
-    fn deliver(&mut self, _message: &ReceivedMessage) -> Result<(), SinkError> {
+    async fn deliver(&mut self, _batch: &[Entry]) -> Result<(), SinkError> {
         let _ = self.entered.send(());
         let _ = self.release.recv();
         Ok(())
     }
 }
 
-/// A sink that takes `delay` per message and remembers each serverMsgID.
-pub struct SlowRecordingSink {
+/// A sink named `name` that takes `delay` per batch and remembers each
+/// serverMsgID it was given; `hang` makes it wait forever instead (an
+/// awaited answer that never comes, which the runner can still cancel).
+pub struct RecordingSink {
+    pub name: &'static str,
     pub delay: Duration,
+    pub hang: bool,
     pub seen: Arc<Mutex<Vec<String>>>,
 }
 
-impl Sink for SlowRecordingSink {
-    fn name(&self) -> &'static str {
-        "slow"
+impl RecordingSink {
+    pub fn new(name: &'static str) -> (Self, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        (RecordingSink { name, delay: Duration::ZERO, hang: false, seen: Arc::clone(&seen) }, seen)
     }
-    fn deliver(&mut self, message: &ReceivedMessage) -> Result<(), SinkError> {
-        std::thread::sleep(self.delay);
-        self.seen.lock().unwrap().push(message.packet.server_msg_id.clone());
+}
+
+impl Sink for RecordingSink {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(self.delay).await;
+        let mut seen = self.seen.lock().unwrap();
+        seen.extend(batch.iter().map(|entry| entry.message.packet.server_msg_id.clone()));
         Ok(())
     }
 }

@@ -107,8 +107,8 @@ proptest! {
             operation_id: OperationId { value: "op".to_owned(), generated: false },
             received_at: std::time::SystemTime::now(),
         };
-        sink.deliver(&message).unwrap();
-        sink.flush().unwrap();
+        let batch = [openim_callback_receiver::sinks::Entry { seq: 1, message }];
+        futures_util::FutureExt::now_or_never(sink.deliver(&batch)).unwrap().unwrap();
         let records = log.records();
         prop_assert_eq!(records.len(), 1);
         let record = &records[0];

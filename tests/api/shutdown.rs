@@ -1,14 +1,13 @@
 //! Shutdown drains: a message answered 200 reaches every sink before the receiver stops.
 
-use crate::helpers::{SlowRecordingSink, StuckSink, TestReceiver, packet, settings};
-use std::sync::{Arc, Mutex};
+use crate::helpers::{RecordingSink, StuckSink, TestReceiver, packet, settings};
 use std::time::Duration;
 
 #[tokio::test]
-async fn queued_messages_are_all_delivered_before_shutdown_completes() {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let slow = SlowRecordingSink { delay: Duration::from_millis(20), seen: Arc::clone(&seen) };
-    let receiver = TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(slow, 100).unwrap()).await;
+async fn journaled_messages_are_all_delivered_before_shutdown_completes() {
+    let (mut slow, seen) = RecordingSink::new("slow");
+    slow.delay = Duration::from_millis(300);
+    let receiver = TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(slow, 4).unwrap()).await;
     let mut expected = Vec::new();
     for index in 0..20 {
         let message = packet(&format!("user-{index}"), "bob", 101);
@@ -40,5 +39,24 @@ async fn a_sink_that_cannot_drain_is_reported_when_the_shutdown_deadline_passes(
     let report = receiver.stop().await;
     assert!(started.elapsed() < Duration::from_secs(5), "shutdown is bounded by its timeout");
     assert!(report.requests_finished);
-    assert_eq!(report.undrained, vec![("stuck", 3)]);
+    assert_eq!(report.undrained, vec![("stuck", 3)], "only the stuck sink, with its 3 records");
+}
+
+#[tokio::test]
+async fn a_sink_that_finished_is_not_named_when_another_is_stuck() {
+    let (stuck, _control) = StuckSink::new();
+    let (mut hanging, _) = RecordingSink::new("hanging");
+    hanging.hang = true;
+    let overrides = [("SERVER__SHUTDOWN_TIMEOUT", "300ms")];
+    let receiver = TestReceiver::start_with(settings(&overrides), |sinks| {
+        sinks.spawn(stuck, 10).unwrap();
+        sinks.spawn(hanging, 10).unwrap();
+    })
+    .await;
+    receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
+    receiver.log.wait_for(1).await;
+    receiver.stats_after(1).await;
+    let report = receiver.stop().await;
+    // The log and stats sinks caught up; the blocked one and the cancellable one did not.
+    assert_eq!(report.undrained, vec![("stuck", 1), ("hanging", 1)]);
 }

@@ -37,5 +37,5 @@ async fn stats_count_messages_people_and_conversations_of_a_batch() {
     assert_eq!(stats["requests"]["accepted"], 4);
     assert_eq!(stats["requests"]["rejected"], serde_json::json!({"invalid_json": 1}));
     assert_eq!(stats["sinks"]["log"]["handled"], 4);
-    assert_eq!(stats["sinks"]["stats"]["running"], true);
+    assert_eq!(stats["sinks"]["stats"]["state"], "running");
 }

@@ -7,8 +7,8 @@ pub mod daily;
 pub mod distinct;
 pub mod snapshot;
 
-use super::{Sink, SinkError};
-use crate::message::{AfterSendSingleMsg, ReceivedMessage};
+use super::{Entry, Progress, Sink, SinkError};
+use crate::message::AfterSendSingleMsg;
 use daily::{Calendar, DailyWindows, DayReport, Identities, MinuteRates, MinuteReport};
 use distinct::{Distinct, hash_of, hash_of_pair};
 use prometheus_client::metrics::histogram::Histogram;
@@ -155,36 +155,25 @@ pub struct PeopleCounts {
     pub total: u64,
 }
 
-/// The counts to start from: the snapshot's, when there is a readable one.
-pub fn restore_counts(settings: &crate::settings::StatsSettings) -> std::io::Result<StatsHandle> {
-    let calendar = settings.calendar();
+/// The counts to start from: the snapshot's, when there is a readable one,
+/// with the journal position they include.
+fn restore_counts(settings: &crate::settings::StatsSettings) -> std::io::Result<(MessageStats, Option<u64>)> {
     let Some(path) = settings.snapshot_path() else {
-        return Ok(StatsHandle::new(MessageStats::default(), calendar));
+        return Ok((MessageStats::default(), None));
     };
-    let stats = match snapshot::restore(path)? {
-        snapshot::Restored::Nothing => MessageStats::default(),
-        snapshot::Restored::Counts(stats) => {
-            let stats = *stats;
-            tracing::info!(path = %path.display(), messages = stats.total, "stats restored from the snapshot");
-            stats
+    Ok(match snapshot::restore(path)? {
+        snapshot::Restored::Nothing => (MessageStats::default(), None),
+        snapshot::Restored::Counts { stats, next_seq } => {
+            tracing::info!(path = %path.display(), messages = stats.total, next_seq,
+                "stats restored from the snapshot; counting resumes from the journal there");
+            (*stats, next_seq)
         }
         snapshot::Restored::MovedAside { moved_to, reason } => {
             tracing::error!(path = %path.display(), moved_to = %moved_to.display(), reason,
                 "stats snapshot unreadable: moved aside, counting starts empty");
-            MessageStats::default()
+            (MessageStats::default(), None)
         }
-    };
-    Ok(StatsHandle::new(stats, calendar))
-}
-
-/// Saves the counts to `path`, off the async runtime; errors are logged.
-pub async fn save_snapshot(stats: &StatsHandle, path: &std::path::Path) {
-    let (copy, path) = (stats.copy(), path.to_owned());
-    let written =
-        tokio::task::spawn_blocking(move || snapshot::write(&path, &copy).map_err(|e| (path, e))).await;
-    if let Ok(Err((path, error))) = written {
-        tracing::error!(path = %path.display(), %error, "cannot save the stats snapshot");
-    }
+    })
 }
 
 /// The counts, shared by the stats sink (which writes) and `/stats`,
@@ -240,12 +229,28 @@ impl StatsHandle {
 
 pub struct StatsSink {
     stats: StatsHandle,
+    snapshot_path: Option<std::path::PathBuf>,
+    snapshot_interval: std::time::Duration,
+    /// The journal position the restored counts include.
+    restored_next: Option<u64>,
 }
 
 impl StatsSink {
-    /// A sink that counts into `handle` (empty, or restored from a snapshot).
+    /// A sink that counts into `handle` and keeps no snapshot.
     pub fn new(handle: StatsHandle) -> Self {
-        StatsSink { stats: handle }
+        let snapshot_interval = std::time::Duration::from_secs(10);
+        StatsSink { stats: handle, snapshot_path: None, snapshot_interval, restored_next: None }
+    }
+
+    /// The sink the settings describe, its counts restored from the snapshot.
+    pub fn restore(settings: &crate::settings::StatsSettings) -> std::io::Result<Self> {
+        let (stats, restored_next) = restore_counts(settings)?;
+        Ok(StatsSink {
+            stats: StatsHandle::new(stats, settings.calendar()),
+            snapshot_path: settings.snapshot_path().map(ToOwned::to_owned),
+            snapshot_interval: settings.snapshot_interval,
+            restored_next,
+        })
     }
 
     pub fn handle(&self) -> StatsHandle {
@@ -258,18 +263,36 @@ impl Sink for StatsSink {
         "stats"
     }
 
-    fn deliver(&mut self, message: &ReceivedMessage) -> Result<(), SinkError> {
-        let packet = &message.packet;
+    async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
         let handle = &self.stats;
-        // Histograms first: whoever sees the message counted sees it observed too.
-        let sent_ms = if packet.send_time > 0 { packet.send_time } else { packet.create_time };
-        if sent_ms > 0 {
-            let lag_ms = epoch_ms(message.received_at) - sent_ms;
-            handle.delivery_lag.observe(lag_ms.max(0) as f64 / 1000.0);
+        // Histograms first: whoever sees a message counted sees it observed too.
+        for entry in batch {
+            let (packet, received_at) = (&entry.message.packet, entry.message.received_at);
+            let sent_ms = if packet.send_time > 0 { packet.send_time } else { packet.create_time };
+            if sent_ms > 0 {
+                let lag_ms = epoch_ms(received_at) - sent_ms;
+                handle.delivery_lag.observe(lag_ms.max(0) as f64 / 1000.0);
+            }
+            handle.content_bytes.observe(packet.content.len() as f64);
         }
-        handle.content_bytes.observe(packet.content.len() as f64);
-        handle.lock().record(packet, message.received_at, &handle.calendar);
+        let mut stats = handle.lock();
+        for entry in batch {
+            stats.record(&entry.message.packet, entry.message.received_at, &handle.calendar);
+        }
         Ok(())
+    }
+
+    /// Counts and position are saved together: a restart replays the journal
+    /// from exactly the first record these counts do not include.
+    fn progress(&self) -> Progress {
+        Progress::WithState { restored: self.restored_next, save_interval: self.snapshot_interval }
+    }
+
+    async fn save(&mut self, next: u64) -> Result<(), SinkError> {
+        let Some(path) = &self.snapshot_path else { return Ok(()) };
+        snapshot::write(path, &self.stats.copy(), next).map_err(|error| {
+            SinkError::transient(format!("saving the stats snapshot {}: {error}", path.display()))
+        })
     }
 }
 

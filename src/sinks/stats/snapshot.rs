@@ -2,8 +2,10 @@
 //!
 //! A snapshot is written atomically: to a temporary file beside it, fsynced,
 //! renamed over the old one, and the directory fsynced. The file starts with
-//! a magic and a format version, then the state in postcard (a compact,
-//! specified serde format). A snapshot that cannot be read is never
+//! a magic and a format version, then the journal position the state
+//! includes (the next record to count), then the state in postcard (a
+//! compact, specified serde format). Version 1, from before the journal, had
+//! no position. A snapshot that cannot be read is never
 //! overwritten: it is moved aside with a timestamp suffix, and counting
 //! starts empty.
 
@@ -13,26 +15,30 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"OIMSTATS";
-/// Bumped whenever the state's shape changes; older files are moved aside.
-const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever the file's shape changes; unknown versions are moved aside.
+const FORMAT_VERSION: u32 = 2;
+/// Counts without a journal position, written before the journal existed.
+const FORMAT_VERSION_WITHOUT_POSITION: u32 = 1;
 
 /// What start-up found at the snapshot path.
 #[derive(Debug)]
 pub enum Restored {
     /// No snapshot yet: start empty.
     Nothing,
-    Counts(Box<MessageStats>),
-    /// The file could not be read as a snapshot; it now lives at `moved_to`.
-    MovedAside {
-        moved_to: PathBuf,
-        reason: String,
+    Counts {
+        stats: Box<MessageStats>,
+        /// The journal record after the last one counted; None in a version-1 file.
+        next_seq: Option<u64>,
     },
+    /// The file could not be read as a snapshot; it now lives at `moved_to`.
+    MovedAside { moved_to: PathBuf, reason: String },
 }
 
-pub fn write(path: &Path, stats: &MessageStats) -> io::Result<()> {
+pub fn write(path: &Path, stats: &MessageStats, next_seq: u64) -> io::Result<()> {
     let mut bytes = Vec::with_capacity(64 * 1024);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&next_seq.to_le_bytes());
     let bytes = postcard::to_extend(stats, bytes).map_err(io::Error::other)?;
     let directory = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(directory)?;
@@ -55,19 +61,24 @@ pub fn restore(path: &Path) -> io::Result<Restored> {
         Err(error) => return move_aside(path, format!("unreadable: {error}")),
     };
     match decode(&bytes) {
-        Ok(stats) => Ok(Restored::Counts(Box::new(stats))),
+        Ok((stats, next_seq)) => Ok(Restored::Counts { stats: Box::new(stats), next_seq }),
         Err(reason) => move_aside(path, reason),
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<MessageStats, String> {
+fn decode(bytes: &[u8]) -> Result<(MessageStats, Option<u64>), String> {
     let rest = bytes.strip_prefix(MAGIC).ok_or("not a stats snapshot (no magic)")?;
-    let (version, state) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
-    let version = u32::from_le_bytes(*version);
-    if version != FORMAT_VERSION {
-        return Err(format!("format version {version}, this build reads {FORMAT_VERSION}"));
-    }
-    postcard::from_bytes(state).map_err(|error| format!("corrupt: {error}"))
+    let (version, rest) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
+    let (next_seq, state) = match u32::from_le_bytes(*version) {
+        FORMAT_VERSION => {
+            let (next_seq, state) = rest.split_first_chunk::<8>().ok_or("truncated header")?;
+            (Some(u64::from_le_bytes(*next_seq)), state)
+        }
+        FORMAT_VERSION_WITHOUT_POSITION => (None, rest),
+        version => return Err(format!("format version {version}, this build reads {FORMAT_VERSION}")),
+    };
+    let stats = postcard::from_bytes(state).map_err(|error| format!("corrupt: {error}"))?;
+    Ok((stats, next_seq))
 }
 
 fn move_aside(path: &Path, reason: String) -> io::Result<Restored> {
@@ -110,10 +121,13 @@ mod tests {
     fn a_snapshot_round_trips_exact_and_estimated_counts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/stats.snapshot");
-        for stats in [counted(3), counted(12_000)] {
-            write(&path, &stats).unwrap();
+        for (stats, next_seq) in [(counted(3), 4), (counted(12_000), 12_001)] {
+            write(&path, &stats, next_seq).unwrap();
             match restore(&path).unwrap() {
-                Restored::Counts(restored) => assert_eq!(*restored, stats),
+                Restored::Counts { stats: restored, next_seq: restored_seq } => {
+                    assert_eq!(*restored, stats);
+                    assert_eq!(restored_seq, Some(next_seq));
+                }
                 other => panic!("{other:?}"),
             }
         }
@@ -121,14 +135,30 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_snapshot_from_before_the_journal_still_restores() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.snapshot");
+        let stats = counted(5);
+        let mut bytes = b"OIMSTATS\x01\x00\x00\x00".to_vec();
+        bytes.extend(postcard::to_allocvec(&stats).unwrap());
+        fs::write(&path, bytes).unwrap();
+        match restore(&path).unwrap() {
+            Restored::Counts { stats: restored, next_seq } => {
+                assert_eq!((*restored, next_seq), (stats, None))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn an_unreadable_snapshot_is_moved_aside_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stats.snapshot");
-        fs::write(&path, b"OIMSTATS\x01\x00\x00\x00garbage").unwrap();
+        fs::write(&path, b"OIMSTATS\x02\x00\x00\x00seq-8bytegarbage").unwrap();
         match restore(&path).unwrap() {
             Restored::MovedAside { moved_to, reason } => {
                 assert!(reason.contains("corrupt"), "{reason}");
-                assert_eq!(fs::read(&moved_to).unwrap(), b"OIMSTATS\x01\x00\x00\x00garbage");
+                assert_eq!(fs::read(&moved_to).unwrap(), b"OIMSTATS\x02\x00\x00\x00seq-8bytegarbage");
                 assert!(!path.exists());
             }
             other => panic!("{other:?}"),

@@ -1,0 +1,515 @@
+//! The journal: every accepted message, on disk before its 200 goes out.
+//!
+//! The request path appends a record (`append`) and, with `journal.sync =
+//! "always"`, waits until it is fsynced (`durable`). Each sink reads the
+//! journal at its own pace from its own position (`reader`), so a slow or
+//! broken sink never holds up the request path or another sink, and a crash
+//! loses nothing that was answered 200: on restart every sink resumes from
+//! its saved position.
+//!
+//! On disk, under `journal.dir`: segment files named after their first
+//! sequence number (`segment`), one cursor file per sink (`cursor`), and a
+//! `LOCK` file held while a receiver uses the directory. A segment is deleted
+//! once every sink has saved a position past it.
+
+pub mod cursor;
+mod reader;
+pub mod record;
+pub mod segment;
+
+pub use reader::{JournalReader, ReadBatch};
+pub use record::{NewRecord, Record};
+
+use crate::settings::{JournalSettings, SyncMode, WhenFull};
+use prometheus_client::metrics::histogram::Histogram;
+use serde::Serialize;
+use std::collections::{HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Why the journal could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "journal directory {dir} is in use by another receiver (its LOCK file is held); \
+             give each receiver its own journal.dir"
+    )]
+    Locked { dir: PathBuf },
+    #[error("journal directory {dir}: {error}")]
+    Io { dir: PathBuf, error: io::Error },
+}
+
+/// Why a record was not appended.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// `journal.when_full = "refuse"` and the sinks have not freed space.
+    #[error("journal full ({max_bytes} bytes): a sink is behind")]
+    Full { max_bytes: u64 },
+    #[error("journal write failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    bytes: u64,
+}
+
+/// What the writer's lock guards.
+struct Writer {
+    /// Oldest first; the last one is the live segment, appended to.
+    segments: VecDeque<Segment>,
+    live: Arc<File>,
+    next_seq: u64,
+    total_bytes: u64,
+}
+
+/// A sink's saved position, as the journal sees it when deciding what to delete.
+#[derive(Clone, Debug)]
+pub struct Consumer(Arc<AtomicU64>);
+
+impl Consumer {
+    /// The sink has saved its position: records before `next` are no longer needed for it.
+    pub fn saved(&self, next: u64) {
+        self.0.store(next, Ordering::Release);
+    }
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    settings: JournalSettings,
+    writer: Mutex<Writer>,
+    /// Highest sequence number written to the OS (0: none yet).
+    written: AtomicU64,
+    /// Highest sequence number fdatasynced.
+    synced: AtomicU64,
+    /// First sequence number still in the journal.
+    oldest: AtomicU64,
+    appended: Notify,
+    synced_notify: Notify,
+    /// Wakes the sync thread: set when there is something to sync, or to stop.
+    sync_wanted: (Mutex<bool>, Condvar),
+    closing: AtomicBool,
+    sync_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    consumers: Mutex<Vec<Consumer>>,
+    /// Damage found at start-up, (segment, offset): already reported, so readers skip it quietly.
+    known_damage: Mutex<DamageSet>,
+    /// Mirrors of the writer's figures, for reports that must not take its lock.
+    total_bytes: AtomicU64,
+    segment_count: AtomicU64,
+    append_failures: AtomicU64,
+    /// Seconds each fdatasync took.
+    pub fsync_seconds: Histogram,
+    _lock: File,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+/// What `/stats` shows of the journal.
+#[derive(Debug, Serialize)]
+pub struct JournalReport {
+    pub dir: String,
+    pub sync: SyncMode,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub segments: u64,
+    /// Sequence numbers: the oldest record kept, the last written, the last fsynced.
+    pub oldest_seq: u64,
+    pub last_seq: u64,
+    pub synced_seq: u64,
+    pub append_failures: u64,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `settings.dir`: takes its lock,
+    /// reads every segment, cuts a torn tail off the live one, and reports
+    /// damage. Never refuses to start over what it finds in the segments.
+    pub fn open(settings: &JournalSettings) -> Result<Arc<Journal>, OpenError> {
+        let dir = settings.dir.clone();
+        let io_error = |error| OpenError::Io { dir: dir.clone(), error };
+        std::fs::create_dir_all(&dir).map_err(io_error)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))
+            .map_err(io_error)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked { dir }),
+            Err(std::fs::TryLockError::Error(error)) => return Err(io_error(error)),
+        }
+        let (segments, known_damage) = recover(&dir).map_err(io_error)?;
+        let next_seq = match segments.last() {
+            Some(live) => live.next_seq,
+            None => 1,
+        };
+        let mut kept: VecDeque<Segment> = segments
+            .into_iter()
+            .map(|found| Segment { first_seq: found.first_seq, path: found.path, bytes: found.bytes })
+            .collect();
+        if kept.is_empty() {
+            kept.push_back(create_segment(&dir, next_seq).map_err(io_error)?);
+        }
+        let live_path = &kept.back().expect("a live segment").path;
+        let live = Arc::new(OpenOptions::new().append(true).open(live_path).map_err(io_error)?);
+        let total_bytes = kept.iter().map(|segment| segment.bytes).sum();
+        let oldest = kept.front().expect("a live segment").first_seq;
+        let segment_count = kept.len() as u64;
+        let written = next_seq - 1;
+        let journal = Arc::new(Journal {
+            dir,
+            settings: settings.clone(),
+            writer: Mutex::new(Writer { segments: kept, live, next_seq, total_bytes }),
+            written: AtomicU64::new(written),
+            // What start-up read back is on disk as far as this process can tell.
+            synced: AtomicU64::new(written),
+            oldest: AtomicU64::new(oldest),
+            appended: Notify::new(),
+            synced_notify: Notify::new(),
+            sync_wanted: (Mutex::new(false), Condvar::new()),
+            closing: AtomicBool::new(false),
+            sync_thread: Mutex::new(None),
+            consumers: Mutex::new(Vec::new()),
+            known_damage: Mutex::new(known_damage),
+            total_bytes: AtomicU64::new(total_bytes),
+            segment_count: AtomicU64::new(segment_count),
+            append_failures: AtomicU64::new(0),
+            fsync_seconds: Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+            ]),
+            _lock: lock,
+        });
+        let syncing = Arc::clone(&journal);
+        let thread = std::thread::Builder::new()
+            .name("journal-sync".into())
+            .spawn(move || syncing.sync_loop())
+            .map_err(|error| OpenError::Io { dir: journal.dir.clone(), error })?;
+        *journal.sync_thread.lock().expect("not poisoned") = Some(thread);
+        tracing::info!(dir = %journal.dir.display(), next_seq, oldest, bytes = total_bytes, segments = segment_count,
+            sync = ?settings.sync, "journal open");
+        Ok(journal)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one record; returns its sequence number. The record is in the
+    /// OS (write(2) returned) when this returns; see [`Journal::durable`].
+    pub fn append(&self, record: &NewRecord<'_>) -> Result<u64, AppendError> {
+        // The body's checksum, the costly part, is taken outside the lock.
+        let body_crc = crc32c::crc32c(record.body);
+        let frame_len = (record::FRAME_HEADER_LEN + record.payload_len()) as u64;
+        let mut writer = self.lock_writer();
+        let live_bytes = writer.segments.back().map_or(0, |live| live.bytes);
+        if live_bytes > 0 && live_bytes + frame_len > self.settings.segment_bytes {
+            self.roll(&mut writer).inspect_err(|_| self.count_failure())?;
+        }
+        let seq = writer.next_seq;
+        let head = record.encode_head(seq, body_crc);
+        if let Err(error) = write_all_vectored(&writer.live, &head, record.body) {
+            self.count_failure();
+            // Take back whatever part of the frame made it, so the next record follows a whole one.
+            let _ = writer.live.set_len(live_bytes);
+            return Err(error.into());
+        }
+        writer.next_seq += 1;
+        writer.total_bytes += frame_len;
+        writer.segments.back_mut().expect("a live segment").bytes += frame_len;
+        self.total_bytes.store(writer.total_bytes, Ordering::Relaxed);
+        // Published under the lock: records are written, and so published, in order.
+        self.written.store(seq, Ordering::Release);
+        drop(writer);
+        self.appended.notify_waiters();
+        if self.settings.sync == SyncMode::Always {
+            self.wake_sync_thread();
+        }
+        Ok(seq)
+    }
+
+    fn count_failure(&self) {
+        self.append_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Completes once record `seq` is as durable as `journal.sync` promises
+    /// before a 200: at once for "os" (it is written), after an fdatasync
+    /// that covers it for "always".
+    pub async fn durable(&self, seq: u64) {
+        if self.settings.sync == SyncMode::Os {
+            return;
+        }
+        loop {
+            let notified = self.synced_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.synced.load(Ordering::Acquire) >= seq {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Highest sequence number written (0 when the journal has never held a record).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// First sequence number still kept.
+    pub fn oldest(&self) -> u64 {
+        self.oldest.load(Ordering::Acquire)
+    }
+
+    /// Completes once a record with sequence number `seq` or later is written.
+    pub async fn written_through(&self, seq: u64) {
+        loop {
+            let notified = self.appended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.written() >= seq {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Registers a sink starting at `next`; the journal keeps every record
+    /// from the lowest saved position of all sinks.
+    pub fn register(&self, next: u64) -> Consumer {
+        let consumer = Consumer(Arc::new(AtomicU64::new(next)));
+        self.consumers.lock().expect("not poisoned").push(consumer.clone());
+        consumer
+    }
+
+    /// A reader from record `next` on.
+    pub fn reader(self: &Arc<Self>, next: u64) -> JournalReader {
+        JournalReader::new(Arc::clone(self), next)
+    }
+
+    /// Deletes the segments every sink has saved a position past.
+    pub fn release(&self) {
+        let mut writer = self.lock_writer();
+        self.delete_passed(&mut writer);
+    }
+
+    /// The segment holding record `seq`, as (first sequence number, path).
+    pub(crate) fn segment_holding(&self, seq: u64) -> Option<(u64, PathBuf)> {
+        let writer = self.lock_writer();
+        let segment = writer.segments.iter().rev().find(|segment| segment.first_seq <= seq)?;
+        Some((segment.first_seq, segment.path.clone()))
+    }
+
+    /// The segment after the one starting at `first_seq`.
+    pub(crate) fn segment_after(&self, first_seq: u64) -> Option<(u64, PathBuf)> {
+        let writer = self.lock_writer();
+        let segment = writer.segments.iter().find(|segment| segment.first_seq > first_seq)?;
+        Some((segment.first_seq, segment.path.clone()))
+    }
+
+    /// True the first time damage at this place is reported.
+    pub(crate) fn first_report_of_damage(&self, segment: u64, offset: u64) -> bool {
+        self.known_damage.lock().expect("not poisoned").insert((segment, offset))
+    }
+
+    pub fn report(&self) -> JournalReport {
+        JournalReport {
+            dir: self.dir.display().to_string(),
+            sync: self.settings.sync,
+            bytes: self.total_bytes.load(Ordering::Relaxed),
+            max_bytes: self.settings.max_bytes,
+            segments: self.segment_count.load(Ordering::Relaxed),
+            oldest_seq: self.oldest(),
+            last_seq: self.written(),
+            synced_seq: self.synced.load(Ordering::Acquire),
+            append_failures: self.append_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the sync thread after a last fdatasync. Appends after this are not synced.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.wake_sync_thread();
+        if let Some(thread) = self.sync_thread.lock().expect("not poisoned").take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        // A panic while holding it is a bug in a few lines of arithmetic; the
+        // file itself is consistent (a failed write is truncated away).
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts a new live segment, first making room within `journal.max_bytes`.
+    fn roll(&self, writer: &mut Writer) -> Result<(), AppendError> {
+        self.delete_passed(writer);
+        let max_bytes = self.settings.max_bytes;
+        while writer.total_bytes + self.settings.segment_bytes > max_bytes && writer.segments.len() > 1 {
+            if self.settings.when_full == WhenFull::Refuse {
+                return Err(AppendError::Full { max_bytes });
+            }
+            // "skip": the sinks still reading the oldest segment lose its unread records.
+            let dropped = writer.segments.pop_front().expect("more than one segment");
+            tracing::error!(segment = %dropped.path.display(), records_from = dropped.first_seq,
+                records_to = writer.segments[0].first_seq - 1, max_bytes,
+                "journal full: dropping its oldest segment; sinks that had not read it skip it (journal.when_full = \"skip\")");
+            self.remove(writer, dropped);
+        }
+        // Everything in the old live segment becomes durable before the new one is used.
+        writer.live.sync_data()?;
+        let segment = create_segment(&self.dir, writer.next_seq)?;
+        writer.live = Arc::new(OpenOptions::new().append(true).open(&segment.path)?);
+        writer.segments.push_back(segment);
+        self.segment_count.store(writer.segments.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Deletes the segments below every sink's saved position (never the live one).
+    fn delete_passed(&self, writer: &mut Writer) {
+        let lowest =
+            self.consumers.lock().expect("not poisoned").iter().map(|c| c.0.load(Ordering::Acquire)).min();
+        let lowest = lowest.unwrap_or(writer.next_seq);
+        while writer.segments.len() > 1 && writer.segments[1].first_seq <= lowest {
+            let passed = writer.segments.pop_front().expect("more than one segment");
+            self.remove(writer, passed);
+        }
+    }
+
+    fn remove(&self, writer: &mut Writer, segment: Segment) {
+        if let Err(error) = std::fs::remove_file(&segment.path) {
+            tracing::error!(segment = %segment.path.display(), %error, "cannot delete a journal segment");
+        }
+        writer.total_bytes -= segment.bytes;
+        self.total_bytes.store(writer.total_bytes, Ordering::Relaxed);
+        self.segment_count.store(writer.segments.len() as u64, Ordering::Relaxed);
+        self.oldest.store(writer.segments[0].first_seq, Ordering::Release);
+    }
+
+    fn wake_sync_thread(&self) {
+        let (wanted, condvar) = &self.sync_wanted;
+        *wanted.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+        condvar.notify_one();
+    }
+
+    /// The sync thread: fdatasync the live segment when asked ("always", group
+    /// commit: every record written by then shares one fdatasync) or every
+    /// `journal.sync_interval` ("os").
+    fn sync_loop(&self) {
+        let (wanted, condvar) = &self.sync_wanted;
+        loop {
+            let closing = {
+                let mut asked = wanted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if !*asked && !self.closing.load(Ordering::Acquire) {
+                    let wait = match self.settings.sync {
+                        SyncMode::Always => Duration::from_secs(1),
+                        SyncMode::Os => self.settings.sync_interval,
+                    };
+                    asked = condvar.wait_timeout(asked, wait).unwrap_or_else(|p| p.into_inner()).0;
+                }
+                *asked = false;
+                self.closing.load(Ordering::Acquire)
+            };
+            self.sync_now();
+            if closing {
+                return;
+            }
+        }
+    }
+
+    fn sync_now(&self) {
+        let (live, through) = {
+            let writer = self.lock_writer();
+            (Arc::clone(&writer.live), writer.next_seq - 1)
+        };
+        if through <= self.synced.load(Ordering::Acquire) {
+            return;
+        }
+        let started = Instant::now();
+        match live.sync_data() {
+            Ok(()) => {
+                self.fsync_seconds.observe(started.elapsed().as_secs_f64());
+                // Records of older segments were synced when their segment was closed.
+                self.synced.store(through, Ordering::Release);
+                self.synced_notify.notify_waiters();
+            }
+            Err(error) => {
+                tracing::error!(dir = %self.dir.display(), %error, "journal fdatasync failed; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+                self.wake_sync_thread();
+            }
+        }
+    }
+}
+
+/// Places of damage, as (segment's first sequence number, offset).
+type DamageSet = HashSet<(u64, u64)>;
+
+/// A segment as start-up found it.
+struct FoundSegment {
+    first_seq: u64,
+    path: PathBuf,
+    bytes: u64,
+    /// The sequence number after its last record.
+    next_seq: u64,
+}
+
+/// Reads every segment: counts records, reports damage, cuts off a torn tail
+/// of the live (last) segment so new records follow whole ones.
+fn recover(dir: &Path) -> io::Result<(Vec<FoundSegment>, DamageSet)> {
+    let listed = segment::list(dir)?;
+    let count = listed.len();
+    let mut found = Vec::with_capacity(count);
+    let mut damage = HashSet::new();
+    for (index, (first_seq, path)) in listed.into_iter().enumerate() {
+        let inventory = segment::take_inventory(&path)?;
+        for (offset, resumed_at) in &inventory.damage {
+            tracing::error!(segment = %path.display(), offset, bytes = resumed_at - offset,
+                "journal record damaged (checksum or frame): skipped; the records around it are kept");
+            damage.insert((first_seq, *offset));
+        }
+        let mut bytes = std::fs::metadata(&path)?.len();
+        if index + 1 == count && inventory.valid_end < bytes {
+            tracing::warn!(segment = %path.display(), offset = inventory.valid_end, bytes = bytes - inventory.valid_end,
+                "journal ends in a torn record (a write cut off by a crash): cut off");
+            OpenOptions::new().write(true).open(&path)?.set_len(inventory.valid_end)?;
+            bytes = inventory.valid_end;
+        }
+        let next_seq = inventory.last_seq.map_or(first_seq, |last| last + 1).max(first_seq);
+        found.push(FoundSegment { first_seq, path, bytes, next_seq });
+    }
+    Ok((found, damage))
+}
+
+fn create_segment(dir: &Path, first_seq: u64) -> io::Result<Segment> {
+    let path = dir.join(segment::file_name(first_seq));
+    OpenOptions::new().create(true).append(true).open(&path)?;
+    // The new name is durable only once the directory is.
+    File::open(dir)?.sync_all()?;
+    Ok(Segment { first_seq, path, bytes: 0 })
+}
+
+/// One write(2) for the frame's head and the body, looping on short writes.
+fn write_all_vectored(file: &File, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let mut file = file;
+    let mut parts = [IoSlice::new(head), IoSlice::new(body)];
+    let mut slices: &mut [IoSlice<'_>] = &mut parts;
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut slices, written),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}

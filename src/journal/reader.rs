@@ -1,0 +1,96 @@
+//! A sink's way through the journal: records in sequence order from a
+//! position, across segments, over damage, and past records the journal had
+//! to drop while the sink was behind.
+
+use super::Journal;
+use super::record::Record;
+use super::segment::{SegmentReader, Step};
+use std::io;
+use std::sync::Arc;
+
+pub struct JournalReader {
+    journal: Arc<Journal>,
+    /// The next record to hand out.
+    next: u64,
+    /// The open segment, by its first sequence number.
+    segment: Option<(u64, SegmentReader)>,
+}
+
+/// What one read found.
+#[derive(Debug, Default)]
+pub struct ReadBatch {
+    pub records: Vec<Record>,
+    /// Records this reader never saw because the journal dropped them while
+    /// it was full (`journal.when_full = "skip"`), as (first, last) sequence numbers.
+    pub skipped: Option<(u64, u64)>,
+    /// Records lost to damage in the segments.
+    pub damaged: u64,
+}
+
+impl JournalReader {
+    pub(super) fn new(journal: Arc<Journal>, next: u64) -> Self {
+        JournalReader { journal, next, segment: None }
+    }
+
+    /// The next record this reader will hand out.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    /// Records written but not yet read.
+    pub fn unread(&self) -> u64 {
+        (self.journal.written() + 1).saturating_sub(self.next)
+    }
+
+    /// Reads up to `max` records that are written. Blocking file reads: call it
+    /// from the sink's own thread.
+    pub fn read(&mut self, max: usize) -> io::Result<ReadBatch> {
+        let mut batch = ReadBatch::default();
+        let oldest = self.journal.oldest();
+        if self.next < oldest {
+            batch.skipped = Some((self.next, oldest - 1));
+            self.next = oldest;
+            self.segment = None;
+        }
+        let written = self.journal.written();
+        while batch.records.len() < max && self.next <= written {
+            let (first, reader) = match &mut self.segment {
+                Some((first, reader)) => (*first, reader),
+                None => {
+                    let Some((first, path)) = self.journal.segment_holding(self.next) else { break };
+                    self.segment = Some((first, SegmentReader::open(&path, 0)?));
+                    continue;
+                }
+            };
+            match reader.step()? {
+                Step::Record(record) if record.seq < self.next => {}
+                Step::Record(record) => {
+                    batch.damaged += record.seq - self.next;
+                    self.next = record.seq + 1;
+                    batch.records.push(record);
+                }
+                Step::Damaged { offset, resumed_at } => {
+                    if self.journal.first_report_of_damage(first, offset) {
+                        tracing::error!(
+                            segment = first,
+                            offset,
+                            bytes = resumed_at - offset,
+                            "journal record damaged (checksum or frame): skipped"
+                        );
+                    }
+                }
+                Step::End => match self.journal.segment_after(first) {
+                    Some((after, path)) => {
+                        // Records missing at the end of a segment were lost to damage.
+                        batch.damaged += after.saturating_sub(self.next);
+                        self.next = self.next.max(after);
+                        self.segment = Some((after, SegmentReader::open(&path, 0)?));
+                    }
+                    // The live segment, with the last record being written: read it next time.
+                    None => break,
+                },
+            }
+        }
+        Ok(batch)
+    }
+}

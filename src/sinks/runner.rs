@@ -1,0 +1,280 @@
+//! The runner: feeds one sink from the journal. Reads a batch from the sink's
+//! position, hands it over, retries it with capped exponential backoff and
+//! jitter while the sink fails (panics included), saves the position, and
+//! waits for more. The same loop serves every sink.
+
+use super::{Command, Entry, Sink, SinkError, SinkState, SinkStatus};
+use crate::journal::{Consumer, Journal, JournalReader, cursor};
+use crate::message::{AfterSendSingleMsg, ReceivedMessage};
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// After a batch that emptied the journal, how long the runner waits before
+/// it reads again. Appends wake a waiting runner (a thread wake-up each);
+/// lingering lets the records of the next moment pile up without waking
+/// anyone, so under load a sink wakes about once per linger, not per message.
+const BATCH_LINGER: Duration = Duration::from_millis(1);
+/// The first retry waits this long; each next one twice as long, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Everything a runner works with besides its sink.
+pub(super) struct Work {
+    pub reader: JournalReader,
+    pub journal: Arc<Journal>,
+    pub consumer: Consumer,
+    pub status: Arc<SinkStatus>,
+    pub commands: watch::Receiver<Command>,
+    pub batch_size: usize,
+}
+
+pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: PositionKeeper) {
+    let name = sink.name();
+    loop {
+        let command = *work.commands.borrow_and_update();
+        let stop_at = match command {
+            Command::Run => None,
+            Command::Drain { stop_at } => Some(stop_at),
+        };
+        if stop_at.is_some_and(|stop_at| Instant::now() >= stop_at) {
+            break;
+        }
+        let batch = match work.reader.read(work.batch_size) {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(sink = name, %error, "cannot read the journal; retrying");
+                work.status.set_last_error(format!("reading the journal: {error}"));
+                if !pause(Duration::from_secs(1), &mut work.commands).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        if let Some((first, last)) = batch.skipped {
+            let count = last + 1 - first;
+            work.status.skipped.fetch_add(count, Ordering::Relaxed);
+            tracing::error!(
+                sink = name,
+                records = count,
+                from_seq = first,
+                to_seq = last,
+                "sink skipped records the full journal dropped before it read them"
+            );
+        }
+        work.status.damaged.fetch_add(batch.damaged, Ordering::Relaxed);
+        if batch.records.is_empty() {
+            work.status.oldest_pending_us.store(0, Ordering::Release);
+            keeper.save_if_due(&mut sink, &work).await;
+            if stop_at.is_some() {
+                // The server has stopped, so nothing more will be written: drained.
+                break;
+            }
+            let next = work.reader.next_seq();
+            tokio::select! {
+                () = work.journal.written_through(next) => {}
+                _ = work.commands.changed() => {}
+                // An idle sink still saves a position that moved, once it is due.
+                () = tokio::time::sleep(keeper.due_in(work.status.position())) => {}
+            }
+            continue;
+        }
+        let caught_up = batch.records.len() < work.batch_size;
+        work.status.oldest_pending_us.store(micros(batch.records[0].received_at), Ordering::Release);
+        let next = work.reader.next_seq();
+        let entries = parse(batch.records, &work.status);
+        if !deliver_until_done(&mut sink, &entries, &work.status, &mut work.commands).await {
+            break;
+        }
+        work.status.position.store(next, Ordering::Release);
+        keeper.save_if_due(&mut sink, &work).await;
+        if caught_up && !pause(BATCH_LINGER, &mut work.commands).await {
+            break;
+        }
+    }
+    keeper.save(&mut sink, &work).await;
+    work.status.set_state(SinkState::Stopped);
+}
+
+/// Journal records back into messages. Every record was a valid packet when
+/// it was accepted; one that no longer parses (a newer receiver's journal
+/// read by an older one) is counted as failed and reported, not retried.
+fn parse(records: Vec<crate::journal::Record>, status: &SinkStatus) -> Vec<Entry> {
+    let mut entries = Vec::with_capacity(records.len());
+    for record in records {
+        match AfterSendSingleMsg::from_json(&record.body) {
+            Ok(packet) => entries.push(Entry {
+                seq: record.seq,
+                message: ReceivedMessage {
+                    packet,
+                    raw: record.body,
+                    operation_id: record.operation_id,
+                    received_at: record.received_at,
+                },
+            }),
+            Err(error) => {
+                status.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(sink = status.name(), seq = record.seq, operationID = %record.operation_id, %error,
+                    "journal record is not a packet this receiver reads: skipped");
+            }
+        }
+    }
+    entries
+}
+
+/// Delivers `batch`, retrying while the sink asks for it. False when the
+/// runner was told to stop before the batch was done.
+async fn deliver_until_done<S: Sink>(
+    sink: &mut S,
+    batch: &[Entry],
+    status: &SinkStatus,
+    commands: &mut watch::Receiver<Command>,
+) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let name = sink.name();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let attempt = AssertUnwindSafe(sink.deliver(batch)).catch_unwind();
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
+            () = stop_requested(commands) => return false,
+        };
+        let message = match outcome {
+            Ok(Ok(())) => {
+                status.handled.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                status.set_state(SinkState::Running);
+                return true;
+            }
+            Ok(Err(SinkError { message, retry: false })) => {
+                status.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tracing::error!(
+                    sink = name,
+                    records = batch.len(),
+                    from_seq = batch[0].seq,
+                    error = message,
+                    "sink refused a batch for good: its records are not delivered to it"
+                );
+                status.set_last_error(message);
+                status.set_state(SinkState::Running);
+                return true;
+            }
+            Ok(Err(SinkError { message, retry: true })) => message,
+            Err(panic) => {
+                status.panics.fetch_add(1, Ordering::Relaxed);
+                let reason = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| text.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                format!("sink panicked: {reason}")
+            }
+        };
+        status.retries.fetch_add(1, Ordering::Relaxed);
+        status.set_state(SinkState::Retrying);
+        // Jitter spreads the retries of several receivers hitting one target.
+        let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+        tracing::error!(
+            sink = name,
+            records = batch.len(),
+            from_seq = batch[0].seq,
+            error = message,
+            retry_in_ms = wait.as_millis() as u64,
+            "sink could not take a batch; retrying it"
+        );
+        status.set_last_error(message);
+        if !pause(wait, commands).await {
+            return false;
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Waits `duration`; false when the runner's stop time comes first.
+async fn pause(duration: Duration, commands: &mut watch::Receiver<Command>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => true,
+        () = stop_requested(commands) => false,
+    }
+}
+
+/// Completes at the stop time, once the receiver has set one.
+async fn stop_requested(commands: &mut watch::Receiver<Command>) {
+    loop {
+        let command = *commands.borrow_and_update();
+        if let Command::Drain { stop_at } = command {
+            tokio::time::sleep_until(stop_at).await;
+            return;
+        }
+        if commands.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn micros(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
+}
+
+/// Saves a sink's position: in its cursor file, or with its state.
+pub(super) struct PositionKeeper {
+    cursor_file: Option<PathBuf>,
+    interval: Duration,
+    saved: Option<u64>,
+    saved_at: Instant,
+}
+
+impl PositionKeeper {
+    pub fn cursor(path: PathBuf, interval: Duration) -> Self {
+        PositionKeeper { cursor_file: Some(path), interval, saved: None, saved_at: Instant::now() }
+    }
+
+    pub fn with_state(interval: Duration) -> Self {
+        PositionKeeper { cursor_file: None, interval, saved: None, saved_at: Instant::now() }
+    }
+
+    /// Time until a save of position `next` is due; long when it is saved already.
+    fn due_in(&self, next: u64) -> Duration {
+        if self.saved == Some(next) {
+            return Duration::from_secs(3600);
+        }
+        self.interval.saturating_sub(self.saved_at.elapsed())
+    }
+
+    async fn save_if_due<S: Sink>(&mut self, sink: &mut S, work: &Work) {
+        if self.saved_at.elapsed() >= self.interval {
+            self.save(sink, work).await;
+        }
+    }
+
+    /// Saves the delivered position now (if it moved); the journal may then
+    /// delete what every sink has passed.
+    async fn save<S: Sink>(&mut self, sink: &mut S, work: &Work) {
+        let next = work.status.position();
+        self.saved_at = Instant::now();
+        if self.saved == Some(next) {
+            return;
+        }
+        let saved = match &self.cursor_file {
+            Some(path) => cursor::save(path, next).map_err(|error| format!("{}: {error}", path.display())),
+            None => sink.save(next).await.map_err(|error| error.message),
+        };
+        match saved {
+            Ok(()) => {
+                self.saved = Some(next);
+                work.consumer.saved(next);
+                work.journal.release();
+            }
+            Err(error) => {
+                tracing::error!(sink = sink.name(), %error, "cannot save the sink's position");
+                work.status.set_last_error(format!("saving its position: {error}"));
+            }
+        }
+    }
+}
