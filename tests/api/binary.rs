@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_openim-callback-receiver");
+pub const BINARY: &str = env!("CARGO_BIN_EXE_openim-callback-receiver");
 
-fn receiver_command(workdir: &std::path::Path) -> Command {
+pub fn receiver_command(workdir: &std::path::Path) -> Command {
     let mut command = Command::new(BINARY);
     command
         .current_dir(workdir)
@@ -24,7 +24,7 @@ fn receiver_command(workdir: &std::path::Path) -> Command {
 }
 
 /// Reads JSON log lines until one satisfies `wanted`.
-async fn next_line_where(
+pub async fn next_line_where(
     lines: &mut Lines<BufReader<ChildStdout>>,
     mut wanted: impl FnMut(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
@@ -129,14 +129,14 @@ async fn print_config_shows_the_effective_settings() {
 
 /// A running binary whose stdout is read in the background (a full pipe
 /// would stall its log sink), with every log line kept.
-struct RunningBinary {
-    child: tokio::process::Child,
-    address: SocketAddr,
-    lines: tokio::task::JoinHandle<Vec<serde_json::Value>>,
+pub struct RunningBinary {
+    pub child: tokio::process::Child,
+    pub address: SocketAddr,
+    pub lines: tokio::task::JoinHandle<Vec<serde_json::Value>>,
 }
 
 impl RunningBinary {
-    async fn start(workdir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+    pub async fn start(workdir: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let mut command = receiver_command(workdir);
         for (key, value) in env {
             command.env(key, value);
@@ -166,7 +166,7 @@ impl RunningBinary {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
-    async fn terminate(&mut self) -> std::process::ExitStatus {
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().unwrap().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
         tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap()
@@ -284,7 +284,7 @@ async fn healthcheck_speaks_tls_when_the_receiver_does() {
     assert_eq!(binary.terminate().await.code(), Some(0));
 }
 
-async fn post_to(address: SocketAddr, send_id: &str) {
+pub async fn post_to(address: SocketAddr, send_id: &str) {
     let answer = reqwest::Client::new()
         .post(format!("http://{address}{COMMAND_PATH}"))
         .header("operationID", "op-restart")
@@ -295,7 +295,7 @@ async fn post_to(address: SocketAddr, send_id: &str) {
     assert_eq!(answer.status(), 200);
 }
 
-async fn stats_of(address: SocketAddr) -> serde_json::Value {
+pub async fn stats_of(address: SocketAddr) -> serde_json::Value {
     reqwest::get(format!("http://{address}/stats")).await.unwrap().json().await.unwrap()
 }
 

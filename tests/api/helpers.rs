@@ -73,8 +73,10 @@ impl CapturedLog {
     /// Every JSON line written so far.
     pub fn records(&self) -> Vec<Value> {
         let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8(bytes)
-            .unwrap()
+        let text = String::from_utf8(bytes).unwrap();
+        // A record still being written has no newline yet.
+        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        complete
             .lines()
             .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}")))
             .collect()

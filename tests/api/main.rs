@@ -6,6 +6,8 @@ mod deadline;
 mod errors;
 mod hardening;
 mod helpers;
+mod journal;
+mod journal_binary;
 mod log_records;
 mod properties;
 mod settings_layers;

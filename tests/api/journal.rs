@@ -1,0 +1,137 @@
+//! The journal through the real HTTP path, in process: sinks resume from their
+//! cursors, a full journal refuses or skips as configured, a stuck sink is
+//! named at shutdown and resumes after a restart.
+
+use crate::helpers::{RecordingSink, TestReceiver, packet, settings};
+use serde_json::Value;
+use std::time::Duration;
+
+/// A message with about `bytes` of content, so a few fill a small journal.
+fn big_packet(index: usize, bytes: usize) -> Value {
+    let mut message = packet(&format!("user-{index}"), "bob", 101);
+    message["serverMsgID"] = format!("big-{index}").into();
+    message["content"] = "x".repeat(bytes).into();
+    message
+}
+
+/// A journal of 1 MiB segments and 2 MiB in all, in `dir`.
+fn small_journal(
+    dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> openim_callback_receiver::settings::Settings {
+    let dir = dir.to_str().unwrap().to_owned();
+    let mut overrides = vec![
+        ("JOURNAL__DIR", dir.as_str()),
+        ("JOURNAL__SEGMENT_BYTES", "1048576"),
+        ("JOURNAL__MAX_BYTES", "2097152"),
+        ("SERVER__SHUTDOWN_TIMEOUT", "1s"),
+    ];
+    overrides.extend_from_slice(extra);
+    settings(&overrides)
+}
+
+async fn sink_report(receiver: &TestReceiver, sink: &str, until: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..1000 {
+        let report = receiver.get_json("/stats").await["sinks"][sink].clone();
+        if until(&report) {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("sink {sink} never got there: {}", receiver.get_json("/stats").await);
+}
+
+#[tokio::test]
+async fn a_sink_resumes_from_its_cursor_after_a_restart_and_gets_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = small_journal(dir.path(), &[]);
+    let (sink, first_seen) = RecordingSink::new("recorder");
+    let receiver = TestReceiver::start_with(settings.clone(), |sinks| sinks.spawn(sink, 64).unwrap()).await;
+    for index in 0..5 {
+        receiver.post_packet(&format!("op-{index}"), &big_packet(index, 10)).await.assert_accepted();
+    }
+    assert!(receiver.stop().await.is_clean());
+    assert_eq!(first_seen.lock().unwrap().len(), 5);
+
+    let (sink, second_seen) = RecordingSink::new("recorder");
+    let receiver = TestReceiver::start_with(settings, |sinks| sinks.spawn(sink, 64).unwrap()).await;
+    for index in 5..7 {
+        receiver.post_packet(&format!("op-{index}"), &big_packet(index, 10)).await.assert_accepted();
+    }
+    sink_report(&receiver, "recorder", |sink| sink["handled"] == 2).await;
+    assert!(receiver.stop().await.is_clean());
+    assert_eq!(*second_seen.lock().unwrap(), vec!["big-5".to_owned(), "big-6".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_full_journal_refuses_with_503_when_told_to_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = small_journal(dir.path(), &[("JOURNAL__WHEN_FULL", "refuse")]);
+    let (mut sink, _) = RecordingSink::new("hanging");
+    sink.hang = true;
+    let receiver = TestReceiver::start_with(settings, |sinks| sinks.spawn(sink, 64).unwrap()).await;
+    let mut accepted = 0;
+    let refused = loop {
+        let answer = receiver.post_packet(&format!("op-{accepted}"), &big_packet(accepted, 100_000)).await;
+        if answer.status != 200 {
+            break answer;
+        }
+        accepted += 1;
+        assert!(accepted < 100, "the journal never filled");
+    };
+    refused.assert_rejected(503, 5031);
+    assert!(refused.body["errMsg"].as_str().unwrap().contains("journal is full"), "{:?}", refused.body);
+    assert!(accepted >= 10, "only {accepted} accepted before the journal was full");
+    let stats = receiver.get_json("/stats").await;
+    assert_eq!(stats["requests"]["rejected"]["journal_full"], 1);
+    assert!(stats["journal"]["bytes"].as_u64().unwrap() <= 2 * 1024 * 1024 + 100_000 * 2, "{stats}");
+    // The hanging sink is behind by everything: nothing was dropped from under it.
+    assert_eq!(stats["sinks"]["hanging"]["lag_records"], accepted as u64);
+    assert_eq!(stats["sinks"]["hanging"]["skipped"], 0);
+}
+
+#[tokio::test]
+async fn a_stuck_sink_lets_the_journal_skip_for_it_is_named_at_shutdown_and_resumes_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = small_journal(dir.path(), &[]);
+    let (mut sink, _) = RecordingSink::new("archive");
+    sink.hang = true;
+    let receiver = TestReceiver::start_with(settings.clone(), |sinks| sinks.spawn(sink, 64).unwrap()).await;
+    const MESSAGES: usize = 40;
+    for index in 0..MESSAGES {
+        receiver.post_packet(&format!("op-{index}"), &big_packet(index, 100_000)).await.assert_accepted();
+    }
+    // The others kept going.
+    assert_eq!(receiver.log.wait_for(MESSAGES).await.len(), MESSAGES);
+    let stats = receiver.stats_after(MESSAGES as u64).await;
+    assert!(stats["journal"]["bytes"].as_u64().unwrap() <= 3 * 1024 * 1024, "bounded: {}", stats["journal"]);
+    assert!(
+        stats["journal"]["oldest_seq"].as_u64().unwrap() > 1,
+        "segments were dropped: {}",
+        stats["journal"]
+    );
+    let started = std::time::Instant::now();
+    let report = receiver.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown is bounded by its timeout");
+    assert_eq!(report.undrained.len(), 1, "{report:?}");
+    assert_eq!(report.undrained[0].0, "archive");
+
+    // Back with a sink that works: it skips what the journal dropped, gets the rest, once each.
+    let (sink, seen) = RecordingSink::new("archive");
+    let receiver = TestReceiver::start_with(settings, |sinks| sinks.spawn(sink, 64).unwrap()).await;
+    let archive = sink_report(&receiver, "archive", |sink| sink["lag_records"] == 0).await;
+    let seen = seen.lock().unwrap().clone();
+    let skipped = archive["skipped"].as_u64().unwrap() as usize;
+    assert!(skipped > 0, "{archive}");
+    assert_eq!(seen.len() + skipped, MESSAGES, "every record either delivered or counted as skipped");
+    let expected: Vec<String> = (skipped..MESSAGES).map(|index| format!("big-{index}")).collect();
+    assert_eq!(seen, expected, "the newest records, in order, none twice");
+    let metrics = receiver.client.get(receiver.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            r#"openim_callback_sink_messages_total{{sink="archive",result="skipped"}} {skipped}"#
+        )),
+        "{metrics}"
+    );
+    assert!(receiver.stop().await.is_clean());
+}
