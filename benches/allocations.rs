@@ -52,7 +52,7 @@ fn main() {
     };
     let settings = Settings::defaults();
     let mut log = LogSink::new(&settings.sinks.log, LogFormat::Json, RecordWriter::new(std::io::sink()));
-    let batch = [Entry { seq: 1, message: message.clone() }];
+    let batch = [Entry { seq: 1, message: std::sync::Arc::new(message.clone()) }];
     let per_record = count(RUNS, || log.deliver(&batch).now_or_never().unwrap().unwrap());
     println!("log record, text.json            {per_record:6.1} allocations");
     let calendar = Calendar::default();

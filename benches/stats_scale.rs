@@ -53,7 +53,7 @@ fn main() {
             operation_id: OperationId { value: String::new(), generated: false },
             received_at: now,
         };
-        let batch = [Entry { seq: i + 1, message }];
+        let batch = [Entry { seq: i + 1, message: std::sync::Arc::new(message) }];
         let heap_before_message = dhat::HeapStats::get().curr_bytes;
         sink.deliver(&batch).now_or_never().unwrap().unwrap();
         sink_bytes_during += dhat::HeapStats::get().curr_bytes as i64 - heap_before_message as i64;

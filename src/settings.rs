@@ -57,6 +57,16 @@ pub enum SyncMode {
     Always,
 }
 
+impl SyncMode {
+    /// The name used in settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncMode::Os => "os",
+            SyncMode::Always => "always",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WhenFull {

@@ -4,14 +4,15 @@
 use super::AppState;
 use super::error::{self, ApiError, Outcome};
 use super::extract::{AfterSendSingleMsgCommand, JsonContentType, OperationIdHeader};
-use crate::journal::{AppendError, NewRecord};
-use crate::message::{AFTER_SEND_SINGLE_MSG_COMMAND, AfterSendSingleMsg, OperationId};
+use crate::journal::AppendError;
+use crate::message::{AFTER_SEND_SINGLE_MSG_COMMAND, AfterSendSingleMsg, OperationId, ReceivedMessage};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
+use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -49,15 +50,19 @@ async fn accept(state: &AppState, header_id: Option<String>, request: Request) -
     // The span starts once the id is known: everything logged about this
     // message from here on carries it.
     let span = tracing::info_span!("callback", operationID = operation_id.value.as_str());
-    let record = NewRecord { received_at: SystemTime::now(), operation_id: &operation_id, body: &raw };
-    append_by(state, &record, deadline).instrument(span).await?;
+    let message = Arc::new(ReceivedMessage { packet, raw, operation_id, received_at: SystemTime::now() });
+    append_by(state, &message, deadline).instrument(span).await?;
     state.requests.count(Outcome::Accepted);
     Ok(error::success())
 }
 
 /// Appends the message to the journal, durably as `journal.sync` says, by `deadline`.
-async fn append_by(state: &AppState, record: &NewRecord<'_>, deadline: Instant) -> Result<(), ApiError> {
-    let seq = state.journal.append(record).map_err(|error| match error {
+async fn append_by(
+    state: &AppState,
+    message: &Arc<ReceivedMessage>,
+    deadline: Instant,
+) -> Result<(), ApiError> {
+    let seq = state.journal.append(message).map_err(|error| match error {
         AppendError::Full { max_bytes } => {
             tracing::warn!(
                 max_bytes,

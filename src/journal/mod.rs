@@ -7,6 +7,11 @@
 //! loses nothing that was answered 200: on restart every sink resumes from
 //! its saved position.
 //!
+//! Readers that keep up are served from an in-memory tail of the latest
+//! records (`recent`), as the request path parsed them: no read and no second
+//! parse per sink. Readers that are behind, or that start after a restart,
+//! read the files.
+//!
 //! On disk, under `journal.dir`: segment files named after their first
 //! sequence number (`segment`), one cursor file per sink (`cursor`), and a
 //! `LOCK` file held while a receiver uses the directory. A segment is deleted
@@ -19,6 +24,8 @@ pub mod segment;
 
 pub use reader::{JournalReader, ReadBatch};
 pub use record::{NewRecord, Record};
+
+use crate::message::ReceivedMessage;
 
 use crate::settings::{JournalSettings, SyncMode, WhenFull};
 use prometheus_client::metrics::histogram::Histogram;
@@ -69,6 +76,46 @@ struct Writer {
     total_bytes: u64,
 }
 
+/// One record as the sinks see it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The record's sequence number in the journal.
+    pub seq: u64,
+    pub message: Arc<ReceivedMessage>,
+}
+
+/// The latest records, as appended: `messages[i]` is record `first_seq + i`.
+#[derive(Default)]
+struct Recent {
+    first_seq: u64,
+    messages: VecDeque<Arc<ReceivedMessage>>,
+    body_bytes: usize,
+}
+
+/// The in-memory tail holds at most this many records, and at most
+/// [`RECENT_MAX_BYTES`] of their bodies: enough for every sink that keeps up
+/// (a batch a millisecond at 100,000 messages a second is 100 records).
+const RECENT_MAX_RECORDS: usize = 2048;
+const RECENT_MAX_BYTES: usize = 2 * 1024 * 1024;
+
+impl Recent {
+    fn push(&mut self, seq: u64, message: &Arc<ReceivedMessage>) {
+        if self.first_seq + self.messages.len() as u64 != seq {
+            // Not contiguous (a failed append in between): start over from here.
+            self.messages.clear();
+            self.body_bytes = 0;
+            self.first_seq = seq;
+        }
+        self.body_bytes += message.raw.len();
+        self.messages.push_back(Arc::clone(message));
+        while self.messages.len() > RECENT_MAX_RECORDS || self.body_bytes > RECENT_MAX_BYTES {
+            let Some(oldest) = self.messages.pop_front() else { break };
+            self.body_bytes -= oldest.raw.len();
+            self.first_seq += 1;
+        }
+    }
+}
+
 /// A sink's saved position, as the journal sees it when deciding what to delete.
 #[derive(Clone, Debug)]
 pub struct Consumer(Arc<AtomicU64>);
@@ -84,6 +131,7 @@ pub struct Journal {
     dir: PathBuf,
     settings: JournalSettings,
     writer: Mutex<Writer>,
+    recent: Mutex<Recent>,
     /// Highest sequence number written to the OS (0: none yet).
     written: AtomicU64,
     /// Highest sequence number fdatasynced.
@@ -170,6 +218,7 @@ impl Journal {
             dir,
             settings: settings.clone(),
             writer: Mutex::new(Writer { segments: kept, live, next_seq, total_bytes }),
+            recent: Mutex::new(Recent { first_seq: next_seq, ..Recent::default() }),
             written: AtomicU64::new(written),
             // What start-up read back is on disk as far as this process can tell.
             synced: AtomicU64::new(written),
@@ -196,7 +245,7 @@ impl Journal {
             .map_err(|error| OpenError::Io { dir: journal.dir.clone(), error })?;
         *journal.sync_thread.lock().expect("not poisoned") = Some(thread);
         tracing::info!(dir = %journal.dir.display(), next_seq, oldest, bytes = total_bytes, segments = segment_count,
-            sync = ?settings.sync, "journal open");
+            sync = settings.sync.name(), "journal open");
         Ok(journal)
     }
 
@@ -204,9 +253,23 @@ impl Journal {
         &self.dir
     }
 
-    /// Appends one record; returns its sequence number. The record is in the
-    /// OS (write(2) returned) when this returns; see [`Journal::durable`].
-    pub fn append(&self, record: &NewRecord<'_>) -> Result<u64, AppendError> {
+    /// Appends an accepted message; returns its sequence number. The record
+    /// is in the OS (write(2) returned) when this returns; see [`Journal::durable`].
+    pub fn append(&self, message: &Arc<ReceivedMessage>) -> Result<u64, AppendError> {
+        let record = NewRecord {
+            received_at: message.received_at,
+            operation_id: &message.operation_id,
+            body: &message.raw,
+        };
+        self.append_record(&record, Some(message))
+    }
+
+    /// Appends a record; `message` is its parsed form, kept for readers that keep up.
+    pub fn append_record(
+        &self,
+        record: &NewRecord<'_>,
+        message: Option<&Arc<ReceivedMessage>>,
+    ) -> Result<u64, AppendError> {
         // The body's checksum, the costly part, is taken outside the lock.
         let body_crc = crc32c::crc32c(record.body);
         let frame_len = (record::FRAME_HEADER_LEN + record.payload_len()) as u64;
@@ -227,6 +290,9 @@ impl Journal {
         writer.total_bytes += frame_len;
         writer.segments.back_mut().expect("a live segment").bytes += frame_len;
         self.total_bytes.store(writer.total_bytes, Ordering::Relaxed);
+        if let Some(message) = message {
+            self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(seq, message);
+        }
         // Published under the lock: records are written, and so published, in order.
         self.written.store(seq, Ordering::Release);
         drop(writer);
@@ -299,6 +365,19 @@ impl Journal {
     pub fn release(&self) {
         let mut writer = self.lock_writer();
         self.delete_passed(&mut writer);
+    }
+
+    /// Records from `next` on, at most `max` and through `through`, when the
+    /// in-memory tail holds `next`.
+    pub(crate) fn recent_from(&self, next: u64, through: u64, max: usize) -> Option<Vec<Entry>> {
+        let recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let skip = next.checked_sub(recent.first_seq)? as usize;
+        if skip >= recent.messages.len() {
+            return None;
+        }
+        let count = max.min((through + 1).saturating_sub(next) as usize);
+        let entries = recent.messages.iter().skip(skip).take(count).zip(next..);
+        Some(entries.map(|(message, seq)| Entry { seq, message: Arc::clone(message) }).collect())
     }
 
     /// The segment holding record `seq`, as (first sequence number, path).

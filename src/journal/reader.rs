@@ -2,9 +2,9 @@
 //! position, across segments, over damage, and past records the journal had
 //! to drop while the sink was behind.
 
-use super::Journal;
-use super::record::Record;
 use super::segment::{SegmentReader, Step};
+use super::{Entry, Journal};
+use crate::message::{AfterSendSingleMsg, ReceivedMessage};
 use std::io;
 use std::sync::Arc;
 
@@ -19,12 +19,15 @@ pub struct JournalReader {
 /// What one read found.
 #[derive(Debug, Default)]
 pub struct ReadBatch {
-    pub records: Vec<Record>,
+    pub entries: Vec<Entry>,
     /// Records this reader never saw because the journal dropped them while
     /// it was full (`journal.when_full = "skip"`), as (first, last) sequence numbers.
     pub skipped: Option<(u64, u64)>,
     /// Records lost to damage in the segments.
     pub damaged: u64,
+    /// Records whose body no longer parses as a packet (a newer receiver's
+    /// journal read by an older one): skipped and reported.
+    pub unreadable: u64,
 }
 
 impl JournalReader {
@@ -53,7 +56,13 @@ impl JournalReader {
             self.segment = None;
         }
         let written = self.journal.written();
-        while batch.records.len() < max && self.next <= written {
+        if let Some(entries) = self.journal.recent_from(self.next, written, max) {
+            self.next += entries.len() as u64;
+            batch.entries = entries;
+            return Ok(batch);
+        }
+        // Behind the in-memory tail: read the files, and parse again.
+        while batch.entries.len() < max && self.next <= written {
             let (first, reader) = match &mut self.segment {
                 Some((first, reader)) => (*first, reader),
                 None => {
@@ -67,7 +76,22 @@ impl JournalReader {
                 Step::Record(record) => {
                     batch.damaged += record.seq - self.next;
                     self.next = record.seq + 1;
-                    batch.records.push(record);
+                    match AfterSendSingleMsg::from_json(&record.body) {
+                        Ok(packet) => {
+                            let message = ReceivedMessage {
+                                packet,
+                                raw: record.body,
+                                operation_id: record.operation_id,
+                                received_at: record.received_at,
+                            };
+                            batch.entries.push(Entry { seq: record.seq, message: Arc::new(message) });
+                        }
+                        Err(error) => {
+                            batch.unreadable += 1;
+                            tracing::error!(seq = record.seq, operationID = %record.operation_id, %error,
+                                "journal record is not a packet this receiver reads: skipped");
+                        }
+                    }
                 }
                 Step::Damaged { offset, resumed_at } => {
                     if self.journal.first_report_of_damage(first, offset) {

@@ -2,10 +2,9 @@
 //! damage instead of stopping at it.
 
 use super::record::{self, Decoded, FRAME_HEADER_LEN, Record};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 const EXTENSION: &str = "seg";
@@ -59,6 +58,8 @@ pub struct SegmentReader {
     /// Where `buffered` starts in the file.
     offset: u64,
     buffered: Bytes,
+    /// Where the file's own cursor is (reads are sequential; a seek only when it is elsewhere).
+    file_position: u64,
     /// The last read met the end of the file; cleared by each [`Self::next`],
     /// since a live segment grows.
     exhausted: bool,
@@ -66,7 +67,13 @@ pub struct SegmentReader {
 
 impl SegmentReader {
     pub fn open(path: &Path, offset: u64) -> io::Result<Self> {
-        Ok(SegmentReader { file: File::open(path)?, offset, buffered: Bytes::new(), exhausted: false })
+        Ok(SegmentReader {
+            file: File::open(path)?,
+            offset,
+            buffered: Bytes::new(),
+            file_position: 0,
+            exhausted: false,
+        })
     }
 
     /// Offset of the next record to read.
@@ -110,14 +117,19 @@ impl SegmentReader {
             }
             // Records are handed out as slices of what is read, so a read goes
             // into a new buffer, after the (small) unread rest of the last one.
+            // read_to_end fills the buffer's spare capacity without zeroing it first.
             let have = self.buffered.len();
             let want = (needed - have).max(READ_CHUNK);
-            let mut grown = BytesMut::with_capacity(have + want);
+            let at = self.offset + have as u64;
+            if self.file_position != at {
+                self.file.seek(SeekFrom::Start(at))?;
+                self.file_position = at;
+            }
+            let mut grown = Vec::with_capacity(have + want);
             grown.extend_from_slice(&self.buffered);
-            grown.resize(have + want, 0);
-            let read = self.file.read_at(&mut grown[have..], self.offset + have as u64)?;
-            grown.truncate(have + read);
-            self.buffered = grown.freeze();
+            let read = (&self.file).take(want as u64).read_to_end(&mut grown)?;
+            self.file_position += read as u64;
+            self.buffered = Bytes::from(grown);
             if read == 0 {
                 self.exhausted = true;
                 return Ok(false);

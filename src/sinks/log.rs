@@ -255,7 +255,7 @@ mod format_tests {
             operation_id: OperationId { value: "op-7".into(), generated: false },
             received_at: std::time::SystemTime::now(),
         };
-        let entry = crate::sinks::Entry { seq: 1, message };
+        let entry = crate::sinks::Entry { seq: 1, message: std::sync::Arc::new(message) };
         futures_util::FutureExt::now_or_never(sink.deliver(&[entry])).unwrap().unwrap();
         String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
     }

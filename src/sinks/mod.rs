@@ -11,7 +11,6 @@ mod runner;
 pub mod stats;
 
 use crate::journal::{Consumer, Journal, cursor};
-use crate::message::ReceivedMessage;
 use crate::settings::Settings;
 use crate::telemetry::RecordWriter;
 use serde::Serialize;
@@ -25,13 +24,7 @@ use tokio::time::Instant;
 pub use self::log::LogSink;
 pub use self::stats::{StatsHandle, StatsSink};
 
-/// One journal record as a sink sees it.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    /// The record's sequence number in the journal.
-    pub seq: u64,
-    pub message: ReceivedMessage,
-}
+pub use crate::journal::Entry;
 
 /// A destination for accepted messages.
 ///

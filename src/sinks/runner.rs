@@ -5,7 +5,6 @@
 
 use super::{Command, Entry, Sink, SinkError, SinkState, SinkStatus};
 use crate::journal::{Consumer, Journal, JournalReader, cursor};
-use crate::message::{AfterSendSingleMsg, ReceivedMessage};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -68,7 +67,8 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
             );
         }
         work.status.damaged.fetch_add(batch.damaged, Ordering::Relaxed);
-        if batch.records.is_empty() {
+        work.status.failed.fetch_add(batch.unreadable, Ordering::Relaxed);
+        if batch.entries.is_empty() {
             work.status.oldest_pending_us.store(0, Ordering::Release);
             keeper.save_if_due(&mut sink, &work).await;
             if stop_at.is_some() {
@@ -84,11 +84,11 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
             }
             continue;
         }
-        let caught_up = batch.records.len() < work.batch_size;
-        work.status.oldest_pending_us.store(micros(batch.records[0].received_at), Ordering::Release);
+        let caught_up = batch.entries.len() < work.batch_size;
+        let oldest = batch.entries[0].message.received_at;
+        work.status.oldest_pending_us.store(micros(oldest), Ordering::Release);
         let next = work.reader.next_seq();
-        let entries = parse(batch.records, &work.status);
-        if !deliver_until_done(&mut sink, &entries, &work.status, &mut work.commands).await {
+        if !deliver_until_done(&mut sink, &batch.entries, &work.status, &mut work.commands).await {
             break;
         }
         work.status.position.store(next, Ordering::Release);
@@ -99,32 +99,6 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
     }
     keeper.save(&mut sink, &work).await;
     work.status.set_state(SinkState::Stopped);
-}
-
-/// Journal records back into messages. Every record was a valid packet when
-/// it was accepted; one that no longer parses (a newer receiver's journal
-/// read by an older one) is counted as failed and reported, not retried.
-fn parse(records: Vec<crate::journal::Record>, status: &SinkStatus) -> Vec<Entry> {
-    let mut entries = Vec::with_capacity(records.len());
-    for record in records {
-        match AfterSendSingleMsg::from_json(&record.body) {
-            Ok(packet) => entries.push(Entry {
-                seq: record.seq,
-                message: ReceivedMessage {
-                    packet,
-                    raw: record.body,
-                    operation_id: record.operation_id,
-                    received_at: record.received_at,
-                },
-            }),
-            Err(error) => {
-                status.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(sink = status.name(), seq = record.seq, operationID = %record.operation_id, %error,
-                    "journal record is not a packet this receiver reads: skipped");
-            }
-        }
-    }
-    entries
 }
 
 /// Delivers `batch`, retrying while the sink asks for it. False when the

@@ -107,7 +107,7 @@ proptest! {
             operation_id: OperationId { value: "op".to_owned(), generated: false },
             received_at: std::time::SystemTime::now(),
         };
-        let batch = [openim_callback_receiver::sinks::Entry { seq: 1, message }];
+        let batch = [openim_callback_receiver::sinks::Entry { seq: 1, message: std::sync::Arc::new(message) }];
         futures_util::FutureExt::now_or_never(sink.deliver(&batch)).unwrap().unwrap();
         let records = log.records();
         prop_assert_eq!(records.len(), 1);
