@@ -5,8 +5,10 @@
 # (examples/ceiling.rs: axum, reads the body, answers the envelope), measured
 # in the same run with wrk at 2 connections (OpenIM's two webhook workers) and
 # at 64. Prints requests/s, p50 and p99 for each, the ratios, the receivers'
-# peak RSS, the log sink's own rate, and checks that each log file holds one
-# record for every 200 answered.
+# peak RSS, the log sink's own rate, and checks that each log file holds a
+# record for every 200 answered. (It may hold a few more: with sync = "always"
+# a request whose connection wrk closes at the end of a run, while it waits
+# for its fdatasync, is journaled and logged but never answered.)
 #
 #   scripts/bench-load.sh                      # 3 rounds of 10 s per server and load
 #   ROUNDS=1 DURATION=5s scripts/bench-load.sh # quicker, noisier
@@ -123,6 +125,6 @@ for mode in os always; do
     wrk_ok=$(cat "$work/$mode"-2 "$work/$mode"-64 | awk '{s += $4} END {print s}')
     echo "sync=$mode: peak RSS $((RSS[$mode] / 1024)) MiB (target <= 32) $(verdict "${RSS[$mode]} <= 32768");" \
         "log records ${RECORDS[$mode]}, answered 200 (receiver's count) ${ACCEPTED[$mode]}, 200s seen by wrk $wrk_ok" \
-        "$(verdict "${RECORDS[$mode]} == ${ACCEPTED[$mode]} && ${RECORDS[$mode]} >= $wrk_ok")"
+        "$(verdict "${RECORDS[$mode]} >= ${ACCEPTED[$mode]} && ${ACCEPTED[$mode]} >= $wrk_ok")"
 done
 echo "log sink alone (journal read, parse, format): $log_rate records/s = ${log_ratio}x the 64-connection rate"
