@@ -26,7 +26,9 @@ COPY --from=build /src/target/release/openim-callback-receiver /usr/local/bin/op
 COPY --from=build --chown=65532:65532 /out/data /data
 # Inside the container the receiver must be reachable from OpenIM's container.
 ENV OPENIM_CALLBACK__SERVER__LISTEN=0.0.0.0:10006
-# Stats survive restarts in the /data volume (mount one to keep them across containers).
+# The journal (every accepted message, until every sink has it) and the stats snapshot live in
+# the /data volume: mount a named volume there, or they are gone with the container.
+ENV OPENIM_CALLBACK__JOURNAL__DIR=/data/journal
 ENV OPENIM_CALLBACK__STATS__SNAPSHOT_PATH=/data/stats.snapshot
 WORKDIR /data
 VOLUME /data

@@ -141,7 +141,11 @@ impl prometheus_client::collector::Collector for StateCollector {
         }
         let requests = &state.requests;
         let outcomes = std::iter::once(("accepted", requests.accepted())).chain(
-            Rejection::ALL.iter().map(|rejection| (rejection.as_str(), requests.rejected(*rejection))),
+            Rejection::ALL
+                .iter()
+                // /readyz's own answer, never a callback's.
+                .filter(|rejection| **rejection != Rejection::SinkFailing)
+                .map(|rejection| (rejection.as_str(), requests.rejected(*rejection))),
         );
         family(
             &mut encoder,
