@@ -6,6 +6,7 @@ use super::error::{self, ApiError, Outcome};
 use super::extract::{AfterSendSingleMsgCommand, JsonContentType, OperationIdHeader};
 use crate::journal::AppendError;
 use crate::message::{AFTER_SEND_SINGLE_MSG_COMMAND, AfterSendSingleMsg, OperationId, ReceivedMessage};
+use crate::settings::SyncMode;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header;
@@ -15,7 +16,6 @@ use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 /// `POST {base}/callbackAfterSendSingleMsgCommand` and `{base}?command=…`.
 /// Every callback that gets this far is timed for `/metrics`.
@@ -47,16 +47,15 @@ async fn accept(state: &AppState, header_id: Option<String>, request: Request) -
         return Err(state.unknown_command(&packet.callback_command, "body's callbackCommand"));
     }
     let operation_id = choose_operation_id(header_id, &packet, server.require_operation_id)?;
-    // The span starts once the id is known: everything logged about this
-    // message from here on carries it.
-    let span = tracing::info_span!("callback", operationID = operation_id.value.as_str());
     let message = Arc::new(ReceivedMessage { packet, raw, operation_id, received_at: SystemTime::now() });
-    append_by(state, &message, deadline).instrument(span).await?;
+    append_by(state, &message, deadline).await?;
     state.requests.count(Outcome::Accepted);
     Ok(error::success())
 }
 
 /// Appends the message to the journal, durably as `journal.sync` says, by `deadline`.
+/// What is logged here names the message's `operationID` as a field of its own
+/// (a request span would carry it too, for 2-3% of the CPU at 64 connections).
 async fn append_by(
     state: &AppState,
     message: &Arc<ReceivedMessage>,
@@ -64,21 +63,24 @@ async fn append_by(
 ) -> Result<(), ApiError> {
     let seq = state.journal.append(message).map_err(|error| match error {
         AppendError::Full { max_bytes } => {
-            tracing::warn!(
-                max_bytes,
-                "message refused: the journal is full (journal.when_full = \"refuse\")"
-            );
+            tracing::warn!(operationID = %message.operation_id, max_bytes,
+                "message refused: the journal is full (journal.when_full = \"refuse\")");
             ApiError::JournalFull { max_bytes }
         }
         AppendError::Io(error) => {
-            tracing::error!(%error, "message refused: cannot write the journal");
+            tracing::error!(operationID = %message.operation_id, %error, "message refused: cannot write the journal");
             ApiError::JournalWriteFailed { detail: error.to_string() }
         }
     })?;
     // With sync = "always", the fdatasync that covers it; otherwise at once.
     // Past the deadline the record stays in the journal (the sinks get it),
     // but the answer must not promise what the disk has not confirmed.
+    if state.settings.journal.sync == SyncMode::Os {
+        return Ok(());
+    }
     tokio::time::timeout_at(deadline, state.journal.durable(seq)).await.map_err(|_elapsed| {
+        tracing::warn!(operationID = %message.operation_id, seq,
+            "message not confirmed: its fdatasync did not finish by the deadline (it stays in the journal)");
         ApiError::DeadlineExceeded { deadline_ms: state.settings.server.response_timeout.as_millis() }
     })
 }
@@ -130,7 +132,11 @@ fn choose_operation_id(
     packet: &AfterSendSingleMsg,
     required: bool,
 ) -> Result<OperationId, ApiError> {
-    let from_body = || (!packet.operation_id.is_empty()).then(|| packet.operation_id.clone());
+    // Blank is no id, in the body as in the header.
+    let from_body = || {
+        let id = packet.operation_id.trim();
+        (!id.is_empty()).then(|| id.to_owned())
+    };
     match header_id.or_else(from_body) {
         Some(value) => Ok(OperationId { value, generated: false }),
         None if required => Err(ApiError::MissingOperationId),

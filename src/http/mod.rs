@@ -82,7 +82,9 @@ impl AppState {
 
     /// The refusal for another webhook's command. OpenIM sends every enabled
     /// webhook to one base URL, so this is logged once per command, not per request.
+    /// The name is kept, logged and answered cut to [`MAX_COMMAND_CHARS`].
     fn unknown_command(&self, command: &str, source_of: &'static str) -> ApiError {
+        let command = crate::message::clip(command, MAX_COMMAND_CHARS);
         if self.requests.count_unknown_command(command) {
             tracing::warn!(
                 command,
@@ -104,6 +106,9 @@ pub struct RequestCounters {
     rejected: [AtomicU64; Rejection::ALL.len()],
     unknown_commands: Mutex<HashMap<String, u64>>,
 }
+
+/// Longest command name kept, logged or answered (OpenIM's longest is 40 characters).
+const MAX_COMMAND_CHARS: usize = 64;
 
 /// Distinct unknown commands remembered by name; more are counted under "other",
 /// so a caller inventing names cannot grow memory without bound.

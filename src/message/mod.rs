@@ -164,6 +164,16 @@ fn json_error(path: String, error: &serde_json::Error) -> PacketError {
     PacketError::Json { path, reason }
 }
 
+/// At most `max_chars` characters of a client-chosen `text`, cut on a
+/// character boundary: what is kept as a key or written to a diagnostic, so
+/// a caller cannot grow memory or fill a disk with one long string.
+pub fn clip(text: &str, max_chars: usize) -> &str {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => &text[..cut],
+        None => text,
+    }
+}
+
 /// The operation id a request is traced by: from the `operationID` header,
 /// else from the body, else generated (when the settings allow it).
 #[derive(Clone, Debug, PartialEq, Eq)]

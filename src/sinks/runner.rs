@@ -142,12 +142,7 @@ async fn deliver_until_done<S: Sink>(
             Ok(Err(SinkError { message, retry: true })) => message,
             Err(panic) => {
                 status.panics.fetch_add(1, Ordering::Relaxed);
-                let reason = panic
-                    .downcast_ref::<&str>()
-                    .map(|text| text.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                format!("sink panicked: {reason}")
+                format!("sink panicked: {}", panic_reason(&*panic))
             }
         };
         status.retries.fetch_add(1, Ordering::Relaxed);
@@ -190,6 +185,15 @@ async fn stop_requested(commands: &mut watch::Receiver<Command>) {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// The message a panic was raised with.
+fn panic_reason(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| text.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 fn micros(time: SystemTime) -> i64 {
@@ -237,7 +241,11 @@ impl PositionKeeper {
         }
         let saved = match &self.cursor_file {
             Some(path) => cursor::save(path, next).map_err(|error| format!("{}: {error}", path.display())),
-            None => sink.save(next).await.map_err(|error| error.message),
+            // A panic in the sink's own save is caught like one in `deliver`.
+            None => match AssertUnwindSafe(sink.save(next)).catch_unwind().await {
+                Ok(saved) => saved.map_err(|error| error.message),
+                Err(panic) => Err(format!("sink panicked while saving: {}", panic_reason(&*panic))),
+            },
         };
         match saved {
             Ok(()) => {

@@ -228,6 +228,25 @@ pub fn cases() -> Vec<Case> {
             content_type: Some("application/"),
             ..case("a content type without a subtype", valid.clone(), 415, 4150, "application/")
         },
+        // Hardening round 2: a blank body operation id is no id, as in the header.
+        Case {
+            operation_id: None,
+            ..case(
+                "a blank operationID in the body and none in the header",
+                with("operationID", "   ".into()),
+                400,
+                4004,
+                "operationID",
+            )
+        },
+        // Hardening round 2: a huge command name is cut before it is kept, logged or answered.
+        case(
+            "a 100,000-character callbackCommand",
+            with("callbackCommand", format!("callbackX{}", "y".repeat(100_000)).into()),
+            400,
+            4001,
+            "callbackXyyyy",
+        ),
     ]
 }
 
@@ -257,6 +276,7 @@ pub fn check(case: &Case, answer: &Answer) {
     answer.assert_rejected(case.status, case.err_code);
     let said = format!("{} | {}", answer.body["errMsg"], answer.body["errDlt"].as_str().unwrap());
     assert!(said.contains(case.mentions), "{}: {said} does not mention {:?}", case.what, case.mentions);
+    assert!(said.len() < 2_000, "{}: a short answer, not {} bytes", case.what, said.len());
 }
 
 #[tokio::test]
@@ -276,6 +296,9 @@ async fn every_bad_request_gets_its_status_code_and_a_pointer_to_the_cause() {
     assert_eq!(rejected, cases.len() as u64);
     assert_eq!(stats["requests"]["rejected"]["invalid_json"], 29);
     assert_eq!(stats["requests"]["unknown_commands"]["callbackBeforeSendSingleMsgCommand"], 2);
+    let clipped = format!("callbackX{}", "y".repeat(55));
+    assert_eq!(stats["requests"]["unknown_commands"][&clipped], 1, "kept as its first 64 characters");
+    assert!(stats.to_string().len() < 20_000, "the long name is not kept whole");
     receiver.post_packet("op-good", &packet("a", "b", 101)).await.assert_accepted();
 }
 
@@ -471,6 +494,51 @@ impl Sink for FailsFirst {
         }
         let mut seen = self.seen.lock().unwrap();
         seen.extend(batch.iter().map(|entry| entry.message.packet.server_msg_id.clone()));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_sink_that_panics_while_saving_its_state_is_reported_and_goes_on() {
+    let sink = PanicsOnFirstSave { saves: 0 };
+    let receiver = TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(sink, 16).unwrap()).await;
+    receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
+    let mut sink = serde_json::Value::Null;
+    for _ in 0..500 {
+        sink = receiver.get_json("/stats").await["sinks"]["panics-on-save"].clone();
+        if sink["last_error"].as_str().is_some_and(|error| error.contains("panicked while saving")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(sink["last_error"].as_str().unwrap().contains("a save bug, on purpose"), "{sink}");
+    assert_eq!(sink["handled"], 1);
+    receiver.post_packet("op-2", &packet("a", "c", 101)).await.assert_accepted();
+    let report = receiver.stop().await;
+    assert!(report.is_clean(), "the next save worked and the sink caught up: {report:?}");
+}
+
+/// Keeps its position with its state, and panics the first time it saves.
+struct PanicsOnFirstSave {
+    saves: u32,
+}
+
+impl Sink for PanicsOnFirstSave {
+    fn name(&self) -> &'static str {
+        "panics-on-save"
+    }
+    async fn deliver(&mut self, _batch: &[Entry]) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn progress(&self) -> openim_callback_receiver::sinks::Progress {
+        let save_interval = std::time::Duration::from_millis(10);
+        openim_callback_receiver::sinks::Progress::WithState { restored: None, save_interval }
+    }
+    async fn save(&mut self, _next: u64) -> Result<(), SinkError> {
+        self.saves += 1;
+        if self.saves == 1 {
+            panic!("a save bug, on purpose");
+        }
         Ok(())
     }
 }

@@ -32,10 +32,11 @@ pub fn hash_of(item: &str) -> u64 {
 /// The hash of an unordered pair (a conversation): the same in either order.
 pub fn hash_of_pair(first: &str, second: &str) -> u64 {
     let (low, high) = if first <= second { (first, second) } else { (second, first) };
-    // A byte no id contains keeps ("ab","c") apart from ("a","bc").
-    let mut joined = Vec::with_capacity(low.len() + high.len() + 1);
+    // The first id's length up front keeps ("ab","c") apart from ("a","bc"),
+    // whatever bytes the ids contain (a separator byte could be in an id).
+    let mut joined = Vec::with_capacity(8 + low.len() + high.len());
+    joined.extend_from_slice(&(low.len() as u64).to_le_bytes());
     joined.extend_from_slice(low.as_bytes());
-    joined.push(0);
     joined.extend_from_slice(high.as_bytes());
     xxhash_rust::xxh3::xxh3_64(&joined)
 }
@@ -196,5 +197,6 @@ mod tests {
     fn a_pair_hashes_the_same_in_either_order_and_apart_from_its_concatenation() {
         assert_eq!(hash_of_pair("a", "b"), hash_of_pair("b", "a"));
         assert_ne!(hash_of_pair("ab", "c"), hash_of_pair("a", "bc"));
+        assert_ne!(hash_of_pair("a\u{0}b", "c"), hash_of_pair("a", "b\u{0}c"), "ids that contain NUL");
     }
 }
