@@ -313,30 +313,42 @@ impl Settings {
         if base.contains(['?', '#', '{', '}', '*']) || base.contains("//") {
             return fail("server.base_path", "must be a plain path (no '?', '#', '{', '}', '*' or '//')");
         }
-        if self.server.max_body_bytes == 0 {
-            return fail("server.max_body_bytes", "must be at least 1");
-        }
-        if self.server.response_timeout.is_zero() {
-            return fail("server.response_timeout", "must be longer than 0s");
-        }
         let server = &self.server;
-        if server.header_read_timeout.is_zero() {
-            return fail("server.header_read_timeout", "must be longer than 0s");
+        // Every number and duration within a sane range: past these, arithmetic
+        // on them (a deadline, a semaphore's permits) would overflow or panic.
+        const HOUR: Duration = Duration::from_secs(3600);
+        let durations = [
+            ("server.response_timeout", server.response_timeout, HOUR),
+            ("server.shutdown_timeout", server.shutdown_timeout, HOUR),
+            ("server.header_read_timeout", server.header_read_timeout, HOUR),
+            ("server.keep_alive_timeout", server.keep_alive_timeout, HOUR),
+            ("stats.snapshot_interval", self.stats.snapshot_interval, HOUR),
+            ("journal.sync_interval", self.journal.sync_interval, HOUR),
+            ("journal.cursor_interval", self.journal.cursor_interval, HOUR),
+        ];
+        for (key, value, max) in durations {
+            if value.is_zero() || value > max {
+                return fail(key, &format!("must be longer than 0s and at most {}", humantime::format_duration(max)));
+            }
         }
-        if server.keep_alive_timeout.is_zero() || server.keep_alive_timeout > server.header_read_timeout {
-            return fail(
-                "server.keep_alive_timeout",
-                "must be longer than 0s and at most server.header_read_timeout",
-            );
+        if server.keep_alive_timeout > server.header_read_timeout {
+            return fail("server.keep_alive_timeout", "must be at most server.header_read_timeout");
         }
-        if server.max_connections == 0 {
-            return fail("server.max_connections", "must be at least 1");
-        }
-        if server.max_in_flight == 0 {
-            return fail("server.max_in_flight", "must be at least 1");
-        }
-        if server.max_header_bytes < 8192 {
-            return fail("server.max_header_bytes", "must be at least 8192");
+        let counts = [
+            // A journal record holds a body: below record::MAX_PAYLOAD_LEN with room to spare.
+            ("server.max_body_bytes", server.max_body_bytes as u64, 1, 128 * 1024 * 1024),
+            ("server.max_connections", server.max_connections as u64, 1, 1_000_000),
+            ("server.max_in_flight", server.max_in_flight as u64, 1, 1_000_000),
+            ("server.max_header_bytes", server.max_header_bytes as u64, 8192, 1024 * 1024),
+            ("sinks.log.batch_size", self.sinks.log.batch_size as u64, 1, 100_000),
+            ("sinks.stats.batch_size", self.sinks.stats.batch_size as u64, 1, 100_000),
+            ("journal.segment_bytes", self.journal.segment_bytes, 1024 * 1024, 1024 * 1024 * 1024),
+            ("journal.max_bytes", self.journal.max_bytes, 2 * 1024 * 1024, 1 << 50),
+        ];
+        for (key, value, min, max) in counts {
+            if !(min..=max).contains(&value) {
+                return fail(key, &format!("must be from {min} to {max}"));
+            }
         }
         let tls = &server.tls;
         if tls.cert_path.as_os_str().is_empty() != tls.key_path.as_os_str().is_empty() {
@@ -366,37 +378,12 @@ impl Settings {
         if !(1..=3660).contains(&self.stats.retention_days) {
             return fail("stats.retention_days", "must be from 1 to 3660");
         }
-        if self.stats.snapshot_interval.is_zero() {
-            return fail("stats.snapshot_interval", "must be longer than 0s");
-        }
-        for (key, batch_size) in [
-            ("sinks.log.batch_size", self.sinks.log.batch_size),
-            ("sinks.stats.batch_size", self.sinks.stats.batch_size),
-        ] {
-            if !(1..=100_000).contains(&batch_size) {
-                return fail(key, "must be from 1 to 100000");
-            }
-        }
-        if self.server.max_body_bytes > crate::journal::record::MAX_PAYLOAD_LEN / 2 {
-            return fail("server.max_body_bytes", "must be at most 134217728 (128 MiB)");
-        }
         let journal = &self.journal;
         if journal.dir.as_os_str().is_empty() {
             return fail("journal.dir", "must name a directory");
         }
-        if !(1024 * 1024..=1024 * 1024 * 1024).contains(&journal.segment_bytes) {
-            return fail("journal.segment_bytes", "must be from 1048576 (1 MiB) to 1073741824 (1 GiB)");
-        }
         if journal.max_bytes < 2 * journal.segment_bytes {
             return fail("journal.max_bytes", "must be at least twice journal.segment_bytes");
-        }
-        for (key, interval) in [
-            ("journal.sync_interval", journal.sync_interval),
-            ("journal.cursor_interval", journal.cursor_interval),
-        ] {
-            if interval.is_zero() || interval > Duration::from_secs(3600) {
-                return fail(key, "must be longer than 0s and at most 1h");
-            }
         }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.level) {
             return fail("telemetry.level", &error.to_string());
@@ -489,6 +476,27 @@ mod tests {
         assert!(placeholder.to_string().contains("auth.token"));
         let short = Settings::load(None, env(&[("OPENIM_CALLBACK__AUTH__TOKEN", "short")])).unwrap_err();
         assert!(short.to_string().contains("auth.token"));
+    }
+
+    #[test]
+    fn numbers_and_durations_out_of_range_are_refused_by_key_and_range() {
+        let huge = "2305843009213693952"; // 2^61
+        for (key, value, named) in [
+            ("SERVER__MAX_IN_FLIGHT", huge, "server.max_in_flight: must be from 1 to 1000000"),
+            ("SERVER__MAX_CONNECTIONS", huge, "server.max_connections: must be from 1 to 1000000"),
+            ("SINKS__LOG__BATCH_SIZE", huge, "sinks.log.batch_size: must be from 1 to 100000"),
+            ("SERVER__RESPONSE_TIMEOUT", "10000000000000000000s", "server.response_timeout: must be longer than 0s and at most 1h"),
+            ("SERVER__SHUTDOWN_TIMEOUT", "10000000000000000000s", "server.shutdown_timeout"),
+            ("SERVER__HEADER_READ_TIMEOUT", "300000000000000000000ms", "server.header_read_timeout"),
+            ("SERVER__KEEP_ALIVE_TIMEOUT", "0s", "server.keep_alive_timeout"),
+            ("SERVER__MAX_BODY_BYTES", "0", "server.max_body_bytes: must be from 1 to 134217728"),
+            ("JOURNAL__SEGMENT_BYTES", "1000", "journal.segment_bytes"),
+            ("JOURNAL__MAX_BYTES", "1048576", "journal.max_bytes"),
+            ("JOURNAL__CURSOR_INTERVAL", "2h", "journal.cursor_interval"),
+        ] {
+            let error = Settings::load(None, env(&[(&format!("OPENIM_CALLBACK__{key}"), value)])).unwrap_err();
+            assert!(error.to_string().contains(named), "{key}={value}: {error}");
+        }
     }
 
     #[test]

@@ -131,7 +131,8 @@ pub async fn daily(State(state): State<AppState>, uri: axum::http::Uri) -> Respo
                     parameter: format!("{key}={value}"),
                     expected: "a date like 2026-11-27",
                 };
-                return probe_answer(error.into_response());
+                // A refused request like any other: counted by its reason.
+                return error.into_response();
             }
         }
     }

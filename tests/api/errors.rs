@@ -299,6 +299,18 @@ async fn every_bad_request_gets_its_status_code_and_a_pointer_to_the_cause() {
     let clipped = format!("callbackX{}", "y".repeat(55));
     assert_eq!(stats["requests"]["unknown_commands"][&clipped], 1, "kept as its first 64 characters");
     assert!(stats.to_string().len() < 20_000, "the long name is not kept whole");
+    // A stats query with a bad date is a refusal too.
+    let bad_date = receiver.client.get(receiver.url("/stats/daily?from=yesterday")).send().await.unwrap();
+    Answer::read(bad_date).await.assert_rejected(400, 4009);
+    // /metrics counts every refusal by its reason, as /stats does.
+    let stats = receiver.get_json("/stats").await;
+    let metrics = receiver.client.get(receiver.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let rejected = stats["requests"]["rejected"].as_object().unwrap();
+    assert_eq!(rejected["invalid_query"], 1);
+    for (reason, count) in rejected {
+        let series = format!("openim_callback_requests_total{{outcome=\"{reason}\"}} {count}");
+        assert!(metrics.contains(&series), "{series} not in /metrics");
+    }
     receiver.post_packet("op-good", &packet("a", "b", 101)).await.assert_accepted();
 }
 
