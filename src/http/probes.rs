@@ -71,6 +71,8 @@ struct SinkReport {
     skipped: u64,
     damaged: u64,
     panics: u64,
+    /// Its last attempt to save its position (cursor or snapshot) failed.
+    save_failing: bool,
     last_error: Option<String>,
 }
 
@@ -96,6 +98,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
                 skipped: sink.skipped.load(Ordering::Relaxed),
                 damaged: sink.damaged.load(Ordering::Relaxed),
                 panics: sink.panics.load(Ordering::Relaxed),
+                save_failing: sink.save_failing(),
                 last_error: sink.last_error(),
             };
             (sink.name(), report)

@@ -185,17 +185,9 @@ impl Journal {
         let dir = settings.dir.clone();
         let io_error = |error| OpenError::Io { dir: dir.clone(), error };
         std::fs::create_dir_all(&dir).map_err(io_error)?;
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("LOCK"))
-            .map_err(io_error)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked { dir }),
-            Err(std::fs::TryLockError::Error(error)) => return Err(io_error(error)),
-        }
+        let Some(lock) = lock_file(&dir.join("LOCK")).map_err(io_error)? else {
+            return Err(OpenError::Locked { dir });
+        };
         let (segments, known_damage) = recover(&dir).map_err(io_error)?;
         let next_seq = match segments.last() {
             Some(live) => live.next_seq,
@@ -531,6 +523,18 @@ impl Journal {
 
 /// Places of damage, as (segment's first sequence number, offset).
 type DamageSet = HashSet<(u64, u64)>;
+
+/// Takes an exclusive lock on the file at `path` (created if missing) for as
+/// long as the returned file lives; None when another process holds it. The
+/// kernel drops the lock when the process ends, however it ends.
+pub fn lock_file(path: &Path) -> io::Result<Option<File>> {
+    let file = File::options().create(true).truncate(false).write(true).open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(error)) => Err(error),
+    }
+}
 
 /// A segment as start-up found it.
 struct FoundSegment {

@@ -127,6 +127,8 @@ pub struct SinkStatus {
     /// Panics caught in the sink (each also counts as a retry).
     pub panics: AtomicU64,
     state: AtomicU8,
+    /// Its last attempt to save its position (cursor or snapshot) failed.
+    save_failing: std::sync::atomic::AtomicBool,
     /// The next record to deliver: everything before it is done.
     position: AtomicU64,
     /// Arrival time (µs since the epoch) of the oldest record not yet delivered; 0 when caught up.
@@ -147,6 +149,7 @@ impl SinkStatus {
             damaged: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             state: AtomicU8::new(SinkState::Running as u8),
+            save_failing: std::sync::atomic::AtomicBool::new(false),
             position: AtomicU64::new(position),
             oldest_pending_us: AtomicI64::new(0),
             last_error: Mutex::new(None),
@@ -169,9 +172,15 @@ impl SinkStatus {
         self.state.store(state as u8, Ordering::Release);
     }
 
-    /// Failing in a way that makes the receiver not ready.
+    /// Failing in a way that makes the receiver not ready: its deliveries, or
+    /// saving its position (a restart would redo or, for the stats, lose work).
     pub fn is_failing(&self) -> bool {
-        self.affects_readiness && self.state() == SinkState::Retrying
+        self.affects_readiness && (self.state() == SinkState::Retrying || self.save_failing())
+    }
+
+    /// Its last attempt to save its position failed.
+    pub fn save_failing(&self) -> bool {
+        self.save_failing.load(Ordering::Acquire)
     }
 
     /// The next record this sink will deliver.
@@ -325,7 +334,8 @@ impl SinkSet {
         for runner in self.runners {
             let finished = tokio::time::timeout_at(deadline, runner.finished).await.is_ok();
             let left = runner.status.lag_records();
-            if !finished || left > 0 {
+            // A sink whose last save failed did not finish either: a restart would redo its work.
+            if !finished || left > 0 || runner.status.save_failing() {
                 unfinished.push((runner.status.name(), left));
             }
         }

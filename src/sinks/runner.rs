@@ -250,11 +250,13 @@ impl PositionKeeper {
         match saved {
             Ok(()) => {
                 self.saved = Some(next);
+                work.status.save_failing.store(false, Ordering::Release);
                 work.consumer.saved(next);
                 work.journal.release();
             }
             Err(error) => {
                 tracing::error!(sink = sink.name(), %error, "cannot save the sink's position");
+                work.status.save_failing.store(true, Ordering::Release);
                 work.status.set_last_error(format!("saving its position: {error}"));
             }
         }

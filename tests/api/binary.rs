@@ -401,3 +401,24 @@ pub async fn stats_after(address: SocketAddr, total: u64) -> serde_json::Value {
     }
     panic!("the stats never reached {total} messages");
 }
+
+#[tokio::test]
+async fn sighup_is_a_graceful_shutdown_like_sigterm() {
+    let workdir = tempfile::tempdir().unwrap();
+    let mut binary = RunningBinary::start(workdir.path(), &[]).await;
+    for sender in ["alice", "bob", "carol"] {
+        post_to(binary.address, sender).await;
+    }
+    let pid = binary.child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().await.unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(30), binary.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let lines = binary.lines.await.unwrap();
+    let records = lines.iter().filter(|line| line["target"] == "message").count();
+    assert_eq!(records, 3, "every record written before the exit");
+    assert!(lines.iter().any(|line| line["message"] == "stopped cleanly: every accepted message delivered"));
+    // The snapshot was saved at the stop: a restart has the three counted, with nothing to replay.
+    let mut again = RunningBinary::start(workdir.path(), &[]).await;
+    assert_eq!(stats_after(again.address, 3).await["messages"]["total"], 3);
+    assert_eq!(again.terminate().await.code(), Some(0));
+}

@@ -135,3 +135,35 @@ async fn a_stuck_sink_lets_the_journal_skip_for_it_is_named_at_shutdown_and_resu
     );
     assert!(receiver.stop().await.is_clean());
 }
+
+#[tokio::test]
+async fn a_snapshot_that_cannot_be_saved_makes_the_receiver_not_ready_and_its_stop_unclean() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("stats.snapshot");
+    let path = snapshot.to_str().unwrap().to_owned();
+    let overrides = [
+        ("STATS__SNAPSHOT_PATH", path.as_str()),
+        ("STATS__SNAPSHOT_INTERVAL", "50ms"),
+        ("SERVER__SHUTDOWN_TIMEOUT", "1s"),
+    ];
+    let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
+    std::fs::create_dir(&snapshot).unwrap(); // the snapshot's path became a directory
+    receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
+    let mut not_ready = None;
+    for _ in 0..500 {
+        let answer = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();
+        if answer.status() == 503 {
+            not_ready = Some(answer.json::<Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let not_ready = not_ready.expect("/readyz turns 503");
+    let said = not_ready["errMsg"].as_str().unwrap();
+    assert!(said.contains("sink stats is failing") && said.contains("stats snapshot"), "{said}");
+    let stats = receiver.get_json("/stats").await;
+    assert_eq!(stats["sinks"]["stats"]["save_failing"], true, "{}", stats["sinks"]);
+    let report = receiver.stop().await;
+    assert!(!report.is_clean(), "the final save failed too");
+    assert_eq!(report.undrained, vec![("stats", 0)]);
+}

@@ -207,13 +207,22 @@ async fn a_torn_tail_and_a_damaged_record_are_reported_and_every_other_record_is
 }
 
 #[tokio::test]
-async fn a_second_receiver_on_the_same_journal_refuses_to_start_and_the_first_is_unharmed() {
+async fn a_second_receiver_on_the_same_journal_or_snapshot_refuses_to_start_and_the_first_is_unharmed() {
     let workdir = tempfile::tempdir().unwrap();
     let mut first = RunningBinary::start(workdir.path(), &[]).await;
     let second = crate::binary::receiver_command(workdir.path()).output().await.unwrap();
     assert_eq!(second.status.code(), Some(1));
     let said = String::from_utf8_lossy(&second.stdout);
     assert!(said.contains("data/journal is in use by another receiver"), "{said}");
+    // Another journal, the same stats snapshot: refused too, naming the snapshot.
+    let same_snapshot = crate::binary::receiver_command(workdir.path())
+        .env("OPENIM_CALLBACK__JOURNAL__DIR", "other-journal")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(same_snapshot.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&same_snapshot.stdout);
+    assert!(said.contains("stats snapshot data/stats.snapshot is in use by another receiver"), "{said}");
     post_to(first.address, "alice").await;
     assert_eq!(caught_up(first.address).await["messages"]["total"], 1);
     assert_eq!(first.terminate().await.code(), Some(0));

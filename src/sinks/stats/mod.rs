@@ -155,6 +155,21 @@ pub struct PeopleCounts {
     pub total: u64,
 }
 
+/// Locks `<snapshot>.lock`, or fails naming the snapshot another receiver uses.
+fn lock_snapshot(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    if let Some(directory) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(directory)?;
+    }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    crate::journal::lock_file(std::path::Path::new(&lock_path))?.ok_or_else(|| {
+        std::io::Error::other(format!(
+            "stats snapshot {} is in use by another receiver; give each receiver its own stats.snapshot_path",
+            path.display()
+        ))
+    })
+}
+
 /// The counts to start from: the snapshot's, when there is a readable one,
 /// with the journal position they include.
 fn restore_counts(settings: &crate::settings::StatsSettings) -> std::io::Result<(MessageStats, Option<u64>)> {
@@ -233,23 +248,28 @@ pub struct StatsSink {
     snapshot_interval: std::time::Duration,
     /// The journal position the restored counts include.
     restored_next: Option<u64>,
+    /// Held while this sink owns the snapshot: two receivers writing one
+    /// snapshot would each overwrite the other's counts.
+    _snapshot_lock: Option<std::fs::File>,
 }
 
 impl StatsSink {
     /// A sink that counts into `handle` and keeps no snapshot.
     pub fn new(handle: StatsHandle) -> Self {
         let snapshot_interval = std::time::Duration::from_secs(10);
-        StatsSink { stats: handle, snapshot_path: None, snapshot_interval, restored_next: None }
+        StatsSink { stats: handle, snapshot_path: None, snapshot_interval, restored_next: None, _snapshot_lock: None }
     }
 
     /// The sink the settings describe, its counts restored from the snapshot.
     pub fn restore(settings: &crate::settings::StatsSettings) -> std::io::Result<Self> {
+        let snapshot_lock = settings.snapshot_path().map(lock_snapshot).transpose()?;
         let (stats, restored_next) = restore_counts(settings)?;
         Ok(StatsSink {
             stats: StatsHandle::new(stats, settings.calendar()),
             snapshot_path: settings.snapshot_path().map(ToOwned::to_owned),
             snapshot_interval: settings.snapshot_interval,
             restored_next,
+            _snapshot_lock: snapshot_lock,
         })
     }
 
