@@ -133,6 +133,8 @@ pub struct ServerSettings {
     pub max_in_flight: usize,
     /// Largest request head, in bytes.
     pub max_header_bytes: usize,
+    /// Most header fields in an HTTP/1 request head (431 past it).
+    pub max_headers: usize,
     /// Proxies whose X-Forwarded-For is believed.
     #[serde(deserialize_with = "ip_ranges")]
     pub trusted_proxies: Vec<IpNet>,
@@ -328,7 +330,10 @@ impl Settings {
         ];
         for (key, value, max) in durations {
             if value.is_zero() || value > max {
-                return fail(key, &format!("must be longer than 0s and at most {}", humantime::format_duration(max)));
+                return fail(
+                    key,
+                    &format!("must be longer than 0s and at most {}", humantime::format_duration(max)),
+                );
             }
         }
         if server.keep_alive_timeout > server.header_read_timeout {
@@ -340,6 +345,7 @@ impl Settings {
             ("server.max_connections", server.max_connections as u64, 1, 1_000_000),
             ("server.max_in_flight", server.max_in_flight as u64, 1, 1_000_000),
             ("server.max_header_bytes", server.max_header_bytes as u64, 8192, 1024 * 1024),
+            ("server.max_headers", server.max_headers as u64, 16, 10_000),
             ("sinks.log.batch_size", self.sinks.log.batch_size as u64, 1, 100_000),
             ("sinks.stats.batch_size", self.sinks.stats.batch_size as u64, 1, 100_000),
             ("journal.segment_bytes", self.journal.segment_bytes, 1024 * 1024, 1024 * 1024 * 1024),
@@ -485,7 +491,11 @@ mod tests {
             ("SERVER__MAX_IN_FLIGHT", huge, "server.max_in_flight: must be from 1 to 1000000"),
             ("SERVER__MAX_CONNECTIONS", huge, "server.max_connections: must be from 1 to 1000000"),
             ("SINKS__LOG__BATCH_SIZE", huge, "sinks.log.batch_size: must be from 1 to 100000"),
-            ("SERVER__RESPONSE_TIMEOUT", "10000000000000000000s", "server.response_timeout: must be longer than 0s and at most 1h"),
+            (
+                "SERVER__RESPONSE_TIMEOUT",
+                "10000000000000000000s",
+                "server.response_timeout: must be longer than 0s and at most 1h",
+            ),
             ("SERVER__SHUTDOWN_TIMEOUT", "10000000000000000000s", "server.shutdown_timeout"),
             ("SERVER__HEADER_READ_TIMEOUT", "300000000000000000000ms", "server.header_read_timeout"),
             ("SERVER__KEEP_ALIVE_TIMEOUT", "0s", "server.keep_alive_timeout"),
@@ -494,7 +504,8 @@ mod tests {
             ("JOURNAL__MAX_BYTES", "1048576", "journal.max_bytes"),
             ("JOURNAL__CURSOR_INTERVAL", "2h", "journal.cursor_interval"),
         ] {
-            let error = Settings::load(None, env(&[(&format!("OPENIM_CALLBACK__{key}"), value)])).unwrap_err();
+            let error =
+                Settings::load(None, env(&[(&format!("OPENIM_CALLBACK__{key}"), value)])).unwrap_err();
             assert!(error.to_string().contains(named), "{key}={value}: {error}");
         }
     }

@@ -94,9 +94,18 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
+    // A client that asked "Expect: 100-continue" has not sent the body yet:
+    // reading it would invite it (hyper answers 100 Continue on the first
+    // read), so the 413 goes out unread and the client never sends it.
+    let waits_to_send = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut body: Body = request.into_body();
     if declared.is_some_and(|length| length > limit as u64) {
-        discard_rest(&mut body, limit).await;
+        if !waits_to_send {
+            discard_rest(&mut body, limit).await;
+        }
         return Err(ApiError::BodyTooLarge { limit });
     }
     let mut buffer = BytesMut::with_capacity(declared.map_or(0, |length| length as usize));

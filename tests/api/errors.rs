@@ -554,3 +554,16 @@ impl Sink for PanicsOnFirstSave {
         Ok(())
     }
 }
+
+#[tokio::test]
+async fn an_oversized_body_announced_with_expect_100_continue_is_refused_before_it_is_invited() {
+    let receiver = TestReceiver::start().await;
+    let request = format!(
+        "POST {COMMAND_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\noperationID: op\r\n\
+         Content-Length: 104857600\r\nExpect: 100-continue\r\n\r\n"
+    );
+    let answer = raw_request(receiver.address, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "413 first, no 100 Continue: {answer}");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert!(answer.contains(r#""errCode":4130"#), "{answer}");
+}

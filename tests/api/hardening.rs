@@ -376,3 +376,25 @@ mod auth_on_observability {
         assert!(scraper.text().await.unwrap().contains("openim_callback_requests_total"));
     }
 }
+
+#[tokio::test]
+async fn more_header_fields_than_server_max_headers_get_431_and_the_limit_is_a_setting() {
+    let head = |fields: usize| {
+        let extra: String = (0..fields).map(|index| format!("X-Extra-{index}: 1\r\n")).collect();
+        let body = packet("a", "b", 101).to_string();
+        format!(
+            "POST {COMMAND_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\noperationID: op\r\n\
+             Connection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let default = TestReceiver::start().await;
+    let answer = raw_request(default.address, head(120).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let answer = raw_request(default.address, head(80).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let raised = TestReceiver::start_with(settings(&[("SERVER__MAX_HEADERS", "200")]), |_| {}).await;
+    let answer = raw_request(raised.address, head(120).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

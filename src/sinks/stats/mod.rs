@@ -257,7 +257,13 @@ impl StatsSink {
     /// A sink that counts into `handle` and keeps no snapshot.
     pub fn new(handle: StatsHandle) -> Self {
         let snapshot_interval = std::time::Duration::from_secs(10);
-        StatsSink { stats: handle, snapshot_path: None, snapshot_interval, restored_next: None, _snapshot_lock: None }
+        StatsSink {
+            stats: handle,
+            snapshot_path: None,
+            snapshot_interval,
+            restored_next: None,
+            _snapshot_lock: None,
+        }
     }
 
     /// The sink the settings describe, its counts restored from the snapshot.
