@@ -136,4 +136,12 @@ async fn probes_answer_envelopes_and_are_not_counted_as_callbacks() {
     }
     let stats = receiver.get_json("/stats").await;
     assert_eq!(stats["requests"]["accepted"], 0);
+    assert_eq!(stats["requests"]["rejected"], serde_json::json!({}), "no probe counted as a refusal");
+    let metrics = receiver.client.get(receiver.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let counted: u64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("openim_callback_requests_total{"))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(counted, 0, "no probe in the request counters");
 }

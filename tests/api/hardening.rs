@@ -36,11 +36,14 @@ async fn a_thousand_idle_connections_do_not_keep_a_callback_from_its_answer() {
 #[tokio::test]
 async fn a_client_sending_its_headers_a_byte_at_a_time_is_disconnected() {
     let receiver = TestReceiver::start_with(
-        settings(&[("SERVER__HEADER_READ_TIMEOUT", "500ms"), ("SERVER__KEEP_ALIVE_TIMEOUT", "500ms")]),
+        // The keep-alive timeout is far shorter, so a close can be told apart: the slowloris keeps
+        // sending (never idle), and only the header-read timeout may end it.
+        settings(&[("SERVER__HEADER_READ_TIMEOUT", "800ms"), ("SERVER__KEEP_ALIVE_TIMEOUT", "100ms")]),
         |_| {},
     )
     .await;
     let mut stream = TcpStream::connect(receiver.address).await.unwrap();
+    let connected = std::time::Instant::now();
     let head = format!("POST {COMMAND_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n");
     let mut disconnected = false;
     for byte in head.bytes() {
@@ -53,6 +56,9 @@ async fn a_client_sending_its_headers_a_byte_at_a_time_is_disconnected() {
     }
     // The whole head would take 4 s at this pace; the server must not wait for it.
     assert!(disconnected || closed_by_server(&mut stream, Duration::from_secs(10)).await);
+    // Not before the header-read timeout: the connection was busy, so the (shorter)
+    // keep-alive timeout did not close it. A lower bound only, which no slow machine breaks.
+    assert!(connected.elapsed() >= Duration::from_millis(800), "closed after {:?}", connected.elapsed());
     receiver.post_packet("op", &packet("a", "b", 101)).await.assert_accepted();
 }
 

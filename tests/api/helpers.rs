@@ -264,20 +264,20 @@ impl Sink for StuckSink {
     }
 }
 
-/// A sink named `name` that takes `delay` per batch and remembers each
-/// serverMsgID it was given; `hang` makes it wait forever instead (an
-/// awaited answer that never comes, which the runner can still cancel).
+/// A sink named `name` that remembers each serverMsgID it was given. `hang`
+/// makes it wait forever instead (an awaited answer that never comes, which
+/// the runner can still cancel); `gate` makes it wait until the test opens it.
 pub struct RecordingSink {
     pub name: &'static str,
-    pub delay: Duration,
     pub hang: bool,
+    pub gate: Option<tokio::sync::watch::Receiver<bool>>,
     pub seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl RecordingSink {
     pub fn new(name: &'static str) -> (Self, Arc<Mutex<Vec<String>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        (RecordingSink { name, delay: Duration::ZERO, hang: false, seen: Arc::clone(&seen) }, seen)
+        (RecordingSink { name, hang: false, gate: None, seen: Arc::clone(&seen) }, seen)
     }
 }
 
@@ -289,7 +289,9 @@ impl Sink for RecordingSink {
         if self.hang {
             std::future::pending::<()>().await;
         }
-        tokio::time::sleep(self.delay).await;
+        if let Some(gate) = &mut self.gate {
+            let _ = gate.wait_for(|open| *open).await;
+        }
         let mut seen = self.seen.lock().unwrap();
         seen.extend(batch.iter().map(|entry| entry.message.packet.server_msg_id.clone()));
         Ok(())

@@ -94,7 +94,18 @@ proptest! {
 
     #[test]
     fn a_valid_packet_survives_parse_and_the_log_record(packet in valid_packet()) {
-        let raw = serde_json::to_vec(&packet).unwrap();
+        // The body is built with OpenIM's wire names written out by hand, not by
+        // the same serde derive that parses it: a wrong rename cannot pass.
+        let raw = serde_json::to_vec(&serde_json::json!({
+            "sendID": packet.send_id, "callbackCommand": packet.callback_command,
+            "serverMsgID": packet.server_msg_id, "clientMsgID": packet.client_msg_id,
+            "operationID": packet.operation_id, "senderPlatformID": packet.sender_platform_id.0,
+            "senderNickname": packet.sender_nickname, "sessionType": packet.session_type.0,
+            "msgFrom": packet.msg_from.0, "contentType": packet.content_type.0, "status": packet.status.0,
+            "sendTime": packet.send_time, "createTime": packet.create_time, "content": packet.content,
+            "seq": packet.seq, "atUserList": packet.at_user_list, "faceURL": packet.face_url,
+            "ex": packet.ex, "recvID": packet.recv_id,
+        })).unwrap();
         let parsed = AfterSendSingleMsg::from_json(&raw).unwrap();
         prop_assert_eq!(&parsed, &packet);
 

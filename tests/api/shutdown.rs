@@ -5,19 +5,22 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn journaled_messages_are_all_delivered_before_shutdown_completes() {
-    let (mut slow, seen) = RecordingSink::new("slow");
-    slow.delay = Duration::from_millis(300);
-    let receiver = TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(slow, 4).unwrap()).await;
+    let (mut gated, seen) = RecordingSink::new("gated");
+    let (open, gate) = tokio::sync::watch::channel(false);
+    gated.gate = Some(gate);
+    let receiver = TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(gated, 4).unwrap()).await;
     let mut expected = Vec::new();
     for index in 0..20 {
         let message = packet(&format!("user-{index}"), "bob", 101);
         expected.push(message["serverMsgID"].as_str().unwrap().to_owned());
         receiver.post_packet(&format!("op-{index}"), &message).await.assert_accepted();
     }
-    assert!(seen.lock().unwrap().len() < 20, "the slow sink is still behind when shutdown starts");
+    assert!(seen.lock().unwrap().is_empty(), "the gated sink has delivered nothing when shutdown starts");
     let log = receiver.log.clone();
 
-    let report = receiver.stop().await;
+    let stopping = tokio::spawn(receiver.stop());
+    open.send(true).unwrap();
+    let report = stopping.await.unwrap();
 
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(*seen.lock().unwrap(), expected, "every message, in order");
