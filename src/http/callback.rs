@@ -5,7 +5,10 @@ use super::AppState;
 use super::error::{self, ApiError, Outcome};
 use super::extract::{AfterSendSingleMsgCommand, JsonContentType, OperationIdHeader};
 use crate::journal::AppendError;
-use crate::message::{AFTER_SEND_SINGLE_MSG_COMMAND, AfterSendSingleMsg, OperationId, ReceivedMessage};
+use crate::message::{
+    AFTER_SEND_SINGLE_MSG_COMMAND, AfterSendSingleMsg, MAX_LOGGED_ID_CHARS, OperationId, ReceivedMessage,
+    clip,
+};
 use crate::settings::SyncMode;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -63,12 +66,12 @@ async fn append_by(
 ) -> Result<(), ApiError> {
     let seq = state.journal.append(message).map_err(|error| match error {
         AppendError::Full { max_bytes } => {
-            tracing::warn!(operationID = %message.operation_id, max_bytes,
+            tracing::warn!(operationID = clip(&message.operation_id.value, MAX_LOGGED_ID_CHARS), max_bytes,
                 "message refused: the journal is full (journal.when_full = \"refuse\")");
             ApiError::JournalFull { max_bytes }
         }
         AppendError::Io(error) => {
-            tracing::error!(operationID = %message.operation_id, %error, "message refused: cannot write the journal");
+            tracing::error!(operationID = clip(&message.operation_id.value, MAX_LOGGED_ID_CHARS), %error, "message refused: cannot write the journal");
             ApiError::JournalWriteFailed { detail: error.to_string() }
         }
     })?;
@@ -79,8 +82,11 @@ async fn append_by(
         return Ok(());
     }
     tokio::time::timeout_at(deadline, state.journal.durable(seq)).await.map_err(|_elapsed| {
-        tracing::warn!(operationID = %message.operation_id, seq,
-            "message not confirmed: its fdatasync did not finish by the deadline (it stays in the journal)");
+        tracing::warn!(
+            operationID = clip(&message.operation_id.value, MAX_LOGGED_ID_CHARS),
+            seq,
+            "message not confirmed: its fdatasync did not finish by the deadline (it stays in the journal)"
+        );
         ApiError::DeadlineExceeded { deadline_ms: state.settings.server.response_timeout.as_millis() }
     })
 }

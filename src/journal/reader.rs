@@ -88,7 +88,7 @@ impl JournalReader {
                         }
                         Err(error) => {
                             batch.unreadable += 1;
-                            tracing::error!(seq = record.seq, operationID = %record.operation_id, %error,
+                            tracing::error!(seq = record.seq, operationID = crate::message::clip(&record.operation_id.value, crate::message::MAX_LOGGED_ID_CHARS), %error,
                                 "journal record is not a packet this receiver reads: skipped");
                         }
                     }

@@ -164,6 +164,9 @@ fn json_error(path: String, error: &serde_json::Error) -> PacketError {
     PacketError::Json { path, reason }
 }
 
+/// Longest operation id written to a diagnostic (the message record keeps it whole).
+pub const MAX_LOGGED_ID_CHARS: usize = 128;
+
 /// At most `max_chars` characters of a client-chosen `text`, cut on a
 /// character boundary: what is kept as a key or written to a diagnostic, so
 /// a caller cannot grow memory or fill a disk with one long string.
@@ -258,6 +261,13 @@ mod tests {
         assert!(error.to_string().contains("line 1 column"), "{error}");
         let trailing = format!("{MINIMAL} {{}}");
         assert!(AfterSendSingleMsg::from_json(trailing.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn clip_cuts_on_a_character_boundary() {
+        assert_eq!(clip("héllo", 2), "hé");
+        assert_eq!(clip("hé", 5), "hé");
+        assert_eq!(clip(&"x".repeat(1000), 64).len(), 64);
     }
 
     #[test]

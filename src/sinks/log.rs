@@ -213,10 +213,8 @@ fn truncate_chars(text: &str, max_chars: usize) -> (&str, bool) {
     if max_chars == 0 {
         return (text, false);
     }
-    match text.char_indices().nth(max_chars) {
-        Some((cut, _)) => (&text[..cut], true),
-        None => (text, false),
-    }
+    let kept = crate::message::clip(text, max_chars);
+    (kept, kept.len() < text.len())
 }
 
 #[cfg(test)]
