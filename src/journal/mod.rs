@@ -72,6 +72,9 @@ struct Writer {
     /// Oldest first; the last one is the live segment, appended to.
     segments: VecDeque<Segment>,
     live: Arc<File>,
+    /// Segments closed since the last fdatasync (with `sync = "os"`), and so
+    /// is their directory entry's: the sync thread syncs them next.
+    closed_unsynced: Vec<Arc<File>>,
     next_seq: u64,
     total_bytes: u64,
 }
@@ -198,7 +201,7 @@ impl Journal {
             .map(|found| Segment { first_seq: found.first_seq, path: found.path, bytes: found.bytes })
             .collect();
         if kept.is_empty() {
-            kept.push_back(create_segment(&dir, next_seq).map_err(io_error)?);
+            kept.push_back(create_segment(&dir, next_seq, true).map_err(io_error)?);
         }
         let live_path = &kept.back().expect("a live segment").path;
         let live = Arc::new(OpenOptions::new().append(true).open(live_path).map_err(io_error)?);
@@ -209,7 +212,13 @@ impl Journal {
         let journal = Arc::new(Journal {
             dir,
             settings: settings.clone(),
-            writer: Mutex::new(Writer { segments: kept, live, next_seq, total_bytes }),
+            writer: Mutex::new(Writer {
+                segments: kept,
+                live,
+                closed_unsynced: Vec::new(),
+                next_seq,
+                total_bytes,
+            }),
             recent: Mutex::new(Recent { first_seq: next_seq, ..Recent::default() }),
             written: AtomicU64::new(written),
             // What start-up read back is on disk as far as this process can tell.
@@ -266,9 +275,14 @@ impl Journal {
         let body_crc = crc32c::crc32c(record.body);
         let frame_len = (record::FRAME_HEADER_LEN + record.payload_len()) as u64;
         let mut writer = self.lock_writer();
-        let live_bytes = writer.segments.back().map_or(0, |live| live.bytes);
+        let mut live_bytes = writer.segments.back().map_or(0, |live| live.bytes);
         if live_bytes > 0 && live_bytes + frame_len > self.settings.segment_bytes {
-            self.roll(&mut writer).inspect_err(|_| self.count_failure())?;
+            self.roll(&mut writer).inspect_err(|error| {
+                if let AppendError::Io(_) = error {
+                    self.count_failure();
+                }
+            })?;
+            live_bytes = 0;
         }
         let seq = writer.next_seq;
         let head = record.encode_head(seq, body_crc);
@@ -435,10 +449,21 @@ impl Journal {
                 "journal full: dropping its oldest segment; sinks that had not read it skip it (journal.when_full = \"skip\")");
             self.remove(writer, dropped);
         }
-        // Everything in the old live segment becomes durable before the new one is used.
-        writer.live.sync_data()?;
-        let segment = create_segment(&self.dir, writer.next_seq)?;
-        writer.live = Arc::new(OpenOptions::new().append(true).open(&segment.path)?);
+        // With "always", everything in the old segment is durable before the new one is used
+        // (the sync thread syncs only the live one). With "os", the sync thread syncs it next,
+        // so that no request waits for a whole segment's fdatasync.
+        let always = self.settings.sync == SyncMode::Always;
+        if always {
+            writer.live.sync_data()?;
+        }
+        let segment = create_segment(&self.dir, writer.next_seq, always)?;
+        let old = std::mem::replace(
+            &mut writer.live,
+            Arc::new(OpenOptions::new().append(true).open(&segment.path)?),
+        );
+        if !always {
+            writer.closed_unsynced.push(old);
+        }
         writer.segments.push_back(segment);
         self.segment_count.store(writer.segments.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -497,18 +522,26 @@ impl Journal {
     }
 
     fn sync_now(&self) {
-        let (live, through) = {
-            let writer = self.lock_writer();
-            (Arc::clone(&writer.live), writer.next_seq - 1)
+        let (live, closed, through) = {
+            let mut writer = self.lock_writer();
+            (Arc::clone(&writer.live), std::mem::take(&mut writer.closed_unsynced), writer.next_seq - 1)
         };
-        if through <= self.synced.load(Ordering::Acquire) {
+        if through <= self.synced.load(Ordering::Acquire) && closed.is_empty() {
             return;
         }
         let started = Instant::now();
-        match live.sync_data() {
+        let closed_synced = closed.iter().try_for_each(|file| file.sync_data());
+        let synced = closed_synced
+            .and_then(|()| if closed.is_empty() { Ok(()) } else { sync_dir_entry(&self.dir) })
+            .and_then(|()| live.sync_data());
+        if synced.is_err() && !closed.is_empty() {
+            // Keep them for the retry.
+            self.lock_writer().closed_unsynced.extend(closed);
+        }
+        match synced {
             Ok(()) => {
                 self.fsync_seconds.observe(started.elapsed().as_secs_f64());
-                // Records of older segments were synced when their segment was closed.
+                // Older segments were synced when closed ("always") or just above ("os").
                 self.synced.store(through, Ordering::Release);
                 self.synced_notify.notify_waiters();
             }
@@ -572,12 +605,20 @@ fn recover(dir: &Path) -> io::Result<(Vec<FoundSegment>, DamageSet)> {
     Ok((found, damage))
 }
 
-fn create_segment(dir: &Path, first_seq: u64) -> io::Result<Segment> {
+/// Creates an empty segment; `sync_dir`: make its name durable now (else the
+/// sync thread does, with the next fdatasync).
+fn create_segment(dir: &Path, first_seq: u64, sync_dir: bool) -> io::Result<Segment> {
     let path = dir.join(segment::file_name(first_seq));
     OpenOptions::new().create(true).append(true).open(&path)?;
-    // The new name is durable only once the directory is.
-    File::open(dir)?.sync_all()?;
+    if sync_dir {
+        sync_dir_entry(dir)?;
+    }
     Ok(Segment { first_seq, path, bytes: 0 })
+}
+
+/// A new file's name is durable only once its directory is.
+fn sync_dir_entry(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// One write(2) for the frame's head and the body, looping on short writes.

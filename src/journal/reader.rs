@@ -40,11 +40,6 @@ impl JournalReader {
         self.next
     }
 
-    /// Records written but not yet read.
-    pub fn unread(&self) -> u64 {
-        (self.journal.written() + 1).saturating_sub(self.next)
-    }
-
     /// Reads up to `max` records that are written. Blocking file reads: call it
     /// from the sink's own thread.
     pub fn read(&mut self, max: usize) -> io::Result<ReadBatch> {

@@ -69,6 +69,8 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
         work.status.damaged.fetch_add(batch.damaged, Ordering::Relaxed);
         work.status.failed.fetch_add(batch.unreadable, Ordering::Relaxed);
         if batch.entries.is_empty() {
+            // Whatever was read is done with: skipped, damaged or unreadable records included.
+            work.status.position.store(work.reader.next_seq(), Ordering::Release);
             work.status.oldest_pending_us.store(0, Ordering::Release);
             keeper.save_if_due(&mut sink, &work).await;
             if stop_at.is_some() {
