@@ -203,35 +203,7 @@ async fn sigterm_under_load_loses_no_message_answered_200() {
     let mut binary = RunningBinary::start(workdir.path(), &[]).await;
     let address = binary.address;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..8)
-        .map(|client_index| {
-            let stop = std::sync::Arc::clone(&stop);
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                let mut answered_200 = Vec::new();
-                for index in 0.. {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        break;
-                    }
-                    let server_msg_id = format!("c{client_index}-{index}");
-                    let mut body = crate::helpers::packet("a", "b", 101);
-                    body["serverMsgID"] = server_msg_id.clone().into();
-                    let sent = client
-                        .post(format!("http://{address}{COMMAND_PATH}"))
-                        .header("operationID", "op-load")
-                        .body(body.to_string())
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(response) if response.status() == 200 => answered_200.push(server_msg_id),
-                        // Refused or 503 once shutdown began: allowed, and not counted.
-                        Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                    }
-                }
-                answered_200
-            })
-        })
-        .collect();
+    let clients = crate::journal_binary::load(address, "term", std::sync::Arc::clone(&stop));
     // Stop the process in the middle of the load, once a good part of it is answered.
     for _ in 0..3000 {
         if stats_of(address).await["requests"]["accepted"].as_u64() >= Some(200) {

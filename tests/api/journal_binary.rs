@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::process::Command;
 
-/// 8 clients posting messages with unique serverMsgIDs until `stop`; each
-/// returns the ids answered 200.
-fn load(
+/// 8 clients posting messages with unique serverMsgIDs until `stop` or until
+/// the receiver stops answering; each returns the ids answered 200.
+pub fn load(
     address: SocketAddr,
     prefix: &'static str,
     stop: Arc<AtomicBool>,
@@ -41,7 +41,7 @@ fn load(
                         .await;
                     match sent {
                         Ok(response) if response.status() == 200 => answered_200.push(server_msg_id),
-                        // The process died mid-request: no answer, nothing promised.
+                        // The process stopped (or died) mid-request: nothing promised.
                         Ok(_) | Err(_) => break,
                     }
                 }
