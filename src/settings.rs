@@ -238,6 +238,24 @@ pub enum LogFormat {
 pub struct SinksSettings {
     pub log: LogSinkSettings,
     pub stats: StatsSinkSettings,
+    pub sql: SqlSinkSettings,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSinkSettings {
+    pub enabled: bool,
+    /// `postgres://…` or `mysql://…` (MariaDB too); holds a password, so never shown.
+    pub url: Secret,
+    /// The archive table, created if missing.
+    pub table: String,
+    /// Most rows inserted per statement.
+    pub batch_size: usize,
+    /// Connections kept to the database.
+    pub pool_size: u32,
+    /// How long getting a connection may take before a delivery fails (and is retried).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -327,6 +345,7 @@ impl Settings {
             ("stats.snapshot_interval", self.stats.snapshot_interval, HOUR),
             ("journal.sync_interval", self.journal.sync_interval, HOUR),
             ("journal.cursor_interval", self.journal.cursor_interval, HOUR),
+            ("sinks.sql.connect_timeout", self.sinks.sql.connect_timeout, HOUR),
         ];
         for (key, value, max) in durations {
             if value.is_zero() || value > max {
@@ -348,6 +367,8 @@ impl Settings {
             ("server.max_headers", server.max_headers as u64, 16, 10_000),
             ("sinks.log.batch_size", self.sinks.log.batch_size as u64, 1, 100_000),
             ("sinks.stats.batch_size", self.sinks.stats.batch_size as u64, 1, 100_000),
+            ("sinks.sql.batch_size", self.sinks.sql.batch_size as u64, 1, 100_000),
+            ("sinks.sql.pool_size", u64::from(self.sinks.sql.pool_size), 1, 64),
             ("journal.segment_bytes", self.journal.segment_bytes, 1024 * 1024, 1024 * 1024 * 1024),
             ("journal.max_bytes", self.journal.max_bytes, 2 * 1024 * 1024, 1 << 50),
         ];
@@ -383,6 +404,25 @@ impl Settings {
         }
         if !(1..=3660).contains(&self.stats.retention_days) {
             return fail("stats.retention_days", "must be from 1 to 3660");
+        }
+        let sql = &self.sinks.sql;
+        let table_ok = !sql.table.is_empty()
+            && sql.table.len() <= 48
+            && sql.table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !sql.table.as_bytes()[0].is_ascii_digit();
+        if !table_ok {
+            return fail(
+                "sinks.sql.table",
+                "must be 1 to 48 characters of A-Z a-z 0-9 _, not starting with a digit",
+            );
+        }
+        let url = sql.url.expose();
+        let schemes = ["postgres://", "postgresql://", "mysql://", "mariadb://"];
+        if sql.enabled && !schemes.iter().any(|scheme| url.starts_with(scheme)) {
+            return fail(
+                "sinks.sql.url",
+                "must start with postgres://, postgresql://, mysql:// or mariadb://",
+            );
         }
         let journal = &self.journal;
         if journal.dir.as_os_str().is_empty() {

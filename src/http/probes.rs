@@ -57,8 +57,9 @@ struct RequestReport {
 
 #[derive(Serialize)]
 struct SinkReport {
-    /// running, retrying (its last delivery failed), or stopped.
-    state: crate::sinks::SinkState,
+    /// running; retrying (a local sink whose last delivery failed); degraded (a
+    /// remote sink whose target is down: the journal holds its records); stopped.
+    state: &'static str,
     /// The next journal record it will deliver.
     position: u64,
     /// Records written to the journal and not yet delivered by this sink.
@@ -88,7 +89,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
         .iter()
         .map(|sink| {
             let report = SinkReport {
-                state: sink.state(),
+                state: sink.state_name(),
                 position: sink.position(),
                 lag_records: sink.lag_records(),
                 lag_seconds: sink.lag_seconds(),

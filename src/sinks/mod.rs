@@ -8,6 +8,7 @@
 
 pub mod log;
 mod runner;
+pub mod sql;
 pub mod stats;
 
 use crate::journal::{Consumer, Journal, cursor};
@@ -172,6 +173,17 @@ impl SinkStatus {
         self.state.store(state as u8, Ordering::Release);
     }
 
+    /// `state` as `/stats` reports it: a sink whose remote target is down is
+    /// `degraded` (the journal holds its records), a failing local one `retrying`.
+    pub fn state_name(&self) -> &'static str {
+        match self.state() {
+            SinkState::Running => "running",
+            SinkState::Retrying if self.affects_readiness => "retrying",
+            SinkState::Retrying => "degraded",
+            SinkState::Stopped => "stopped",
+        }
+    }
+
     /// Failing in a way that makes the receiver not ready: its deliveries, or
     /// saving its position (a restart would redo or, for the stats, lose work).
     pub fn is_failing(&self) -> bool {
@@ -257,6 +269,11 @@ impl SinkSet {
         let log = &settings.sinks.log;
         if log.enabled {
             set.spawn(LogSink::new(log, settings.telemetry.format, records), log.batch_size)?;
+        }
+        let sql = &settings.sinks.sql;
+        if sql.enabled {
+            let sink = sql::SqlSink::new(sql).map_err(|error| std::io::Error::other(error.message))?;
+            set.spawn(sink, sql.batch_size)?;
         }
         let mut stats_handle = None;
         if settings.sinks.stats.enabled {

@@ -307,3 +307,75 @@ pub async fn raw_request(address: SocketAddr, request: &[u8]) -> String {
     stream.read_to_end(&mut answer).await.unwrap();
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// The URL of a service the test needs, from `variable` or `default`, once it
+/// answers on TCP. None (after a clear "skipped" line) when it does not, unless
+/// OPENIM_CALLBACK_REQUIRE_SERVICES is set (as `.ci/run` does): then the test fails.
+pub async fn service_url(what: &str, variable: &str, default: &str) -> Option<String> {
+    let url = std::env::var(variable).unwrap_or_else(|_| default.to_owned());
+    let address = url.split('@').next_back().unwrap_or(&url).split('/').next().unwrap_or_default().to_owned();
+    let reachable = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&address))
+        .await
+        .is_ok_and(|connected| connected.is_ok());
+    if reachable {
+        return Some(url);
+    }
+    if std::env::var_os("OPENIM_CALLBACK_REQUIRE_SERVICES").is_some() {
+        panic!("no {what} at {address} ({variable}), and OPENIM_CALLBACK_REQUIRE_SERVICES is set");
+    }
+    eprintln!("skipped: no {what} at {address} (set {variable} to point at one)");
+    None
+}
+
+/// A TCP proxy the test controls, between the receiver and a service: while
+/// cut, it closes every connection and refuses new ones.
+pub struct TcpProxy {
+    pub address: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let generation = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let target = target.to_owned();
+        let (cut_flag, cuts) = (Arc::clone(&cut), Arc::clone(&generation));
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if cut_flag.load(std::sync::atomic::Ordering::Acquire) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let target = target.clone();
+                let mut cut_now = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_now.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { address, cut, generation }
+    }
+
+    /// Closes every open connection and refuses new ones until [`Self::restore`].
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Release);
+        self.generation.send_modify(|generation| *generation += 1);
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// A table name of this test's own, so tests can run in parallel.
+pub fn unique_table(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}", &id[..16])
+}

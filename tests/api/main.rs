@@ -12,5 +12,6 @@ mod log_records;
 mod properties;
 mod settings_layers;
 mod shutdown;
+mod sql;
 mod statistics;
 mod stats;

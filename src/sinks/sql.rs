@@ -1,0 +1,342 @@
+//! The SQL archive sink: every message as one row of `sinks.sql.table` in
+//! PostgreSQL or MySQL/MariaDB, through sqlx.
+//!
+//! Rows are inserted a batch per statement (UNNEST arrays on PostgreSQL,
+//! multi-row VALUES on MySQL) and keyed by `server_msg_id`, with
+//! `ON CONFLICT DO NOTHING` / `INSERT IGNORE`: a batch replayed after a crash
+//! or an outage never duplicates a row. The table is created at the first
+//! delivery if it is missing, and never altered or dropped. While the
+//! database is down, deliveries fail as transient and the runner retries;
+//! the journal holds the messages meanwhile.
+
+use super::{Entry, Sink, SinkError};
+use crate::settings::SqlSinkSettings;
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::time::SystemTime;
+
+/// Rows per statement on MySQL (20 parameters a row, 65,535 at most a statement).
+const MYSQL_ROWS_PER_STATEMENT: usize = 1000;
+
+pub struct SqlSink {
+    database: Database,
+    table: String,
+    /// The table exists (created by this sink, or found).
+    migrated: bool,
+}
+
+enum Database {
+    Postgres(PgPool),
+    MySql(MySqlPool),
+}
+
+impl SqlSink {
+    /// A sink for the database at `settings.url`. Connects lazily: the
+    /// receiver starts (and accepts messages) while the database is down.
+    pub fn new(settings: &SqlSinkSettings) -> Result<Self, SinkError> {
+        let url = settings.url.expose();
+        let timeout = settings.connect_timeout;
+        let database = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(settings.pool_size)
+                .acquire_timeout(timeout)
+                .connect_lazy(url)
+                .map_err(|error| SinkError::permanent(format!("sinks.sql.url: {error}")))?;
+            Database::Postgres(pool)
+        } else {
+            let pool = MySqlPoolOptions::new()
+                .max_connections(settings.pool_size)
+                .acquire_timeout(timeout)
+                .connect_lazy(url)
+                .map_err(|error| SinkError::permanent(format!("sinks.sql.url: {error}")))?;
+            Database::MySql(pool)
+        };
+        Ok(SqlSink { database, table: settings.table.clone(), migrated: false })
+    }
+
+    /// Creates the table and its indexes if missing (never alters or drops).
+    async fn migrate(&mut self) -> Result<(), SinkError> {
+        let table = &self.table;
+        match &self.database {
+            Database::Postgres(pool) => {
+                for statement in [
+                    format!(
+                        "CREATE TABLE IF NOT EXISTS {table} (
+                            server_msg_id TEXT PRIMARY KEY,
+                            client_msg_id TEXT NOT NULL,
+                            send_id TEXT NOT NULL,
+                            recv_id TEXT NOT NULL,
+                            sender_platform_id INTEGER NOT NULL,
+                            sender_nickname TEXT NOT NULL,
+                            session_type INTEGER NOT NULL,
+                            msg_from INTEGER NOT NULL,
+                            content_type INTEGER NOT NULL,
+                            status INTEGER NOT NULL,
+                            create_time BIGINT NOT NULL,
+                            send_time BIGINT NOT NULL,
+                            seq BIGINT NOT NULL,
+                            content TEXT NOT NULL,
+                            at_user_list JSONB NOT NULL,
+                            face_url TEXT NOT NULL,
+                            ex TEXT NOT NULL,
+                            operation_id TEXT NOT NULL,
+                            received_at TIMESTAMPTZ NOT NULL,
+                            packet JSONB NOT NULL)"
+                    ),
+                    format!(
+                        "CREATE INDEX IF NOT EXISTS {table}_conversation ON {table} (send_id, recv_id, create_time)"
+                    ),
+                    format!("CREATE INDEX IF NOT EXISTS {table}_create_time ON {table} (create_time)"),
+                ] {
+                    sqlx::query(&statement).execute(pool).await.map_err(classify)?;
+                }
+            }
+            Database::MySql(pool) => {
+                let statement = format!(
+                    "CREATE TABLE IF NOT EXISTS {table} (
+                        server_msg_id VARCHAR(255) NOT NULL PRIMARY KEY,
+                        client_msg_id VARCHAR(255) NOT NULL,
+                        send_id VARCHAR(255) NOT NULL,
+                        recv_id VARCHAR(255) NOT NULL,
+                        sender_platform_id INT NOT NULL,
+                        sender_nickname TEXT NOT NULL,
+                        session_type INT NOT NULL,
+                        msg_from INT NOT NULL,
+                        content_type INT NOT NULL,
+                        status INT NOT NULL,
+                        create_time BIGINT NOT NULL,
+                        send_time BIGINT NOT NULL,
+                        seq BIGINT NOT NULL,
+                        content LONGTEXT NOT NULL,
+                        at_user_list JSON NOT NULL,
+                        face_url TEXT NOT NULL,
+                        ex TEXT NOT NULL,
+                        operation_id VARCHAR(255) NOT NULL,
+                        received_at DATETIME(6) NOT NULL,
+                        packet JSON NOT NULL,
+                        INDEX {table}_conversation (send_id, recv_id, create_time),
+                        INDEX {table}_create_time (create_time)
+                    ) DEFAULT CHARSET = utf8mb4"
+                );
+                sqlx::query(&statement).execute(pool).await.map_err(classify)?;
+            }
+        }
+        self.migrated = true;
+        Ok(())
+    }
+
+    async fn insert(&self, rows: &[Row]) -> Result<(), sqlx::Error> {
+        let table = &self.table;
+        match &self.database {
+            Database::Postgres(pool) => {
+                let column = |pick: fn(&Row) -> String| rows.iter().map(pick).collect::<Vec<String>>();
+                let number = |pick: fn(&Row) -> i64| rows.iter().map(pick).collect::<Vec<i64>>();
+                let statement = format!(
+                    "INSERT INTO {table} (server_msg_id, client_msg_id, send_id, recv_id, sender_platform_id,
+                        sender_nickname, session_type, msg_from, content_type, status, create_time, send_time,
+                        seq, content, at_user_list, face_url, ex, operation_id, received_at, packet)
+                     SELECT r.server_msg_id, r.client_msg_id, r.send_id, r.recv_id, r.sender_platform_id::INTEGER,
+                        r.sender_nickname, r.session_type::INTEGER, r.msg_from::INTEGER, r.content_type::INTEGER,
+                        r.status::INTEGER, r.create_time, r.send_time, r.seq, r.content, r.at_user_list::JSONB,
+                        r.face_url, r.ex, r.operation_id, TIMESTAMPTZ 'epoch' + r.received_us * INTERVAL '1 microsecond', r.packet::JSONB
+                     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[],
+                        $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
+                        $13::BIGINT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::TEXT[],
+                        $19::BIGINT[], $20::TEXT[])
+                        AS r(server_msg_id, client_msg_id, send_id, recv_id, sender_platform_id, sender_nickname,
+                        session_type, msg_from, content_type, status, create_time, send_time, seq, content,
+                        at_user_list, face_url, ex, operation_id, received_us, packet)
+                     ON CONFLICT (server_msg_id) DO NOTHING"
+                );
+                sqlx::query(&statement)
+                    .bind(column(|r| r.server_msg_id.clone()))
+                    .bind(column(|r| r.client_msg_id.clone()))
+                    .bind(column(|r| r.send_id.clone()))
+                    .bind(column(|r| r.recv_id.clone()))
+                    .bind(number(|r| r.sender_platform_id))
+                    .bind(column(|r| r.sender_nickname.clone()))
+                    .bind(number(|r| r.session_type))
+                    .bind(number(|r| r.msg_from))
+                    .bind(number(|r| r.content_type))
+                    .bind(number(|r| r.status))
+                    .bind(number(|r| r.create_time))
+                    .bind(number(|r| r.send_time))
+                    .bind(number(|r| r.seq))
+                    .bind(column(|r| r.content.clone()))
+                    .bind(column(|r| r.at_user_list.clone()))
+                    .bind(column(|r| r.face_url.clone()))
+                    .bind(column(|r| r.ex.clone()))
+                    .bind(column(|r| r.operation_id.clone()))
+                    .bind(number(|r| r.received_us))
+                    .bind(column(|r| r.packet.clone()))
+                    .execute(pool)
+                    .await?;
+            }
+            Database::MySql(pool) => {
+                for chunk in rows.chunks(MYSQL_ROWS_PER_STATEMENT) {
+                    let mut builder = sqlx::QueryBuilder::<sqlx::MySql>::new(format!(
+                        "INSERT IGNORE INTO {table} (server_msg_id, client_msg_id, send_id, recv_id,
+                            sender_platform_id, sender_nickname, session_type, msg_from, content_type, status,
+                            create_time, send_time, seq, content, at_user_list, face_url, ex, operation_id,
+                            received_at, packet) "
+                    ));
+                    builder.push_values(chunk, |mut values, row| {
+                        values
+                            .push_bind(&row.server_msg_id)
+                            .push_bind(&row.client_msg_id)
+                            .push_bind(&row.send_id)
+                            .push_bind(&row.recv_id)
+                            .push_bind(row.sender_platform_id)
+                            .push_bind(&row.sender_nickname)
+                            .push_bind(row.session_type)
+                            .push_bind(row.msg_from)
+                            .push_bind(row.content_type)
+                            .push_bind(row.status)
+                            .push_bind(row.create_time)
+                            .push_bind(row.send_time)
+                            .push_bind(row.seq)
+                            .push_bind(&row.content)
+                            .push_bind(&row.at_user_list)
+                            .push_bind(&row.face_url)
+                            .push_bind(&row.ex)
+                            .push_bind(&row.operation_id)
+                            // Exact to the microsecond, whatever the session's time zone.
+                            .push("TIMESTAMPADD(MICROSECOND, ")
+                            .push_bind_unseparated(row.received_us)
+                            .push_unseparated(", '1970-01-01 00:00:00')")
+                            .push_bind(&row.packet);
+                    });
+                    builder.build().execute(pool).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One message as its row's values.
+struct Row {
+    server_msg_id: String,
+    client_msg_id: String,
+    send_id: String,
+    recv_id: String,
+    sender_platform_id: i64,
+    sender_nickname: String,
+    session_type: i64,
+    msg_from: i64,
+    content_type: i64,
+    status: i64,
+    create_time: i64,
+    send_time: i64,
+    seq: i64,
+    content: String,
+    at_user_list: String,
+    face_url: String,
+    ex: String,
+    operation_id: String,
+    received_us: i64,
+    packet: String,
+}
+
+impl Row {
+    /// `postgres`: PostgreSQL's TEXT and JSONB cannot hold U+0000, which JSON
+    /// can; it becomes U+FFFD there (the other database keeps it).
+    fn of(entry: &Entry, postgres: bool) -> Row {
+        let message = &entry.message;
+        let packet = &message.packet;
+        let text = |value: &str| if postgres { value.replace('\0', "\u{fffd}") } else { value.to_owned() };
+        let raw = String::from_utf8_lossy(&message.raw);
+        let raw = if postgres { raw.replace("\\u0000", "\\ufffd") } else { raw.into_owned() };
+        // OpenIM always sets serverMsgID; a packet without one still gets a stable key.
+        let server_msg_id = if packet.server_msg_id.is_empty() {
+            format!("journal-{}-{}", entry.seq, message.operation_id.value)
+        } else {
+            text(&packet.server_msg_id)
+        };
+        let received_us =
+            message.received_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
+        Row {
+            server_msg_id,
+            client_msg_id: text(&packet.client_msg_id),
+            send_id: text(&packet.send_id),
+            recv_id: text(&packet.recv_id),
+            sender_platform_id: packet.sender_platform_id.0.into(),
+            sender_nickname: text(&packet.sender_nickname),
+            session_type: packet.session_type.0.into(),
+            msg_from: packet.msg_from.0.into(),
+            content_type: packet.content_type.0.into(),
+            status: packet.status.0.into(),
+            create_time: packet.create_time,
+            send_time: packet.send_time,
+            seq: packet.seq.into(),
+            content: text(&packet.content),
+            at_user_list: text(&serde_json::to_string(&packet.at_user_list).unwrap_or_else(|_| "[]".into())),
+            face_url: text(&packet.face_url),
+            ex: text(&packet.ex),
+            operation_id: text(&message.operation_id.value),
+            received_us,
+            packet: raw,
+        }
+    }
+}
+
+/// Data the database refuses (a value too long, bad JSON) is permanent for
+/// that row; everything else (no connection, a timeout, a restart) may pass.
+fn classify(error: sqlx::Error) -> SinkError {
+    match &error {
+        sqlx::Error::Database(database) if is_data_error(database.as_ref()) => {
+            SinkError::permanent(error.to_string())
+        }
+        _ => SinkError::transient(error.to_string()),
+    }
+}
+
+fn is_data_error(error: &dyn sqlx::error::DatabaseError) -> bool {
+    // SQLSTATE classes 22 (data exception) and 23 (integrity constraint); MySQL
+    // reports data errors as 22xxx and 23xxx too, or HY000 with these codes.
+    let code = error.code().unwrap_or_default();
+    code.starts_with("22") || code.starts_with("23")
+}
+
+impl Sink for SqlSink {
+    fn name(&self) -> &'static str {
+        "sql"
+    }
+
+    async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
+        if !self.migrated {
+            self.migrate().await?;
+        }
+        let postgres = matches!(self.database, Database::Postgres(_));
+        let rows: Vec<Row> = batch.iter().map(|entry| Row::of(entry, postgres)).collect();
+        match self.insert(&rows).await.map_err(classify) {
+            Ok(()) => Ok(()),
+            Err(error) if error.retry => Err(error),
+            // One row the database refuses must not cost the others: row by row,
+            // and only the refused ones are left out (and logged).
+            Err(_) => {
+                for (row, entry) in rows.iter().zip(batch) {
+                    if let Err(error) = self.insert(std::slice::from_ref(row)).await.map_err(classify) {
+                        if error.retry {
+                            return Err(error);
+                        }
+                        tracing::error!(
+                            sink = "sql",
+                            seq = entry.seq,
+                            serverMsgID = crate::message::clip(&row.server_msg_id, 64),
+                            error = error.message,
+                            "the database refused this message's row; it is not archived"
+                        );
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The database being down is its own outage, not this host's: `/stats`
+    /// shows the sink degraded, `/readyz` stays 200, the journal holds the rows.
+    fn failures_affect_readiness(&self) -> bool {
+        false
+    }
+}

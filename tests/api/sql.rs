@@ -1,0 +1,344 @@
+//! The SQL archive sink against the real PostgreSQL and MariaDB on this
+//! machine: every field arrives, an outage loses and duplicates nothing, a
+//! crash of the binary loses no row answered 200.
+
+use crate::helpers::{TcpProxy, TestReceiver, packet, sample, service_url, settings, unique_table};
+use serde_json::Value;
+use sqlx::Row;
+use std::time::Duration;
+
+const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const MARIADB_URL: &str = "mysql://root@127.0.0.1:3306/test";
+
+async fn postgres() -> Option<String> {
+    service_url("PostgreSQL", "OPENIM_CALLBACK_TEST_POSTGRES_URL", POSTGRES_URL).await
+}
+
+async fn mariadb() -> Option<String> {
+    service_url("MariaDB", "OPENIM_CALLBACK_TEST_MYSQL_URL", MARIADB_URL).await
+}
+
+fn sql_settings(
+    url: &str,
+    table: &str,
+    extra: &[(&str, &str)],
+) -> openim_callback_receiver::settings::Settings {
+    let mut overrides =
+        vec![("SINKS__SQL__ENABLED", "true"), ("SINKS__SQL__URL", url), ("SINKS__SQL__TABLE", table)];
+    overrides.extend_from_slice(extra);
+    settings(&overrides)
+}
+
+/// Drops a test's table (best effort: a leftover table harms no other test).
+async fn drop_table(url: &str, table: &str) {
+    let statement = format!("DROP TABLE IF EXISTS {table}");
+    if url.starts_with("postgres") {
+        if let Ok(pool) = sqlx::PgPool::connect(url).await {
+            let _ = sqlx::query(&statement).execute(&pool).await;
+        }
+    } else if let Ok(pool) = sqlx::MySqlPool::connect(url).await {
+        let _ = sqlx::query(&statement).execute(&pool).await;
+    }
+}
+
+/// `/stats` of the sql sink once it has delivered everything in the journal.
+async fn sql_caught_up(receiver: &TestReceiver, records: u64) -> Value {
+    for _ in 0..3000 {
+        let stats = receiver.get_json("/stats").await;
+        let sql = &stats["sinks"]["sql"];
+        if sql["lag_records"] == 0 && stats["journal"]["last_seq"] == records {
+            return sql.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the sql sink never caught up: {}", receiver.get_json("/stats").await["sinks"]["sql"]);
+}
+
+/// The messages the field test posts: the samples, a null list, and content with U+0000.
+fn posted() -> Vec<Value> {
+    let mut messages: Vec<Value> = ["text.json", "picture.json", "rest-api-v3.0.json"]
+        .iter()
+        .map(|name| serde_json::from_slice(&sample(name)).unwrap())
+        .collect();
+    let mut odd = packet("ünïcode", "bob", 101);
+    odd["content"] = "{\"content\":\"nul \u{0} here <b>&</b>\"}".into();
+    odd["atUserList"] = serde_json::json!(["x", "y"]);
+    messages.push(odd);
+    messages
+}
+
+async fn every_field_arrives(url: &str, read_rows: impl AsyncFn(&str, &str) -> Vec<Value>) {
+    let table = unique_table("fields");
+    let micros_now = || std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_micros() as i64;
+    let started_us = micros_now();
+    let receiver = TestReceiver::start_with(sql_settings(url, &table, &[]), |_| {}).await;
+    let messages = posted();
+    for (index, message) in messages.iter().enumerate() {
+        receiver.post_packet(&format!("op-{index}"), message).await.assert_accepted();
+    }
+    let sql = sql_caught_up(&receiver, messages.len() as u64).await;
+    assert_eq!(sql["handled"], messages.len() as u64, "{sql}");
+    let rows = read_rows(url, &table).await;
+    assert_eq!(rows.len(), messages.len());
+    for (index, message) in messages.iter().enumerate() {
+        let row = rows
+            .iter()
+            .find(|row| row["server_msg_id"] == message["serverMsgID"])
+            .unwrap_or_else(|| panic!("no row for {}", message["serverMsgID"]));
+        for (column, key) in [
+            ("client_msg_id", "clientMsgID"),
+            ("send_id", "sendID"),
+            ("recv_id", "recvID"),
+            ("sender_platform_id", "senderPlatformID"),
+            ("sender_nickname", "senderNickname"),
+            ("session_type", "sessionType"),
+            ("msg_from", "msgFrom"),
+            ("content_type", "contentType"),
+            ("status", "status"),
+            ("create_time", "createTime"),
+            ("send_time", "sendTime"),
+            ("seq", "seq"),
+            ("face_url", "faceURL"),
+            ("ex", "ex"),
+        ] {
+            let expected = match (&message[key], column) {
+                (Value::Null, "sender_nickname" | "face_url" | "ex" | "client_msg_id") => Value::from(""),
+                (Value::Null, _) => Value::from(0),
+                (value, _) => value.clone(),
+            };
+            assert_eq!(row[column], expected, "{column} of message {index}");
+        }
+        let content = message["content"].as_str().unwrap_or_default().replace('\0', "\u{fffd}");
+        assert_eq!(
+            row["content"].as_str().unwrap().replace('\0', "\u{fffd}"),
+            content,
+            "content of message {index}"
+        );
+        let at_users = if message["atUserList"].is_null() {
+            serde_json::json!([])
+        } else {
+            message["atUserList"].clone()
+        };
+        assert_eq!(row["at_user_list"], at_users, "atUserList of message {index}");
+        assert_eq!(row["operation_id"], format!("op-{index}"));
+        let received = row["received_us"].as_i64().unwrap();
+        assert!((started_us..=micros_now()).contains(&received), "received_at in UTC, to the µs: {received}");
+        assert_eq!(row["packet"]["sendID"], message["sendID"], "the raw packet is kept as JSON");
+    }
+    assert!(receiver.stop().await.is_clean());
+    drop_table(url, &table).await;
+}
+
+async fn postgres_rows(url: &str, table: &str) -> Vec<Value> {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let query = format!(
+        "SELECT server_msg_id, client_msg_id, send_id, recv_id, sender_platform_id::BIGINT, sender_nickname,
+            session_type::BIGINT, msg_from::BIGINT, content_type::BIGINT, status::BIGINT, create_time, send_time,
+            seq, content, at_user_list::TEXT, face_url, ex, operation_id, packet::TEXT,
+            (EXTRACT(EPOCH FROM received_at) * 1000000)::BIGINT FROM {table}"
+    );
+    let rows = sqlx::query(&query).fetch_all(&pool).await.unwrap();
+    rows.iter()
+        .map(|row| {
+            row_json(
+                row,
+                |row, index| row.try_get::<i64, _>(index).ok(),
+                |row, index| row.try_get::<String, _>(index).ok(),
+            )
+        })
+        .collect()
+}
+
+async fn mariadb_rows(url: &str, table: &str) -> Vec<Value> {
+    let pool = sqlx::MySqlPool::connect(url).await.unwrap();
+    let query = format!(
+        "SELECT server_msg_id, client_msg_id, send_id, recv_id, sender_platform_id, sender_nickname, session_type,
+            msg_from, content_type, status, create_time, send_time, seq, content, CAST(at_user_list AS CHAR),
+            face_url, ex, operation_id, CAST(packet AS CHAR),
+            TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', received_at) FROM {table}"
+    );
+    let rows = sqlx::query(&query).fetch_all(&pool).await.unwrap();
+    rows.iter()
+        .map(|row| {
+            row_json(
+                row,
+                |row, index| {
+                    row.try_get::<i64, _>(index)
+                        .ok()
+                        .or_else(|| row.try_get::<i32, _>(index).ok().map(i64::from))
+                },
+                |row, index| row.try_get::<String, _>(index).ok(),
+            )
+        })
+        .collect()
+}
+
+/// A row as JSON, by the columns both queries select in the same order.
+fn row_json<R>(
+    row: &R,
+    number: impl Fn(&R, usize) -> Option<i64>,
+    text: impl Fn(&R, usize) -> Option<String>,
+) -> Value {
+    let names = [
+        "server_msg_id",
+        "client_msg_id",
+        "send_id",
+        "recv_id",
+        "sender_platform_id",
+        "sender_nickname",
+        "session_type",
+        "msg_from",
+        "content_type",
+        "status",
+        "create_time",
+        "send_time",
+        "seq",
+        "content",
+        "at_user_list",
+        "face_url",
+        "ex",
+        "operation_id",
+        "packet",
+        "received_us",
+    ];
+    let mut object = serde_json::Map::new();
+    for (index, name) in names.iter().enumerate() {
+        let value = match *name {
+            "at_user_list" | "packet" => serde_json::from_str(&text(row, index).unwrap()).unwrap(),
+            "sender_platform_id" | "session_type" | "msg_from" | "content_type" | "status"
+            | "create_time" | "send_time" | "seq" | "received_us" => Value::from(number(row, index).unwrap()),
+            _ => Value::from(text(row, index).unwrap()),
+        };
+        object.insert((*name).to_owned(), value);
+    }
+    Value::Object(object)
+}
+
+#[tokio::test]
+async fn every_field_arrives_in_postgresql() {
+    let Some(url) = postgres().await else { return };
+    every_field_arrives(&url, async |url, table| postgres_rows(url, table).await).await;
+}
+
+#[tokio::test]
+async fn every_field_arrives_in_mariadb() {
+    let Some(url) = mariadb().await else { return };
+    every_field_arrives(&url, async |url, table| mariadb_rows(url, table).await).await;
+}
+
+/// The database cut by a proxy while 1,000 messages arrive: all answered 200
+/// in time, the sink degraded and `/readyz` still 200; restored: every row, once.
+async fn an_outage_loses_and_duplicates_nothing(
+    url: &str,
+    host_port: &str,
+    count_rows: impl AsyncFn(&str, &str) -> i64,
+) {
+    let proxy = TcpProxy::start(host_port).await;
+    let proxied = url.replace(host_port, &proxy.address.to_string());
+    let table = unique_table("outage");
+    let extra = [("SINKS__SQL__CONNECT_TIMEOUT", "300ms"), ("SERVER__RESPONSE_TIMEOUT", "2s")];
+    let receiver = TestReceiver::start_with(sql_settings(&proxied, &table, &extra), |_| {}).await;
+    receiver.post_packet("op-first", &packet("first", "bob", 101)).await.assert_accepted();
+    sql_caught_up(&receiver, 1).await;
+
+    proxy.cut();
+    for index in 0..1000 {
+        let mut message = packet(&format!("user-{index}"), "bob", 101);
+        message["serverMsgID"] = format!("outage-{index}").into();
+        receiver.post_packet(&format!("op-{index}"), &message).await.assert_accepted();
+    }
+    let mut degraded = Value::Null;
+    for _ in 0..1000 {
+        degraded = receiver.get_json("/stats").await["sinks"]["sql"].clone();
+        if degraded["state"] == "degraded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(degraded["state"], "degraded", "{degraded}");
+    assert!(degraded["last_error"].is_string(), "{degraded}");
+    let ready = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "a remote target down is not this receiver's unreadiness");
+
+    proxy.restore();
+    let sql = sql_caught_up(&receiver, 1001).await;
+    assert!(sql["retries"].as_u64().unwrap() >= 1, "{sql}");
+    assert_eq!(count_rows(url, &table).await, 1001, "every message, none twice");
+    assert!(receiver.stop().await.is_clean());
+    drop_table(url, &table).await;
+}
+
+#[tokio::test]
+async fn a_postgresql_outage_loses_and_duplicates_nothing() {
+    let Some(url) = postgres().await else { return };
+    an_outage_loses_and_duplicates_nothing(&url, "127.0.0.1:5432", async |url, table| {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query_scalar(&format!("SELECT COUNT(DISTINCT server_msg_id) FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_mariadb_outage_loses_and_duplicates_nothing() {
+    let Some(url) = mariadb().await else { return };
+    an_outage_loses_and_duplicates_nothing(&url, "127.0.0.1:3306", async |url, table| {
+        let pool = sqlx::MySqlPool::connect(url).await.unwrap();
+        sqlx::query_scalar(&format!("SELECT COUNT(DISTINCT server_msg_id) FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_under_load_every_row_answered_200_is_in_postgresql_exactly_once() {
+    use crate::binary::{RunningBinary, stats_of};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(url) = postgres().await else { return };
+    let table = unique_table("crash");
+    let workdir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OPENIM_CALLBACK__SINKS__SQL__ENABLED", "true"),
+        ("OPENIM_CALLBACK__SINKS__SQL__URL", url.as_str()),
+        ("OPENIM_CALLBACK__SINKS__SQL__TABLE", table.as_str()),
+    ];
+    let mut first = RunningBinary::start(workdir.path(), &env).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = crate::journal_binary::load(first.address, "sql", Arc::clone(&stop));
+    for _ in 0..3000 {
+        if stats_of(first.address).await["requests"]["accepted"].as_u64() >= Some(300) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.child.start_kill().unwrap();
+    let _ = first.child.wait().await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answered = std::collections::HashSet::new();
+    for client in clients {
+        answered.extend(client.await.unwrap());
+    }
+    assert!(answered.len() >= 300, "{}", answered.len());
+
+    let mut second = RunningBinary::start(workdir.path(), &env).await;
+    for _ in 0..3000 {
+        if stats_of(second.address).await["sinks"]["sql"]["lag_records"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(second.terminate().await.code(), Some(0));
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let ids: Vec<String> =
+        sqlx::query_scalar(&format!("SELECT server_msg_id FROM {table}")).fetch_all(&pool).await.unwrap();
+    let distinct: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(distinct.len(), ids.len(), "no row twice");
+    let missing: Vec<_> = answered.difference(&distinct).collect();
+    assert!(missing.is_empty(), "answered 200 but not archived: {missing:?}");
+    drop_table(&url, &table).await;
+}
