@@ -239,6 +239,39 @@ pub struct SinksSettings {
     pub log: LogSinkSettings,
     pub stats: StatsSinkSettings,
     pub sql: SqlSinkSettings,
+    /// HTTP relay targets, by name (`[sinks.forward.<name>]`).
+    #[serde(default)]
+    pub forward: std::collections::BTreeMap<String, ForwardTarget>,
+}
+
+/// One HTTP relay target. Every key but `url` has a default, so a target can
+/// be set from the environment alone: `OPENIM_CALLBACK__SINKS__FORWARD__<NAME>__URL`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardTarget {
+    /// Where every message is POSTed.
+    pub url: String,
+    /// Signs each request the Standard Webhooks way when set (`whsec_<base64>` or plain text).
+    pub secret: Secret,
+    /// No answer within this is a failed attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests in flight at once (1 keeps the journal's order).
+    pub concurrency: usize,
+    /// Most messages taken from the journal at once.
+    pub batch_size: usize,
+}
+
+impl Default for ForwardTarget {
+    fn default() -> Self {
+        ForwardTarget {
+            url: String::new(),
+            secret: Secret::default(),
+            timeout: Duration::from_secs(10),
+            concurrency: 2,
+            batch_size: 100,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -424,6 +457,24 @@ impl Settings {
                 "must start with postgres://, postgresql://, mysql:// or mariadb://",
             );
         }
+        for (name, target) in &self.sinks.forward {
+            let key = |field: &str| format!("sinks.forward.{name}.{field}");
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return fail(&format!("sinks.forward.{name}"), "a target's name is letters, digits, _ and -");
+            }
+            if !(target.url.starts_with("http://") || target.url.starts_with("https://")) {
+                return fail(&key("url"), "must start with http:// or https://");
+            }
+            if target.timeout.is_zero() || target.timeout > HOUR {
+                return fail(&key("timeout"), "must be longer than 0s and at most 1h");
+            }
+            if !(1..=64).contains(&target.concurrency) {
+                return fail(&key("concurrency"), "must be from 1 to 64");
+            }
+            if !(1..=10_000).contains(&target.batch_size) {
+                return fail(&key("batch_size"), "must be from 1 to 10000");
+            }
+        }
         let journal = &self.journal;
         if journal.dir.as_os_str().is_empty() {
             return fail("journal.dir", "must name a directory");
@@ -548,6 +599,23 @@ mod tests {
                 Settings::load(None, env(&[(&format!("OPENIM_CALLBACK__{key}"), value)])).unwrap_err();
             assert!(error.to_string().contains(named), "{key}={value}: {error}");
         }
+    }
+
+    #[test]
+    fn a_relay_target_comes_from_the_environment_alone() {
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("OPENIM_CALLBACK__SINKS__FORWARD__CRM__URL", "http://127.0.0.1:9/hook"),
+                ("OPENIM_CALLBACK__SINKS__FORWARD__CRM__CONCURRENCY", "1"),
+            ]),
+        )
+        .unwrap();
+        let crm = &settings.sinks.forward["crm"];
+        assert_eq!((crm.url.as_str(), crm.concurrency, crm.batch_size), ("http://127.0.0.1:9/hook", 1, 100));
+        let bad = Settings::load(None, env(&[("OPENIM_CALLBACK__SINKS__FORWARD__CRM__URL", "ftp://x")]))
+            .unwrap_err();
+        assert!(bad.to_string().contains("sinks.forward.crm.url"), "{bad}");
     }
 
     #[test]

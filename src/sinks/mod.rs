@@ -6,6 +6,7 @@
 //! section under `[sinks]` in the settings, and one line in
 //! [`SinkSet::from_settings`]. Neither the HTTP handler nor the journal changes.
 
+pub mod forward;
 pub mod log;
 mod runner;
 pub mod sql;
@@ -274,6 +275,11 @@ impl SinkSet {
         if sql.enabled {
             let sink = sql::SqlSink::new(sql).map_err(|error| std::io::Error::other(error.message))?;
             set.spawn(sink, sql.batch_size)?;
+        }
+        for (name, target) in &settings.sinks.forward {
+            let sink = forward::ForwardSink::new(name, target)
+                .map_err(|error| std::io::Error::other(error.message))?;
+            set.spawn(sink, target.batch_size)?;
         }
         let mut stats_handle = None;
         if settings.sinks.stats.enabled {

@@ -49,7 +49,7 @@ async fn the_binary_serves_logs_and_stops_cleanly_on_sigterm() {
     let started = next_line_where(&mut lines, |line| line["message"] == "receiving OpenIM callbacks").await;
     let address: SocketAddr = started["listen"].as_str().unwrap().parse().unwrap();
 
-    let answer = reqwest::Client::new()
+    let answer = crate::helpers::http_client()
         .post(format!("http://{address}{COMMAND_PATH}"))
         .header("Content-Type", "application/json; charset=utf-8")
         .header("Operationid", "op-binary")
@@ -177,7 +177,7 @@ impl RunningBinary {
 async fn the_hostile_table_leaves_the_binary_healthy_and_its_memory_where_it_was() {
     let workdir = tempfile::tempdir().unwrap();
     let mut binary = RunningBinary::start(workdir.path(), &[]).await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let cases = crate::errors::cases();
     let run_table = || async {
         for case in &cases {
@@ -262,7 +262,7 @@ async fn healthcheck_speaks_tls_when_the_receiver_does() {
 }
 
 pub async fn post_to(address: SocketAddr, send_id: &str) {
-    let answer = reqwest::Client::new()
+    let answer = crate::helpers::http_client()
         .post(format!("http://{address}{COMMAND_PATH}"))
         .header("operationID", "op-restart")
         .body(crate::helpers::packet(send_id, "bob", 101).to_string())
@@ -273,7 +273,7 @@ pub async fn post_to(address: SocketAddr, send_id: &str) {
 }
 
 pub async fn stats_of(address: SocketAddr) -> serde_json::Value {
-    reqwest::get(format!("http://{address}/stats")).await.unwrap().json().await.unwrap()
+    crate::helpers::http_get(format!("http://{address}/stats")).await.unwrap().json().await.unwrap()
 }
 
 #[tokio::test]
@@ -306,8 +306,12 @@ async fn counts_continue_across_a_restart() {
     assert_eq!(stats["people"]["senders"], 4, "alice is counted once across the restart");
     assert_eq!(stats["people"]["total"], 5);
     assert_eq!(stats["conversations"], 4);
-    let metrics =
-        reqwest::get(format!("http://{}/metrics", second.address)).await.unwrap().text().await.unwrap();
+    let metrics = crate::helpers::http_get(format!("http://{}/metrics", second.address))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         metrics.contains("\nopenim_callback_messages_total 5\n"),
         "/metrics continues from the restored counts"

@@ -134,7 +134,7 @@ impl TestReceiver {
         }));
         TestReceiver {
             address,
-            client: reqwest::Client::new(),
+            client: crate::helpers::http_client(),
             log,
             _journal_dir: journal_dir,
             stop: Some(stop),
@@ -378,4 +378,15 @@ impl TcpProxy {
 pub fn unique_table(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}_{}", &id[..16])
+}
+
+/// An HTTP client for the tests. reqwest is built without a TLS crypto
+/// provider of its own (the receiver's is ring): the first client installs it.
+pub fn http_client() -> reqwest::Client {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
+    http_client().get(url).send().await
 }

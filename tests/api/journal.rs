@@ -147,7 +147,11 @@ async fn a_snapshot_that_cannot_be_saved_makes_the_receiver_not_ready_and_its_st
         ("SERVER__SHUTDOWN_TIMEOUT", "1s"),
     ];
     let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
-    std::fs::create_dir(&snapshot).unwrap(); // the snapshot's path became a directory
+    // The snapshot's path becomes a directory (a first snapshot may be written
+    // meanwhile: replace it; once the directory is there, no save replaces it).
+    while std::fs::create_dir(&snapshot).is_err() {
+        let _ = std::fs::remove_file(&snapshot);
+    }
     receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
     let mut not_ready = None;
     for _ in 0..500 {

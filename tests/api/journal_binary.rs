@@ -24,7 +24,7 @@ pub fn load(
         .map(|client_index| {
             let stop = Arc::clone(&stop);
             tokio::spawn(async move {
-                let client = reqwest::Client::new();
+                let client = crate::helpers::http_client();
                 let mut answered_200 = Vec::new();
                 for index in 0.. {
                     if stop.load(Ordering::Relaxed) {
@@ -249,7 +249,7 @@ fn spawn_at(workdir: &Path, address: SocketAddr, stdout: Stdio) -> tokio::proces
 
 async fn wait_until_serving(address: SocketAddr) {
     for _ in 0..500 {
-        if reqwest::get(format!("http://{address}/healthz")).await.is_ok() {
+        if crate::helpers::http_get(format!("http://{address}/healthz")).await.is_ok() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -269,7 +269,7 @@ async fn a_closed_stdout_is_a_failing_log_sink_not_ready_and_a_non_zero_exit() {
     }
     let mut ready = None;
     for _ in 0..500 {
-        let answer = reqwest::get(format!("http://{address}/readyz")).await.unwrap();
+        let answer = crate::helpers::http_get(format!("http://{address}/readyz")).await.unwrap();
         if answer.status() == 503 {
             ready = Some(answer.json::<Value>().await.unwrap());
             break;
@@ -300,7 +300,7 @@ async fn a_stuck_stdout_does_not_keep_the_process_past_its_shutdown_timeout() {
     // Piped and never read: once the pipe's buffer is full, every write blocks.
     let mut child = spawn_at(workdir.path(), address, Stdio::piped());
     wait_until_serving(address).await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     for index in 0..100 {
         let mut body = packet(&format!("user-{index}"), "bob", 101);
         body["content"] = "y".repeat(4096).into();

@@ -1,0 +1,183 @@
+//! The HTTP relay through real HTTP on both sides: a downstream that fails
+//! for a while, signatures checked the Standard Webhooks way, two targets
+//! that each get every message.
+
+use crate::helpers::{TestReceiver, packet, settings};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One request as the downstream saw it.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A downstream on 127.0.0.1:0 that answers 500 to its first `failures`
+/// requests, then 200, and keeps every request that got a 200.
+struct Downstream {
+    url: String,
+    accepted: Arc<Mutex<Vec<Received>>>,
+    attempts: Arc<Mutex<u32>>,
+}
+
+impl Downstream {
+    async fn start(failures: u32) -> Self {
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(Mutex::new(0));
+        let (kept, tried) = (Arc::clone(&accepted), Arc::clone(&attempts));
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let (kept, tried) = (Arc::clone(&kept), Arc::clone(&tried));
+                async move {
+                    let attempt = {
+                        let mut tried = tried.lock().unwrap();
+                        *tried += 1;
+                        *tried
+                    };
+                    if attempt <= failures {
+                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    kept.lock().unwrap().push(Received { headers, body });
+                    StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Downstream { url, accepted, attempts }
+    }
+
+    /// Each serverMsgID (Idempotency-Key) taken, in the order taken.
+    fn keys(&self) -> Vec<String> {
+        let accepted = self.accepted.lock().unwrap();
+        accepted
+            .iter()
+            .map(|request| request.headers["idempotency-key"].to_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+async fn caught_up(receiver: &TestReceiver, sink: &str) -> serde_json::Value {
+    for _ in 0..2000 {
+        let report = receiver.get_json("/stats").await["sinks"][sink].clone();
+        if report["lag_records"] == 0 && report["handled"].as_u64() > Some(0) {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{sink} never caught up: {}", receiver.get_json("/stats").await["sinks"][sink]);
+}
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[tokio::test]
+async fn two_targets_get_every_message_signed_and_retried_until_they_take_it() {
+    let flaky = Downstream::start(3).await;
+    let plain = Downstream::start(0).await;
+    let overrides = [
+        ("SINKS__FORWARD__FLAKY__URL", flaky.url.as_str()),
+        ("SINKS__FORWARD__FLAKY__SECRET", SECRET),
+        ("SINKS__FORWARD__PLAIN__URL", plain.url.as_str()),
+    ];
+    let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
+    let mut posted = Vec::new();
+    for index in 0..20 {
+        let mut message = packet(&format!("user-{index}"), "bob", 101);
+        message["serverMsgID"] = format!("relay-{index}").into();
+        let body = message.to_string();
+        receiver
+            .post(crate::helpers::COMMAND_PATH, &format!("op-{index}"), body.clone())
+            .await
+            .assert_accepted();
+        posted.push((format!("relay-{index}"), format!("op-{index}"), body));
+    }
+    let flaky_report = caught_up(&receiver, "forward.flaky").await;
+    caught_up(&receiver, "forward.plain").await;
+    assert!(flaky_report["retries"].as_u64().unwrap() >= 1, "{flaky_report}");
+    assert_eq!(flaky_report["state"], "running");
+    assert!(*flaky.attempts.lock().unwrap() > 20, "the first attempts failed and were made again");
+
+    let key = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &SECRET[6..]).unwrap();
+    for downstream in [&flaky, &plain] {
+        let mut keys = downstream.keys();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 20, "every message, to every target");
+        for request in downstream.accepted.lock().unwrap().iter() {
+            let id = request.headers["idempotency-key"].to_str().unwrap();
+            let (_, operation_id, body) =
+                posted.iter().find(|(server_msg_id, _, _)| server_msg_id == id).unwrap();
+            assert_eq!(request.body, body.as_bytes(), "the body as OpenIM sent it");
+            assert_eq!(request.headers["operationid"], operation_id.as_str());
+            assert_eq!(request.headers["content-type"], "application/json; charset=utf-8");
+            if std::ptr::eq(downstream, &flaky) {
+                // Standard Webhooks: v1,base64(HMAC-SHA256(key, "{webhook-id}.{webhook-timestamp}.{body}")).
+                let webhook_id = request.headers["webhook-id"].to_str().unwrap();
+                let timestamp = request.headers["webhook-timestamp"].to_str().unwrap();
+                let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+                mac.update(format!("{webhook_id}.{timestamp}.").as_bytes());
+                mac.update(&request.body);
+                let expected = base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    mac.finalize().into_bytes(),
+                );
+                let signature = request.headers["webhook-signature"].to_str().unwrap();
+                assert_eq!(signature, format!("v1,{expected}"));
+                let now = std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_secs();
+                assert!(now.abs_diff(timestamp.parse().unwrap()) < 300, "a current timestamp");
+            } else {
+                assert!(request.headers.get("webhook-signature").is_none(), "no secret, no signature");
+            }
+        }
+    }
+    assert!(receiver.stop().await.is_clean());
+}
+
+#[tokio::test]
+async fn with_a_concurrency_of_one_a_target_sees_the_journal_order() {
+    let ordered = Downstream::start(2).await;
+    let overrides = [
+        ("SINKS__FORWARD__ORDERED__URL", ordered.url.as_str()),
+        ("SINKS__FORWARD__ORDERED__CONCURRENCY", "1"),
+    ];
+    let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
+    let mut expected = Vec::new();
+    for index in 0..30 {
+        let mut message = packet(&format!("user-{index}"), "bob", 101);
+        message["serverMsgID"] = format!("ordered-{index}").into();
+        receiver.post_packet(&format!("op-{index}"), &message).await.assert_accepted();
+        expected.push(format!("ordered-{index}"));
+    }
+    caught_up(&receiver, "forward.ordered").await;
+    assert_eq!(ordered.keys(), expected, "in order, each once: retries resend only what was not taken");
+    assert!(receiver.stop().await.is_clean());
+}
+
+#[tokio::test]
+async fn a_target_that_is_down_leaves_the_receiver_ready_and_the_sink_degraded() {
+    // Nothing listens on this port.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let url = format!("http://{free}/hook");
+    let overrides = [("SINKS__FORWARD__GONE__URL", url.as_str()), ("SINKS__FORWARD__GONE__TIMEOUT", "500ms")];
+    let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
+    receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
+    let mut report = serde_json::Value::Null;
+    for _ in 0..500 {
+        report = receiver.get_json("/stats").await["sinks"]["forward.gone"].clone();
+        if report["state"] == "degraded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(report["state"], "degraded", "{report}");
+    assert!(report["last_error"].as_str().is_some_and(|error| !error.is_empty()), "{report}");
+    let ready = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
