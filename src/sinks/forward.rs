@@ -74,10 +74,23 @@ impl ForwardSink {
                 .header("webhook-timestamp", timestamp.to_string())
                 .header("webhook-signature", format!("v1,{signature}"));
         }
-        let answer = request.body(message.raw.clone()).send().await.map_err(|error| error.to_string())?;
+        let answer = request.body(message.raw.clone()).send().await.map_err(|error| with_causes(&error))?;
         let status = answer.status();
         if status.is_success() { Ok(entry.seq) } else { Err(format!("{} answered {status}", self.url)) }
     }
+}
+
+/// An error and its causes on one line: reqwest's own text alone ("error
+/// sending request") does not say that the connection was refused.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 /// The key a target deduplicates by: the serverMsgID, or for a packet
