@@ -239,9 +239,27 @@ pub struct SinksSettings {
     pub log: LogSinkSettings,
     pub stats: StatsSinkSettings,
     pub sql: SqlSinkSettings,
+    pub redis_stream: RedisStreamSinkSettings,
     /// HTTP relay targets, by name (`[sinks.forward.<name>]`).
     #[serde(default)]
     pub forward: std::collections::BTreeMap<String, ForwardTarget>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStreamSinkSettings {
+    pub enabled: bool,
+    /// `redis://host:6379/0` (`rediss://` for TLS); may hold a password, so never shown.
+    pub url: Secret,
+    /// The stream every message is added to.
+    pub stream: String,
+    /// Trim the stream to about this many entries (`MAXLEN ~`); 0 keeps every entry.
+    pub max_len: u64,
+    /// Most messages added per round trip.
+    pub batch_size: usize,
+    /// Connecting, or an answer, taking longer than this fails the batch (retried).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 /// One HTTP relay target. Every key but `url` has a default, so a target can
@@ -379,6 +397,7 @@ impl Settings {
             ("journal.sync_interval", self.journal.sync_interval, HOUR),
             ("journal.cursor_interval", self.journal.cursor_interval, HOUR),
             ("sinks.sql.connect_timeout", self.sinks.sql.connect_timeout, HOUR),
+            ("sinks.redis_stream.timeout", self.sinks.redis_stream.timeout, HOUR),
         ];
         for (key, value, max) in durations {
             if value.is_zero() || value > max {
@@ -402,6 +421,7 @@ impl Settings {
             ("sinks.stats.batch_size", self.sinks.stats.batch_size as u64, 1, 100_000),
             ("sinks.sql.batch_size", self.sinks.sql.batch_size as u64, 1, 100_000),
             ("sinks.sql.pool_size", u64::from(self.sinks.sql.pool_size), 1, 64),
+            ("sinks.redis_stream.batch_size", self.sinks.redis_stream.batch_size as u64, 1, 100_000),
             ("journal.segment_bytes", self.journal.segment_bytes, 1024 * 1024, 1024 * 1024 * 1024),
             ("journal.max_bytes", self.journal.max_bytes, 2 * 1024 * 1024, 1 << 50),
         ];
@@ -456,6 +476,15 @@ impl Settings {
                 "sinks.sql.url",
                 "must start with postgres://, postgresql://, mysql:// or mariadb://",
             );
+        }
+        let redis = &self.sinks.redis_stream;
+        if redis.enabled
+            && !(redis.url.expose().starts_with("redis://") || redis.url.expose().starts_with("rediss://"))
+        {
+            return fail("sinks.redis_stream.url", "must start with redis:// or rediss://");
+        }
+        if redis.stream.is_empty() {
+            return fail("sinks.redis_stream.stream", "must name a stream");
         }
         for (name, target) in &self.sinks.forward {
             let key = |field: &str| format!("sinks.forward.{name}.{field}");

@@ -8,6 +8,7 @@
 
 pub mod forward;
 pub mod log;
+pub mod redis_stream;
 mod runner;
 pub mod sql;
 pub mod stats;
@@ -275,6 +276,12 @@ impl SinkSet {
         if sql.enabled {
             let sink = sql::SqlSink::new(sql).map_err(|error| std::io::Error::other(error.message))?;
             set.spawn(sink, sql.batch_size)?;
+        }
+        let redis = &settings.sinks.redis_stream;
+        if redis.enabled {
+            let sink = redis_stream::RedisStreamSink::new(redis)
+                .map_err(|error| std::io::Error::other(error.message))?;
+            set.spawn(sink, redis.batch_size)?;
         }
         for (name, target) in &settings.sinks.forward {
             let sink = forward::ForwardSink::new(name, target)

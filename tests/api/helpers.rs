@@ -313,7 +313,10 @@ pub async fn raw_request(address: SocketAddr, request: &[u8]) -> String {
 /// OPENIM_CALLBACK_REQUIRE_SERVICES is set (as `.ci/run` does): then the test fails.
 pub async fn service_url(what: &str, variable: &str, default: &str) -> Option<String> {
     let url = std::env::var(variable).unwrap_or_else(|_| default.to_owned());
-    let address = url.split('@').next_back().unwrap_or(&url).split('/').next().unwrap_or_default().to_owned();
+    // scheme://[user[:password]@]host:port[/database]
+    let authority =
+        url.split_once("://").map_or(url.as_str(), |(_, rest)| rest).split('/').next().unwrap_or_default();
+    let address = authority.rsplit('@').next().unwrap_or_default().to_owned();
     let reachable = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&address))
         .await
         .is_ok_and(|connected| connected.is_ok());

@@ -11,6 +11,7 @@ mod journal;
 mod journal_binary;
 mod log_records;
 mod properties;
+mod redis_stream;
 mod settings_layers;
 mod shutdown;
 mod sql;
