@@ -4,7 +4,8 @@
 # modes (journal.sync = "os" and "always") against the ceiling server
 # (examples/ceiling.rs: axum, reads the body, answers the envelope), measured
 # in the same run with wrk at 2 connections (OpenIM's two webhook workers) and
-# at 64. Prints requests/s, p50 and p99 for each, the ratios, the receivers'
+# at 64; and the "os" receiver once more with the SQL archive sink on (PostgreSQL
+# on loopback). Prints requests/s, p50 and p99 for each, the ratios, the receivers'
 # peak RSS, the log sink's own rate, and checks that each log file holds a
 # record for every 200 answered. (It may hold a few more: with sync = "always"
 # a request whose connection wrk closes at the end of a run, while it waits
@@ -19,8 +20,11 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 SAMPLE=${SAMPLE:-samples/text.json}
 CEILING_ADDR=127.0.0.1:18007
-declare -A ADDR=([ceiling]=$CEILING_ADDR [os]=127.0.0.1:18006 [always]=127.0.0.1:18008)
-SERVERS="ceiling os always"
+declare -A ADDR=([ceiling]=$CEILING_ADDR [os]=127.0.0.1:18006 [always]=127.0.0.1:18008 [sql]=127.0.0.1:18009)
+SERVERS="ceiling os always sql"
+# The "sql" receiver is the "os" one with the SQL archive sink on, into this PostgreSQL.
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/test}
+SQL_TABLE=bench_load_$$
 CALLBACK_PATH=/callbackExample/callbackAfterSendSingleMsgCommand
 export SAMPLE
 
@@ -44,6 +48,12 @@ for mode in os always; do
         target/release/openim-callback-receiver >"$work/$mode.log" 2>&1 &
     PID[$mode]=$!
 done
+OPENIM_CALLBACK__SERVER__LISTEN=${ADDR[sql]} OPENIM_CALLBACK__TELEMETRY__FORMAT=json \
+    OPENIM_CALLBACK__STATS__SNAPSHOT_PATH="$work/sql/stats.snapshot" OPENIM_CALLBACK__JOURNAL__DIR="$work/sql/journal" \
+    OPENIM_CALLBACK__SINKS__SQL__ENABLED=true OPENIM_CALLBACK__SINKS__SQL__URL="$PG_URL" \
+    OPENIM_CALLBACK__SINKS__SQL__TABLE=$SQL_TABLE \
+    target/release/openim-callback-receiver >"$work/sql.log" 2>&1 &
+PID[sql]=$!
 target/release/examples/ceiling $CEILING_ADDR 2>/dev/null &
 PID[ceiling]=$!
 for addr in "${ADDR[@]}"; do
@@ -73,7 +83,14 @@ run() {
     total=$(awk '/requests in/ {print $1}' "$work/wrk.out")
     bad=$(awk '/Non-2xx/ {print $NF}' "$work/wrk.out")
     echo "$rps $p50 $p99 $((total - ${bad:-0}))" >>"$work/$server-$connections"
+    if [ "$server" = sql ]; then
+        # How far the SQL sink is behind the moment the load stops.
+        sql_stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["sinks"]["sql"]["lag_records"])' \
+            >>"$work/sqllag-$connections"
+    fi
 }
+
+sql_stats() { curl -s "http://${ADDR[sql]}/stats"; }
 
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
@@ -85,8 +102,18 @@ for connections in 2 64; do
     done
 done
 
+# The SQL sink catches up with what the 64-connection load left, timed.
+catchup_started=$(date +%s.%N)
+sql_left=$(sql_stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["sinks"]["sql"]["lag_records"])')
+while [ "$(sql_stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["sinks"]["sql"]["lag_records"])')" != 0 ]; do
+    sleep 0.1
+done
+catchup_seconds=$(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $catchup_started}")
+sql_rows=$(psql "$PG_URL" -tAc "SELECT count(*) FROM $SQL_TABLE" 2>/dev/null || echo "?")
+psql "$PG_URL" -qc "DROP TABLE IF EXISTS $SQL_TABLE" >/dev/null 2>&1 || true
+
 declare -A ACCEPTED RSS RECORDS
-for mode in os always; do
+for mode in os always sql; do
     ACCEPTED[$mode]=$(curl -s "http://${ADDR[$mode]}/stats" | python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"]["accepted"])')
     RSS[$mode]=$(awk '/^VmHWM/ {print $2}' "/proc/${PID[$mode]}/status")
     kill -TERM "${PID[$mode]}"
@@ -98,7 +125,8 @@ log_rate=$(target/release/examples/log_sink_rate "$work/log-sink-alone.log")
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr)"
 echo "wrk: 1 thread, $DURATION per run, median of $ROUNDS rounds, body $SAMPLE"
-echo "servers: ceiling; os = receiver with journal.sync = \"os\"; always = receiver with journal.sync = \"always\""
+echo "servers: ceiling; os = receiver with journal.sync = \"os\"; always = receiver with journal.sync = \"always\";" \
+    "sql = os with the SQL archive sink on (PostgreSQL on loopback)"
 printf '\n%-6s %-9s %12s %10s %10s\n' conns server "requests/s" "p50 (us)" "p99 (us)"
 declare -A result
 for connections in 2 64; do
@@ -128,3 +156,9 @@ for mode in os always; do
         "$(verdict "${RECORDS[$mode]} >= ${ACCEPTED[$mode]} && ${ACCEPTED[$mode]} >= $wrk_ok")"
 done
 echo "log sink alone (journal read, parse, format): $log_rate records/s = ${log_ratio}x the 64-connection rate"
+sql2=$(ratio sql-2 os-2); sql64=$(ratio sql-64 os-64)
+lag2=$(sort -n "$work/sqllag-2" | tail -1)
+echo "SQL sink on / off, requests/s at 2 connections:  $sql2  (target >= 0.90) $(verdict "$sql2 >= 0.90")"
+echo "SQL sink on / off, requests/s at 64 connections: $sql64"
+echo "SQL sink lag when a 2-connection run stops: at most $lag2 records (bounded: it keeps up with OpenIM's rate) $(verdict "$lag2 <= 5000")"
+echo "SQL sink catch-up after the 64-connection runs: $sql_left records in ${catchup_seconds} s; rows in the table: $sql_rows, answered 200: ${ACCEPTED[sql]} $(verdict "\"$sql_rows\" == \"${ACCEPTED[sql]}\"")"
