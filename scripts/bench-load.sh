@@ -27,6 +27,8 @@ PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/test}
 SQL_TABLE=bench_load_$$
 CALLBACK_PATH=/callbackExample/callbackAfterSendSingleMsgCommand
 export SAMPLE
+# Every request its own serverMsgID, as in real traffic (the SQL archive keys rows by it).
+export UNIQUE_IDS=1
 
 if ! command -v wrk >/dev/null; then
     apt-get update -qq && apt-get install -y -qq wrk

@@ -7,3 +7,16 @@ wrk.body = file:read("*a")
 file:close()
 wrk.headers["Content-Type"] = "application/json; charset=utf-8"
 wrk.headers["operationID"] = "bench"
+
+-- UNIQUE_IDS set: every request gets a serverMsgID of its own, as real traffic
+-- has (a sink keyed by it, the SQL archive, then inserts every row).
+if os.getenv("UNIQUE_IDS") then
+    local template = wrk.body
+    local prefix = "bench-" .. os.time() .. "-" .. math.random(1, 1000000000) .. "-"
+    local counter = 0
+    request = function()
+        counter = counter + 1
+        local body = template:gsub('"serverMsgID":"[^"]*"', '"serverMsgID":"' .. prefix .. counter .. '"', 1)
+        return wrk.format(nil, nil, nil, body)
+    end
+end
