@@ -188,15 +188,43 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// What may be shown: nothing of a token; of a URL (`scheme://user:password@host/…`)
+    /// everything but the password, so `--print-config` still says where it points.
+    pub fn shown(&self) -> std::borrow::Cow<'_, str> {
+        let value = &self.0;
+        if value.is_empty() {
+            return "".into();
+        }
+        let Some((scheme, rest)) = value.split_once("://") else { return REDACTED.into() };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        match authority.rsplit_once('@') {
+            // No credentials in the URL: nothing to hide.
+            None => value.as_str().into(),
+            Some((user_info, host)) => {
+                let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
+                let hidden =
+                    if user_info.contains(':') { format!("{user}:{REDACTED}") } else { user.to_owned() };
+                format!("{scheme}://{hidden}@{host}{path}").into()
+            }
+        }
+    }
+
+    /// True when the value still holds the placeholder `--print-config` shows.
+    pub fn is_placeholder(&self) -> bool {
+        self.0.contains(REDACTED)
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { REDACTED })
+        write!(f, "{:?}", self.shown())
     }
 }
 
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(if self.0.is_empty() { "" } else { REDACTED })
+        serializer.serialize_str(&self.shown())
     }
 }
 
@@ -469,6 +497,13 @@ impl Settings {
                 "must be 1 to 48 characters of A-Z a-z 0-9 _, not starting with a digit",
             );
         }
+        for (key, secret) in
+            [("sinks.sql.url", &sql.url), ("sinks.redis_stream.url", &self.sinks.redis_stream.url)]
+        {
+            if secret.is_placeholder() {
+                return fail(key, "set the real password, not the placeholder --print-config shows");
+            }
+        }
         let url = sql.url.expose();
         let schemes = ["postgres://", "postgresql://", "mysql://", "mariadb://"];
         if sql.enabled && !schemes.iter().any(|scheme| url.starts_with(scheme)) {
@@ -645,6 +680,23 @@ mod tests {
         let bad = Settings::load(None, env(&[("OPENIM_CALLBACK__SINKS__FORWARD__CRM__URL", "ftp://x")]))
             .unwrap_err();
         assert!(bad.to_string().contains("sinks.forward.crm.url"), "{bad}");
+    }
+
+    #[test]
+    fn a_url_is_printed_without_its_password_and_a_token_not_at_all() {
+        let url = Secret::new("postgres://app:s3cret@db:5432/archive");
+        assert_eq!(url.shown(), format!("postgres://app:{REDACTED}@db:5432/archive"));
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(Secret::new("redis://127.0.0.1:6379").shown(), "redis://127.0.0.1:6379");
+        assert_eq!(
+            Secret::new("redis://:pw@127.0.0.1:6379/0").shown(),
+            format!("redis://:{REDACTED}@127.0.0.1:6379/0")
+        );
+        assert_eq!(Secret::new("plain-token-0123456789").shown(), REDACTED);
+        let placeholder = format!("postgres://app:{REDACTED}@db/archive");
+        let refused =
+            Settings::load(None, env(&[("OPENIM_CALLBACK__SINKS__SQL__URL", &placeholder)])).unwrap_err();
+        assert!(refused.to_string().contains("sinks.sql.url"), "{refused}");
     }
 
     #[test]

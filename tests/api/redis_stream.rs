@@ -12,7 +12,9 @@ async fn redis() -> Option<String> {
 /// Every entry of `stream`, as its fields.
 async fn entries(url: &str, stream: &str) -> Vec<HashMap<String, String>> {
     let client = redis::Client::open(url).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    // redis-rs answers time out after 500 ms by default: too short on a loaded test machine.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    let mut connection = client.get_multiplexed_async_connection_with_config(&config).await.unwrap();
     let reply: redis::streams::StreamRangeReply =
         redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query_async(&mut connection).await.unwrap();
     let _: () = redis::cmd("DEL").arg(stream).query_async(&mut connection).await.unwrap();
@@ -81,7 +83,7 @@ async fn a_redis_outage_loses_no_message() {
         ("SINKS__REDIS_STREAM__ENABLED", "true"),
         ("SINKS__REDIS_STREAM__URL", proxied.as_str()),
         ("SINKS__REDIS_STREAM__STREAM", stream.as_str()),
-        ("SINKS__REDIS_STREAM__TIMEOUT", "300ms"),
+        ("SINKS__REDIS_STREAM__TIMEOUT", "5s"),
     ];
     let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
     receiver.post_packet("op-first", &packet("first", "bob", 101)).await.assert_accepted();
