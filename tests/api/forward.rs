@@ -168,14 +168,7 @@ async fn a_target_that_is_down_leaves_the_receiver_ready_and_the_sink_degraded()
     let overrides = [("SINKS__FORWARD__GONE__URL", url.as_str()), ("SINKS__FORWARD__GONE__TIMEOUT", "500ms")];
     let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
     receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
-    let mut report = serde_json::Value::Null;
-    for _ in 0..500 {
-        report = receiver.get_json("/stats").await["sinks"]["forward.gone"].clone();
-        if report["state"] == "degraded" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let report = receiver.sink_report("forward.gone", |sink| sink["state"] == "degraded").await;
     assert_eq!(report["state"], "degraded", "{report}");
     assert!(report["last_error"].as_str().is_some_and(|error| !error.is_empty()), "{report}");
     let ready = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();

@@ -186,6 +186,18 @@ impl TestReceiver {
         panic!("stats never reached {total} messages");
     }
 
+    /// `/stats` of sink `sink` once `until` holds for it (waits up to 20 s).
+    pub async fn sink_report(&self, sink: &str, until: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..2000 {
+            let report = self.get_json("/stats").await["sinks"][sink].clone();
+            if until(&report) {
+                return report;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("sink {sink} never got there: {}", self.get_json("/stats").await["sinks"]);
+    }
+
     /// Signals shutdown and waits for the receiver to finish draining.
     pub async fn stop(mut self) -> ShutdownReport {
         self.stop.take().unwrap().send(()).unwrap();

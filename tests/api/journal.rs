@@ -30,17 +30,6 @@ fn small_journal(
     settings(&overrides)
 }
 
-async fn sink_report(receiver: &TestReceiver, sink: &str, until: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..1000 {
-        let report = receiver.get_json("/stats").await["sinks"][sink].clone();
-        if until(&report) {
-            return report;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("sink {sink} never got there: {}", receiver.get_json("/stats").await);
-}
-
 #[tokio::test]
 async fn a_sink_resumes_from_its_cursor_after_a_restart_and_gets_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,7 +47,7 @@ async fn a_sink_resumes_from_its_cursor_after_a_restart_and_gets_nothing_twice()
     for index in 5..7 {
         receiver.post_packet(&format!("op-{index}"), &big_packet(index, 10)).await.assert_accepted();
     }
-    sink_report(&receiver, "recorder", |sink| sink["handled"] == 2).await;
+    receiver.sink_report("recorder", |sink| sink["handled"] == 2).await;
     assert!(receiver.stop().await.is_clean());
     assert_eq!(*second_seen.lock().unwrap(), vec!["big-5".to_owned(), "big-6".to_owned()]);
 }
@@ -119,7 +108,7 @@ async fn a_stuck_sink_lets_the_journal_skip_for_it_is_named_at_shutdown_and_resu
     // Back with a sink that works: it skips what the journal dropped, gets the rest, once each.
     let (sink, seen) = RecordingSink::new("archive");
     let receiver = TestReceiver::start_with(settings, |sinks| sinks.spawn(sink, 64).unwrap()).await;
-    let archive = sink_report(&receiver, "archive", |sink| sink["lag_records"] == 0).await;
+    let archive = receiver.sink_report("archive", |sink| sink["lag_records"] == 0).await;
     let seen = seen.lock().unwrap().clone();
     let skipped = archive["skipped"].as_u64().unwrap() as usize;
     assert!(skipped > 0, "{archive}");
@@ -184,7 +173,7 @@ async fn segments_roll_in_both_sync_modes_and_every_record_stays_readable() {
         for index in 0..30 {
             receiver.post_packet(&format!("op-{index}"), &big_packet(index, 100_000)).await.assert_accepted();
         }
-        sink_report(&receiver, "recorder", |sink| sink["handled"] == 30).await;
+        receiver.sink_report("recorder", |sink| sink["handled"] == 30).await;
         let journal = receiver.get_json("/stats").await["journal"].clone();
         assert!(journal["segments"].as_u64().unwrap() >= 1, "{journal}");
         assert!(receiver.stop().await.is_clean());
@@ -192,7 +181,7 @@ async fn segments_roll_in_both_sync_modes_and_every_record_stays_readable() {
         // Read back from the files alone: a new sink with no cursor starts at the oldest record kept.
         let (sink, reread) = RecordingSink::new("late");
         let receiver = TestReceiver::start_with(settings, |sinks| sinks.spawn(sink, 64).unwrap()).await;
-        let late = sink_report(&receiver, "late", |sink| sink["lag_records"] == 0).await;
+        let late = receiver.sink_report("late", |sink| sink["lag_records"] == 0).await;
         let oldest = receiver.get_json("/stats").await["journal"]["oldest_seq"].as_u64().unwrap();
         assert_eq!(
             late["handled"].as_u64().unwrap(),

@@ -94,14 +94,7 @@ async fn a_redis_outage_loses_no_message() {
         message["serverMsgID"] = format!("outage-{index}").into();
         receiver.post_packet(&format!("op-{index}"), &message).await.assert_accepted();
     }
-    let mut report = serde_json::Value::Null;
-    for _ in 0..1000 {
-        report = receiver.get_json("/stats").await["sinks"]["redis_stream"].clone();
-        if report["state"] == "degraded" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let report = receiver.sink_report("redis_stream", |sink| sink["state"] == "degraded").await;
     assert_eq!(report["state"], "degraded", "{report}");
     proxy.restore();
     let report = caught_up(&receiver, 1001).await;

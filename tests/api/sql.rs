@@ -247,14 +247,7 @@ async fn an_outage_loses_and_duplicates_nothing(
         message["serverMsgID"] = format!("outage-{index}").into();
         receiver.post_packet(&format!("op-{index}"), &message).await.assert_accepted();
     }
-    let mut degraded = Value::Null;
-    for _ in 0..1000 {
-        degraded = receiver.get_json("/stats").await["sinks"]["sql"].clone();
-        if degraded["state"] == "degraded" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let degraded = receiver.sink_report("sql", |sink| sink["state"] == "degraded").await;
     assert_eq!(degraded["state"], "degraded", "{degraded}");
     assert!(degraded["last_error"].is_string(), "{degraded}");
     let ready = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();
