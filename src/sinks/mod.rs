@@ -16,7 +16,6 @@ pub mod stats;
 use crate::journal::{Consumer, Journal, cursor};
 use crate::settings::Settings;
 use crate::telemetry::RecordWriter;
-use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,9 +99,8 @@ impl SinkError {
     }
 }
 
-/// What a sink's runner is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What a sink's runner is doing (`/stats` shows it through [`SinkStatus::state_name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SinkState {
     Running,
     /// Its last delivery failed; the batch is being retried.
