@@ -88,6 +88,9 @@ impl Receiver {
         let tls = server::tls_acceptor(&state.settings.server)?;
         let journal = std::sync::Arc::clone(&state.journal);
         let limits = server::Limits::from_settings(&state.settings);
+        // A fleet replica says it is alive while it serves, and leaves the list when it stops.
+        let fleet = state.stats.as_ref().and_then(|stats| stats.fleet()).cloned();
+        let heartbeat = fleet.clone().map(|view| tokio::spawn(view.heartbeat()));
         let router = http::app(state);
         let (signalled_tx, mut signalled_rx) = tokio::sync::oneshot::channel();
         let serving = server::serve(listener, router, limits, tls, async move {
@@ -128,6 +131,10 @@ impl Receiver {
             );
         }
         journal.close();
+        if let (Some(view), Some(heartbeat)) = (fleet, heartbeat) {
+            heartbeat.abort();
+            view.leave().await;
+        }
         Ok(ShutdownReport { requests_finished, undrained })
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::http::AppState;
 use crate::http::error::Rejection;
+use crate::sinks::stats::Counted;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -21,7 +22,11 @@ use std::sync::atomic::Ordering;
 pub const PREFIX: &str = "openim_callback";
 
 /// The text exposition of every metric.
-pub fn render(state: &AppState) -> String {
+pub async fn render(state: &AppState) -> String {
+    let counted = match &state.stats {
+        Some(stats) => Some(stats.counted().await),
+        None => None,
+    };
     let mut registry = Registry::with_prefix(PREFIX);
     registry.register(
         "request_duration_seconds",
@@ -45,16 +50,22 @@ pub fn render(state: &AppState) -> String {
         "Time each fdatasync of the journal took",
         state.journal.fsync_seconds.clone(),
     );
-    registry.register_collector(Box::new(StateCollector(state.clone())));
+    registry.register_collector(Box::new(StateCollector(state.clone(), counted)));
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
     text
 }
 
-/// Reads the receiver's own counts at scrape time.
-#[derive(Debug)]
-struct StateCollector(AppState);
+/// Reads the receiver's own counts at scrape time, and the message counts
+/// read just before (this replica's, or the fleet's).
+struct StateCollector(AppState, Option<Counted>);
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
 
 type Labels = Vec<(&'static str, Cow<'static, str>)>;
 
@@ -85,34 +96,60 @@ fn folded(counts: &BTreeMap<String, u64>, known: impl Fn(&str) -> bool) -> BTree
 impl prometheus_client::collector::Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = &self.0;
-        if let Some(stats) = &state.stats {
-            let report = stats.report();
+        if let Some(Counted { fleet: Some(fleet), .. }) = &self.1 {
+            let up = ConstGauge::new(i64::from(fleet.state == "ok"));
+            up.encode(encoder.encode_descriptor(
+                "fleet_up",
+                "1 while the fleet's figures (openim_callback_fleet_*) are read from Redis, 0 while Redis does not answer (the last figures are served)",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            let replicas = ConstGauge::new(fleet.replicas.len() as i64);
+            replicas.encode(encoder.encode_descriptor(
+                "fleet_replicas",
+                "Replicas of the fleet seen in the last minute",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        if let Some(Counted { report: Some(report), fleet }) = &self.1 {
+            // The fleet's figures are the same on every replica: they go by
+            // their own names (aggregate them with max, never sum), and this
+            // replica's own counts are not served (summing them is what
+            // openim_callback_requests{outcome="accepted"} is for).
+            let name = |base: &str| if fleet.is_some() { format!("fleet_{base}") } else { base.to_owned() };
+            let whose = if fleet.is_some() {
+                "by the whole fleet (the same on every replica: aggregate with max)"
+            } else {
+                "by this replica"
+            };
             let messages = &report.messages;
             let total = ConstCounter::new(messages.total);
             total.encode(encoder.encode_descriptor(
-                "messages",
-                "Messages received",
+                &name("messages"),
+                &format!("Messages received {whose}"),
                 None,
                 total.metric_type(),
             )?)?;
             // A label is a name when it is not a number: numbers are unknown codes.
             let known = |label: &str| label.parse::<i64>().is_err();
-            for (name, label, counts) in [
+            for (name_base, label, counts) in [
                 ("messages_by_content_type", "content_type", &messages.by_content_type),
                 ("messages_by_platform", "platform", &messages.by_platform),
                 ("messages_by_msg_from", "msg_from", &messages.by_msg_from),
                 ("messages_by_status", "status", &messages.by_status),
             ] {
-                let help =
-                    format!("Messages received, by {label} (other: codes this receiver does not know)");
+                let help = format!(
+                    "Messages received {whose}, by {label} (other: codes this receiver does not know)"
+                );
                 let series = folded(counts, known)
                     .into_iter()
                     .map(|(value, count)| (vec![(label, value)], ConstCounter::new(count)));
-                family(&mut encoder, name, &help, MetricType::Counter, series)?;
+                family(&mut encoder, &name(name_base), &help, MetricType::Counter, series)?;
             }
             let out_of_window = ConstCounter::new(report.out_of_window);
             out_of_window.encode(encoder.encode_descriptor(
-                "messages_out_of_window",
+                &name("messages_out_of_window"),
                 "Messages dated outside the kept daily windows (still in the totals)",
                 None,
                 MetricType::Counter,
@@ -124,8 +161,10 @@ impl prometheus_client::collector::Collector for StateCollector {
             ];
             family(
                 &mut encoder,
-                "people",
-                "Distinct people since counting began, by role (exact below 10,000, then within 1%)",
+                &name("people"),
+                &format!(
+                    "Distinct people since counting began, by role, {whose} (this replica: exact below 10,000, then within 1%; fleet: within about 1%)"
+                ),
                 MetricType::Gauge,
                 people.map(|(role, count)| {
                     (vec![("role", Cow::Borrowed(role))], ConstGauge::new(count as i64))
@@ -133,8 +172,10 @@ impl prometheus_client::collector::Collector for StateCollector {
             )?;
             let conversations = ConstGauge::new(report.conversations as i64);
             conversations.encode(encoder.encode_descriptor(
-                "conversations",
-                "Distinct conversations (unordered sendID/recvID pairs) since counting began",
+                &name("conversations"),
+                &format!(
+                    "Distinct conversations (unordered sendID/recvID pairs) since counting began, {whose}"
+                ),
                 None,
                 MetricType::Gauge,
             )?)?;

@@ -88,6 +88,29 @@ pub struct StatsSettings {
     pub timezone: String,
     /// Days of daily counts kept.
     pub retention_days: u32,
+    /// Where the counts live: this replica's memory, or Redis for the whole fleet.
+    pub backend: StatsBackend,
+    /// With `backend = "redis"`: `redis://host:6379/0`; may hold a password, so never shown.
+    pub redis_url: Secret,
+    /// Every key this fleet writes starts with it, so several fleets can share one Redis.
+    pub key_prefix: String,
+    /// This replica's name in the fleet; empty for the host name. Unique per replica.
+    pub replica_id: String,
+    /// `/stats` and `/metrics` read the fleet figures from Redis at most this often.
+    #[serde(with = "humantime_serde")]
+    pub fleet_refresh: Duration,
+    /// Connecting to Redis, or an answer, taking longer than this fails the attempt.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatsBackend {
+    /// Each replica counts what it received (today's single-replica behaviour).
+    Memory,
+    /// Every replica writes its counts to Redis and answers for the whole fleet.
+    Redis,
 }
 
 impl StatsSettings {
@@ -99,8 +122,18 @@ impl StatsSettings {
         }
     }
 
+    /// The snapshot file, with the memory backend (Redis keeps the fleet's state).
     pub fn snapshot_path(&self) -> Option<&Path> {
-        (!self.snapshot_path.as_os_str().is_empty()).then_some(self.snapshot_path.as_path())
+        let used = self.backend == StatsBackend::Memory && !self.snapshot_path.as_os_str().is_empty();
+        used.then_some(self.snapshot_path.as_path())
+    }
+
+    /// `replica_id`, or the host name when it is empty.
+    pub fn replica_name(&self) -> String {
+        if !self.replica_id.is_empty() {
+            return self.replica_id.clone();
+        }
+        gethostname::gethostname().to_string_lossy().into_owned()
     }
 }
 
@@ -426,6 +459,8 @@ impl Settings {
             ("journal.cursor_interval", self.journal.cursor_interval, HOUR),
             ("sinks.sql.connect_timeout", self.sinks.sql.connect_timeout, HOUR),
             ("sinks.redis_stream.timeout", self.sinks.redis_stream.timeout, HOUR),
+            ("stats.fleet_refresh", self.stats.fleet_refresh, HOUR),
+            ("stats.redis_timeout", self.stats.redis_timeout, HOUR),
         ];
         for (key, value, max) in durations {
             if value.is_zero() || value > max {
@@ -486,6 +521,23 @@ impl Settings {
         if !(1..=3660).contains(&self.stats.retention_days) {
             return fail("stats.retention_days", "must be from 1 to 3660");
         }
+        let stats = &self.stats;
+        let redis_url = stats.redis_url.expose();
+        if stats.backend == StatsBackend::Redis
+            && !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://"))
+        {
+            return fail(
+                "stats.redis_url",
+                "with stats.backend = \"redis\", must start with redis:// or rediss://",
+            );
+        }
+        let printable = |text: &str| text.chars().all(|c| c.is_ascii_graphic());
+        if stats.key_prefix.is_empty() || stats.key_prefix.len() > 64 || !printable(&stats.key_prefix) {
+            return fail("stats.key_prefix", "must be 1 to 64 printable ASCII characters (no spaces)");
+        }
+        if stats.replica_id.len() > 64 || !printable(&stats.replica_id) {
+            return fail("stats.replica_id", "must be at most 64 printable ASCII characters (no spaces)");
+        }
         let sql = &self.sinks.sql;
         let table_ok = !sql.table.is_empty()
             && sql.table.len() <= 48
@@ -497,9 +549,11 @@ impl Settings {
                 "must be 1 to 48 characters of A-Z a-z 0-9 _, not starting with a digit",
             );
         }
-        for (key, secret) in
-            [("sinks.sql.url", &sql.url), ("sinks.redis_stream.url", &self.sinks.redis_stream.url)]
-        {
+        for (key, secret) in [
+            ("sinks.sql.url", &sql.url),
+            ("sinks.redis_stream.url", &self.sinks.redis_stream.url),
+            ("stats.redis_url", &self.stats.redis_url),
+        ] {
             if secret.is_placeholder() {
                 return fail(key, "set the real password, not the placeholder --print-config shows");
             }

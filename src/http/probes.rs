@@ -36,6 +36,12 @@ fn probe_answer(mut response: Response) -> Response {
 
 #[derive(Serialize)]
 struct StatsReport {
+    /// Whose messages the counts are: "replica" (this one's) or "fleet" (every
+    /// replica's, read from Redis with `stats.backend = "redis"`).
+    scope: &'static str,
+    /// With the fleet scope: this replica's name, the replicas seen, and how current the figures are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet: Option<crate::sinks::stats::fleet::FleetStatus>,
     uptime_seconds: u64,
     /// Absent when the stats sink is disabled.
     #[serde(flatten)]
@@ -105,9 +111,16 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
             (sink.name(), report)
         })
         .collect();
+    let counted = match &state.stats {
+        Some(stats) => Some(stats.counted().await),
+        None => None,
+    };
+    let (messages, fleet) = counted.map(|counted| (counted.report, counted.fleet)).unwrap_or_default();
     Json(StatsReport {
+        scope: if fleet.is_some() { "fleet" } else { "replica" },
+        fleet,
         uptime_seconds: requests.uptime().as_secs(),
-        messages: state.stats.as_ref().map(|stats| stats.report()),
+        messages,
         requests: RequestReport {
             in_flight: state.in_flight(),
             accepted: requests.accepted(),
@@ -140,12 +153,19 @@ pub async fn daily(State(state): State<AppState>, uri: axum::http::Uri) -> Respo
             }
         }
     }
-    let days = state.stats.as_ref().map(|stats| stats.daily(bounds[0], bounds[1])).unwrap_or_default();
-    Json(serde_json::json!({ "timezone": state.settings.stats.timezone, "days": days })).into_response()
+    let (days, scope) = match &state.stats {
+        Some(stats) => {
+            let scope = if stats.fleet().is_some() { "fleet" } else { "replica" };
+            (stats.days(bounds[0], bounds[1]).await, scope)
+        }
+        None => (Vec::new(), "replica"),
+    };
+    Json(serde_json::json!({ "scope": scope, "timezone": state.settings.stats.timezone, "days": days }))
+        .into_response()
 }
 
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = crate::metrics::render(&state);
+    let body = crate::metrics::render(&state).await;
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

@@ -156,6 +156,9 @@ pub struct Journal {
     append_failures: AtomicU64,
     /// Seconds each fdatasync took.
     pub fsync_seconds: Histogram,
+    /// Names this journal (not its directory): a fresh one is made with the
+    /// directory, so a position saved elsewhere can tell a replaced journal.
+    id: String,
     _lock: File,
 }
 
@@ -191,6 +194,7 @@ impl Journal {
         let Some(lock) = lock_file(&dir.join("LOCK")).map_err(io_error)? else {
             return Err(OpenError::Locked { dir });
         };
+        let id = journal_id(&dir).map_err(io_error)?;
         let (segments, known_damage) = recover(&dir).map_err(io_error)?;
         let next_seq = match segments.last() {
             Some(live) => live.next_seq,
@@ -237,6 +241,7 @@ impl Journal {
             fsync_seconds: Histogram::new([
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
             ]),
+            id,
             _lock: lock,
         });
         let syncing = Arc::clone(&journal);
@@ -252,6 +257,11 @@ impl Journal {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// This journal's id: its sequence numbers mean something only with it.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Appends an accepted message; returns its sequence number. The record
@@ -636,4 +646,18 @@ fn write_all_vectored(file: &File, head: &[u8], body: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+/// The id in `<dir>/ID`, made (a random UUID) when the journal has none:
+/// with a new directory, or one from before ids.
+fn journal_id(dir: &Path) -> std::io::Result<String> {
+    let path = dir.join("ID");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_owned()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    cursor::write_atomically(&path, format!("{id}\n").as_bytes())?;
+    Ok(id)
 }

@@ -14,7 +14,7 @@ pub mod sql;
 pub mod stats;
 
 use crate::journal::{Consumer, Journal, cursor};
-use crate::settings::Settings;
+use crate::settings::{Settings, StatsBackend};
 use crate::telemetry::RecordWriter;
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
@@ -287,10 +287,19 @@ impl SinkSet {
             set.spawn(sink, target.batch_size)?;
         }
         let mut stats_handle = None;
-        if settings.sinks.stats.enabled {
+        let batch_size = settings.sinks.stats.batch_size;
+        if settings.sinks.stats.enabled && settings.stats.backend == StatsBackend::Redis {
+            let view = stats::fleet::FleetView::new(&settings.stats).map_err(std::io::Error::other)?;
+            let handle = StatsHandle::for_fleet(view, settings.stats.calendar());
+            let journal_id = set.journal.id().to_owned();
+            let sink = stats::fleet::FleetSink::new(&settings.stats, &journal_id, handle.clone())
+                .map_err(|error| std::io::Error::other(error.message))?;
+            set.spawn(sink, batch_size)?;
+            stats_handle = Some(handle);
+        } else if settings.sinks.stats.enabled {
             let sink = StatsSink::restore(&settings.stats)?;
             stats_handle = Some(sink.handle());
-            set.spawn(sink, settings.sinks.stats.batch_size)?;
+            set.spawn(sink, batch_size)?;
         }
         Ok((set, stats_handle))
     }

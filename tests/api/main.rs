@@ -4,6 +4,7 @@ mod binary;
 mod callback;
 mod deadline;
 mod errors;
+mod fleet;
 mod forward;
 mod hardening;
 mod helpers;

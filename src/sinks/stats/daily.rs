@@ -7,8 +7,8 @@ use crate::message::ContentType;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-const MS_PER_DAY: i64 = 86_400_000;
-const MS_PER_MINUTE: i64 = 60_000;
+pub const MS_PER_DAY: i64 = 86_400_000;
+pub const MS_PER_MINUTE: i64 = 60_000;
 /// Minutes of arrival counted for the rate chart.
 pub const RATE_MINUTES: i64 = 60;
 
@@ -198,7 +198,7 @@ impl DailyWindows {
 }
 
 /// One day as `GET /stats/daily` shows it.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct DayReport {
     pub date: String,
     pub messages: u64,
@@ -231,19 +231,26 @@ impl MinuteRates {
         (current - RATE_MINUTES + 1..=current)
             .map(|minute| {
                 let messages = self.minutes.iter().find(|(m, _)| *m == minute).map_or(0, |(_, n)| *n);
-                let at = std::time::UNIX_EPOCH
-                    + std::time::Duration::from_millis((minute * MS_PER_MINUTE).max(0) as u64);
-                MinuteReport { minute: humantime::format_rfc3339_seconds(at).to_string(), messages }
+                MinuteReport::new(minute, messages)
             })
             .collect()
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct MinuteReport {
     /// Start of the minute, UTC.
     pub minute: String,
     pub messages: u64,
+}
+
+impl MinuteReport {
+    /// The count of `minute` (minutes since the epoch).
+    pub fn new(minute: i64, messages: u64) -> Self {
+        let at =
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis((minute * MS_PER_MINUTE).max(0) as u64);
+        MinuteReport { minute: humantime::format_rfc3339_seconds(at).to_string(), messages }
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod daily;
 pub mod distinct;
+pub mod fleet;
 pub mod snapshot;
 
 use super::{Entry, Progress, Sink, SinkError};
@@ -39,7 +40,7 @@ pub struct MessageStats {
 }
 
 /// Milliseconds since the epoch (negative before it).
-fn epoch_ms(time: SystemTime) -> i64 {
+pub(crate) fn epoch_ms(time: SystemTime) -> i64 {
     match time.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(after) => after.as_millis() as i64,
         Err(before) => -(before.duration().as_millis() as i64),
@@ -120,7 +121,7 @@ fn labelled<K: Eq + Hash>(counts: &HashMap<K, u64>, label: impl Fn(&K) -> String
 }
 
 /// What `GET /stats` shows of the messages.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct MessageReport {
     pub messages: MessageCounts,
     pub people: PeopleCounts,
@@ -137,7 +138,7 @@ pub struct MessageReport {
     pub messages_per_minute: Vec<MinuteReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct MessageCounts {
     pub total: u64,
     pub by_content_type: BTreeMap<String, u64>,
@@ -147,7 +148,7 @@ pub struct MessageCounts {
     pub by_status: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct PeopleCounts {
     pub senders: u64,
     pub receivers: u64,
@@ -202,6 +203,17 @@ pub struct StatsHandle {
     pub delivery_lag: Histogram,
     /// Bytes of the message's content.
     pub content_bytes: Histogram,
+    /// With the Redis backend: the fleet's figures, which `/stats` shows
+    /// instead of this replica's (then unused) counts.
+    fleet: Option<Arc<fleet::FleetView>>,
+}
+
+/// What `/stats` and `/metrics` show of the messages, and whose they are.
+pub struct Counted {
+    /// Absent with the Redis backend until the fleet's figures were read once.
+    pub report: Option<MessageReport>,
+    /// With the Redis backend: which fleet, and how current its figures are.
+    pub fleet: Option<fleet::FleetStatus>,
 }
 
 impl Default for StatsHandle {
@@ -219,6 +231,54 @@ impl StatsHandle {
             calendar,
             delivery_lag: Histogram::new(lag_buckets),
             content_bytes: Histogram::new(size_buckets),
+            fleet: None,
+        }
+    }
+
+    /// A handle whose counts are the fleet's, read through `view`.
+    pub fn for_fleet(view: fleet::FleetView, calendar: Calendar) -> Self {
+        StatsHandle { fleet: Some(Arc::new(view)), ..Self::new(MessageStats::default(), calendar) }
+    }
+
+    pub fn fleet(&self) -> Option<&Arc<fleet::FleetView>> {
+        self.fleet.as_ref()
+    }
+
+    /// This replica's counts, or the fleet's with the Redis backend.
+    pub async fn counted(&self) -> Counted {
+        match &self.fleet {
+            None => Counted { report: Some(self.report()), fleet: None },
+            Some(view) => {
+                let (figures, status) = view.read().await;
+                Counted { report: figures.map(|figures| figures.report.clone()), fleet: Some(status) }
+            }
+        }
+    }
+
+    /// Days from `from` to `to` (day numbers, inclusive), newest first: this
+    /// replica's, or the fleet's (from its last read) with the Redis backend.
+    pub async fn days(&self, from: Option<i64>, to: Option<i64>) -> Vec<DayReport> {
+        let Some(view) = &self.fleet else { return self.daily(from, to) };
+        let (figures, _) = view.read().await;
+        let within = |day: &DayReport| {
+            let number = daily::parse_date(&day.date).unwrap_or(i64::MIN);
+            from.is_none_or(|from| number >= from) && to.is_none_or(|to| number <= to)
+        };
+        figures
+            .map(|figures| figures.days.iter().filter(|day| within(day)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Observes each message's delivery lag and size in the histograms.
+    pub fn observe<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) {
+        for entry in entries {
+            let (packet, received_at) = (&entry.message.packet, entry.message.received_at);
+            let sent_ms = if packet.send_time > 0 { packet.send_time } else { packet.create_time };
+            if sent_ms > 0 {
+                let lag_ms = epoch_ms(received_at) - sent_ms;
+                self.delivery_lag.observe(lag_ms.max(0) as f64 / 1000.0);
+            }
+            self.content_bytes.observe(packet.content.len() as f64);
         }
     }
 
@@ -292,15 +352,7 @@ impl Sink for StatsSink {
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
         let handle = &self.stats;
         // Histograms first: whoever sees a message counted sees it observed too.
-        for entry in batch {
-            let (packet, received_at) = (&entry.message.packet, entry.message.received_at);
-            let sent_ms = if packet.send_time > 0 { packet.send_time } else { packet.create_time };
-            if sent_ms > 0 {
-                let lag_ms = epoch_ms(received_at) - sent_ms;
-                handle.delivery_lag.observe(lag_ms.max(0) as f64 / 1000.0);
-            }
-            handle.content_bytes.observe(packet.content.len() as f64);
-        }
+        handle.observe(batch);
         let mut stats = handle.lock();
         for entry in batch {
             stats.record(&entry.message.packet, entry.message.received_at, &handle.calendar);

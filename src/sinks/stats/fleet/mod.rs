@@ -1,0 +1,91 @@
+//! Fleet statistics: several replicas, one set of numbers, kept in Redis
+//! (`stats.backend = "redis"`).
+//!
+//! Each replica's stats sink reads its own journal and adds every batch's
+//! counts to Redis (`sink`): totals and per-day counts with `HINCRBY`,
+//! distinct people and conversations with HyperLogLog (`PFADD`), messages per
+//! minute with `INCRBY`. The batch's increments and the replica's journal
+//! position move together in one Lua script, which first checks that the
+//! position in Redis is the one the replica expects: a replica that crashes
+//! and replays its journal skips what Redis already holds, so no message is
+//! counted twice or missed.
+//!
+//! `/stats`, `/stats/daily` and `/metrics` read the fleet's figures back
+//! (`view`), at most once per `stats.fleet_refresh`.
+//!
+//! Keys, all under `stats.key_prefix` (P):
+//! - `Pcursors`: hash, replica id → `<journal id>:<next sequence number>`;
+//! - `Preplicas`: sorted set, replica id → when it was last seen (ms);
+//! - `Ptotals`: hash, `messages`, `content_type:<name>`, `platform:<name>`,
+//!   `msg_from:<name>`, `session_type:<name>`, `status:<name>`,
+//!   `out_of_window`, `earliest_create_time`, `latest_create_time`;
+//! - `Psenders`, `Preceivers`, `Ppeople`, `Pconversations`: HyperLogLogs;
+//! - `Pday:<YYYY-MM-DD>`: hash, `messages`, `content_type:<name>`, and
+//!   `Pday:<YYYY-MM-DD>:senders` (…`receivers`, `people`, `conversations`)
+//!   HyperLogLogs; each expires when the day leaves `stats.retention_days`;
+//! - `Pminute:<minutes since the epoch>`: messages that arrived in that
+//!   minute, kept for two hours.
+
+mod sink;
+mod tally;
+mod view;
+
+pub use sink::FleetSink;
+pub use view::{FleetStatus, FleetView};
+
+use crate::settings::StatsSettings;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// The distinct counts kept, in total and per day: (key suffix, what it holds).
+const DISTINCT: [&str; 4] = ["senders", "receivers", "people", "conversations"];
+
+/// Names of the fleet's keys.
+#[derive(Clone, Debug)]
+struct FleetKeys {
+    prefix: String,
+}
+
+impl FleetKeys {
+    fn cursors(&self) -> String {
+        format!("{}cursors", self.prefix)
+    }
+
+    fn replicas(&self) -> String {
+        format!("{}replicas", self.prefix)
+    }
+
+    fn totals(&self) -> String {
+        format!("{}totals", self.prefix)
+    }
+
+    /// A total distinct count (`senders`, …).
+    fn distinct(&self, what: &str) -> String {
+        format!("{}{what}", self.prefix)
+    }
+
+    fn day(&self, day: i64) -> String {
+        format!("{}day:{}", self.prefix, super::daily::date_text(day))
+    }
+
+    fn day_distinct(&self, day: i64, what: &str) -> String {
+        format!("{}day:{}:{what}", self.prefix, super::daily::date_text(day))
+    }
+
+    fn minute(&self, minute: i64) -> String {
+        format!("{}minute:{minute}", self.prefix)
+    }
+}
+
+/// A lazily connected Redis connection: the receiver starts, and accepts
+/// messages, while Redis is down.
+fn connect(settings: &StatsSettings) -> Result<ConnectionManager, String> {
+    let client = redis::Client::open(settings.redis_url.expose())
+        .map_err(|error| format!("stats.redis_url: {error}"))?;
+    // The sink's runner and the view retry on their own schedule; the manager only reconnects.
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(settings.redis_timeout))
+        .set_response_timeout(Some(settings.redis_timeout))
+        .set_number_of_retries(1);
+    ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|error| format!("stats.redis_url: {error}"))
+}

@@ -1,0 +1,262 @@
+//! One batch's counts, summed before they go to Redis: a batch of a thousand
+//! messages is one script call with a few dozen increments, not thousands.
+
+use super::{DISTINCT, FleetKeys};
+use crate::message::AfterSendSingleMsg;
+use crate::sinks::stats::daily::{Calendar, MS_PER_DAY, MS_PER_MINUTE, RATE_MINUTES};
+use crate::sinks::stats::distinct::{hash_of, hash_of_pair};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Applies a batch and moves the replica's position, only if the position in
+/// Redis is the one the replica expects; else changes nothing and answers
+/// what is there. KEYS[1]: positions, KEYS[2]: replicas; ARGV[1]: replica,
+/// ARGV[2]: expected position ('' for none), ARGV[3]: new position, ARGV[4]:
+/// now (ms), then operations, each naming its key by index into KEYS.
+pub const SCRIPT: &str = r#"
+local current = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+if current ~= ARGV[2] then return {0, current} end
+local i = 5
+while i <= #ARGV do
+  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+  if op == 'H' then
+    redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  elseif op == 'L' or op == 'G' then
+    local old = tonumber(redis.call('HGET', key, ARGV[i + 2]))
+    local new = tonumber(ARGV[i + 3])
+    if old == nil or (op == 'L' and new < old) or (op == 'G' and new > old) then
+      redis.call('HSET', key, ARGV[i + 2], ARGV[i + 3])
+    end
+    i = i + 4
+  elseif op == 'P' then
+    local n = tonumber(ARGV[i + 2])
+    redis.call('PFADD', key, unpack(ARGV, i + 3, i + 2 + n))
+    i = i + 3 + n
+  elseif op == 'C' then
+    redis.call('INCRBY', key, ARGV[i + 2])
+    i = i + 3
+  elseif op == 'E' then
+    redis.call('EXPIREAT', key, ARGV[i + 2])
+    i = i + 3
+  else
+    return redis.error_reply('unknown operation ' .. op)
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return {1, ARGV[3]}
+"#;
+
+/// Elements per `PFADD` (Lua's `unpack` has a stack limit).
+const PFADD_CHUNK: usize = 1000;
+
+/// The distinct items one message adds: sender, receiver, either, the pair.
+struct Identities([u64; 4]);
+
+impl Identities {
+    fn of(packet: &AfterSendSingleMsg) -> Self {
+        let (sender, receiver) = (hash_of(&packet.send_id), hash_of(&packet.recv_id));
+        Identities([sender, receiver, 0, hash_of_pair(&packet.send_id, &packet.recv_id)])
+    }
+
+    /// Items per distinct count, in [`DISTINCT`]'s order (people takes both).
+    fn each(&self) -> [&[u64]; 4] {
+        let [sender, receiver, _, pair] = &self.0;
+        [
+            std::slice::from_ref(sender),
+            std::slice::from_ref(receiver),
+            &self.0[..2],
+            std::slice::from_ref(pair),
+        ]
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    fields: BTreeMap<String, i64>,
+    distinct: [BTreeSet<u64>; 4],
+}
+
+impl Counts {
+    fn add(&mut self, field: String) {
+        *self.fields.entry(field).or_default() += 1;
+    }
+
+    fn add_identities(&mut self, who: &Identities) {
+        for (set, items) in self.distinct.iter_mut().zip(who.each()) {
+            set.extend(items);
+        }
+    }
+}
+
+/// A batch's counts.
+#[derive(Default)]
+pub struct Tally {
+    totals: Counts,
+    days: BTreeMap<i64, Counts>,
+    minutes: BTreeMap<i64, i64>,
+    create_time: Option<(i64, i64)>,
+}
+
+impl Tally {
+    /// Counts one message received at `received_ms`, as the memory backend does.
+    pub fn record(&mut self, packet: &AfterSendSingleMsg, received_ms: i64, calendar: &Calendar) {
+        let who = Identities::of(packet);
+        let totals = &mut self.totals;
+        totals.add("messages".into());
+        totals.add(format!("content_type:{}", packet.content_type.label()));
+        totals.add(format!("platform:{}", packet.sender_platform_id.label()));
+        totals.add(format!("msg_from:{}", packet.msg_from.label()));
+        totals.add(format!("session_type:{}", packet.session_type.label()));
+        totals.add(format!("status:{}", packet.status.label()));
+        totals.add_identities(&who);
+        let today = calendar.day_of(received_ms);
+        let day = calendar.day_of(packet.create_time);
+        if day < today - i64::from(calendar.retention_days) + 1 || day > today + 1 {
+            totals.add("out_of_window".into());
+        } else {
+            let counts = self.days.entry(day).or_default();
+            counts.add("messages".into());
+            counts.add(format!("content_type:{}", packet.content_type.label()));
+            counts.add_identities(&who);
+        }
+        *self.minutes.entry(received_ms.div_euclid(MS_PER_MINUTE)).or_default() += 1;
+        let at = packet.create_time;
+        self.create_time = Some(match self.create_time {
+            None => (at, at),
+            Some((earliest, latest)) => (earliest.min(at), latest.max(at)),
+        });
+    }
+
+    /// The script's keys and its operations (ARGV from the fifth on).
+    pub fn into_call(self, keys: &FleetKeys, calendar: &Calendar) -> ScriptCall {
+        let mut call = ScriptCall::default();
+        let totals = keys.totals();
+        for (field, count) in &self.totals.fields {
+            call.hincrby(&totals, field, *count);
+        }
+        if let Some((earliest, latest)) = self.create_time {
+            call.keep("L", &totals, "earliest_create_time", earliest);
+            call.keep("G", &totals, "latest_create_time", latest);
+        }
+        for (what, set) in DISTINCT.iter().zip(&self.totals.distinct) {
+            call.pfadd(&keys.distinct(what), set);
+        }
+        for (day, counts) in &self.days {
+            // The day leaves the window at its own midnight `retention_days` later.
+            let expires_ms = (day + i64::from(calendar.retention_days)) * MS_PER_DAY
+                - i64::from(calendar.offset_minutes) * MS_PER_MINUTE;
+            let day_key = keys.day(*day);
+            for (field, count) in &counts.fields {
+                call.hincrby(&day_key, field, *count);
+            }
+            call.expire_at(&day_key, expires_ms / 1000);
+            for (what, set) in DISTINCT.iter().zip(&counts.distinct) {
+                let key = keys.day_distinct(*day, what);
+                call.pfadd(&key, set);
+                call.expire_at(&key, expires_ms / 1000);
+            }
+        }
+        for (minute, count) in &self.minutes {
+            let key = keys.minute(*minute);
+            call.op("C", &key, &[count.to_string().into_bytes()]);
+            // Read for an hour; kept a second hour for replicas whose clocks differ.
+            call.expire_at(&key, (minute + 2 * RATE_MINUTES + 1) * 60);
+        }
+        call
+    }
+}
+
+/// Keys and operations for [`SCRIPT`].
+#[derive(Default)]
+pub struct ScriptCall {
+    pub keys: Vec<String>,
+    index: HashMap<String, usize>,
+    pub args: Vec<Vec<u8>>,
+}
+
+impl ScriptCall {
+    fn op(&mut self, op: &str, key: &str, operands: &[Vec<u8>]) {
+        let next = self.index.len();
+        // KEYS[1] and KEYS[2] are the positions and replicas: operations' keys start at 3.
+        let index = *self.index.entry(key.to_owned()).or_insert_with(|| {
+            self.keys.push(key.to_owned());
+            next + 3
+        });
+        self.args.push(op.as_bytes().to_vec());
+        self.args.push(index.to_string().into_bytes());
+        self.args.extend(operands.iter().cloned());
+    }
+
+    fn hincrby(&mut self, key: &str, field: &str, count: i64) {
+        self.op("H", key, &[field.as_bytes().to_vec(), count.to_string().into_bytes()]);
+    }
+
+    /// Keeps the lowest ("L") or greatest ("G") value of a hash field.
+    fn keep(&mut self, which: &str, key: &str, field: &str, value: i64) {
+        self.op(which, key, &[field.as_bytes().to_vec(), value.to_string().into_bytes()]);
+    }
+
+    /// Items are the 8 bytes of their hash: ids themselves never reach Redis.
+    fn pfadd(&mut self, key: &str, items: &BTreeSet<u64>) {
+        let items: Vec<u64> = items.iter().copied().collect();
+        for chunk in items.chunks(PFADD_CHUNK) {
+            let mut operands = vec![chunk.len().to_string().into_bytes()];
+            operands.extend(chunk.iter().map(|hash| hash.to_le_bytes().to_vec()));
+            self.op("P", key, &operands);
+        }
+    }
+
+    fn expire_at(&mut self, key: &str, unix_seconds: i64) {
+        self.op("E", key, &[unix_seconds.to_string().into_bytes()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(send: &str, recv: &str, create_time: i64) -> AfterSendSingleMsg {
+        AfterSendSingleMsg {
+            send_id: send.into(),
+            recv_id: recv.into(),
+            create_time,
+            content_type: crate::message::ContentType(101),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_becomes_one_increment_per_field_and_one_pfadd_per_count() {
+        let calendar = Calendar::default();
+        let now = 1_795_737_600_000;
+        let mut tally = Tally::default();
+        for (send, recv) in [("a", "b"), ("b", "a"), ("a", "c")] {
+            tally.record(&packet(send, recv, now + 1000), now, &calendar);
+        }
+        // Dated a year back: counted in the totals, outside every day.
+        tally.record(&packet("a", "b", now - 365 * MS_PER_DAY), now, &calendar);
+        let keys = FleetKeys { prefix: "p:".into() };
+        let call = tally.into_call(&keys, &calendar);
+        let text: Vec<String> =
+            call.args.iter().map(|arg| String::from_utf8_lossy(arg).into_owned()).collect();
+        let key_of = |name: &str| (call.keys.iter().position(|key| key == name).unwrap() + 3).to_string();
+        let increments: Vec<(&str, &str)> = text
+            .windows(4)
+            .filter(|op| op[0] == "H" && op[1] == key_of("p:totals"))
+            .map(|op| (op[2].as_str(), op[3].as_str()))
+            .collect();
+        assert!(increments.contains(&("messages", "4")), "{increments:?}");
+        assert!(increments.contains(&("content_type:text", "4")));
+        assert!(increments.contains(&("out_of_window", "1")));
+        let day = format!("p:day:{}", crate::sinks::stats::daily::date_text(calendar.day_of(now)));
+        let day_messages = text
+            .windows(4)
+            .any(|op| op[0] == "H" && op[1] == key_of(&day) && op[2] == "messages" && op[3] == "3");
+        assert!(day_messages, "{text:?}");
+        // Each sender went in once, however many messages it sent: a and b.
+        let senders = text.windows(3).find(|op| op[0] == "P" && op[1] == key_of("p:senders")).unwrap();
+        assert_eq!(senders[2], "2");
+        assert_eq!(call.keys.iter().filter(|key| key.starts_with("p:minute:")).count(), 1);
+    }
+}
