@@ -4,8 +4,9 @@
 # modes (journal.sync = "os" and "always") against the ceiling server
 # (examples/ceiling.rs: axum, reads the body, answers the envelope), measured
 # in the same run with wrk at 2 connections (OpenIM's two webhook workers) and
-# at 64; and the "os" receiver once more with the SQL archive sink on (PostgreSQL
-# on loopback). Prints requests/s, p50 and p99 for each, the ratios, the receivers'
+# at 64; the "os" receiver once more with the SQL archive sink on (PostgreSQL
+# on loopback), and once more with fleet statistics in Redis (stats.backend =
+# "redis", Redis on loopback), which also reports Redis commands per message. Prints requests/s, p50 and p99 for each, the ratios, the receivers'
 # peak RSS, the log sink's own rate, and checks that each log file holds a
 # record for every 200 answered. (It may hold a few more: with sync = "always"
 # a request whose connection wrk closes at the end of a run, while it waits
@@ -20,18 +21,23 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 SAMPLE=${SAMPLE:-samples/text.json}
 CEILING_ADDR=127.0.0.1:18007
-declare -A ADDR=([ceiling]=$CEILING_ADDR [os]=127.0.0.1:18006 [always]=127.0.0.1:18008 [sql]=127.0.0.1:18009)
-SERVERS="ceiling os always sql"
+declare -A ADDR=([ceiling]=$CEILING_ADDR [os]=127.0.0.1:18006 [always]=127.0.0.1:18008 [sql]=127.0.0.1:18009
+    [redis]=127.0.0.1:18010)
+SERVERS="ceiling os always sql redis"
 # The "sql" receiver is the "os" one with the SQL archive sink on, into this PostgreSQL.
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/test}
 SQL_TABLE=bench_load_$$
+# The "redis" receiver is the "os" one with stats.backend = "redis", into this Redis.
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+REDIS_PREFIX=bench_load_$$:
+redis() { redis-cli -u "$REDIS_URL" "$@"; }
 CALLBACK_PATH=/callbackExample/callbackAfterSendSingleMsgCommand
 export SAMPLE
 # Every request its own serverMsgID, as in real traffic (the SQL archive keys rows by it).
 export UNIQUE_IDS=1
 
-if ! command -v wrk >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq wrk
+if ! command -v wrk >/dev/null || ! command -v redis-cli >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq wrk redis-tools
 fi
 cargo build --release --quiet --bin openim-callback-receiver --example ceiling --example log_sink_rate
 
@@ -56,6 +62,11 @@ OPENIM_CALLBACK__SERVER__LISTEN=${ADDR[sql]} OPENIM_CALLBACK__TELEMETRY__FORMAT=
     OPENIM_CALLBACK__SINKS__SQL__TABLE=$SQL_TABLE \
     target/release/openim-callback-receiver >"$work/sql.log" 2>&1 &
 PID[sql]=$!
+OPENIM_CALLBACK__SERVER__LISTEN=${ADDR[redis]} OPENIM_CALLBACK__TELEMETRY__FORMAT=json \
+    OPENIM_CALLBACK__JOURNAL__DIR="$work/redis/journal" OPENIM_CALLBACK__STATS__BACKEND=redis \
+    OPENIM_CALLBACK__STATS__REDIS_URL="$REDIS_URL" OPENIM_CALLBACK__STATS__KEY_PREFIX=$REDIS_PREFIX \
+    target/release/openim-callback-receiver >"$work/redis.log" 2>&1 &
+PID[redis]=$!
 target/release/examples/ceiling $CEILING_ADDR 2>/dev/null &
 PID[ceiling]=$!
 for addr in "${ADDR[@]}"; do
@@ -90,12 +101,19 @@ run() {
         sql_stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["sinks"]["sql"]["lag_records"])' \
             >>"$work/sqllag-$connections"
     fi
+    if [ "$server" = redis ]; then
+        # How far the fleet stats sink is behind the moment the load stops.
+        curl -s "http://${ADDR[redis]}/stats" |
+            python3 -c 'import json, sys; print(json.load(sys.stdin)["sinks"]["stats"]["lag_records"])' \
+                >>"$work/redislag-$connections"
+    fi
 }
 
 sql_stats() { curl -s "http://${ADDR[sql]}/stats"; }
 
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
+redis CONFIG RESETSTAT >/dev/null
 for connections in 2 64; do
     # Warm every server up at this load before measuring.
     for server in $SERVERS; do DURATION=2s run "$server" "$connections"; : >"$work/$server-$connections"; done
@@ -114,8 +132,20 @@ catchup_seconds=$(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $catchup_started
 sql_rows=$(psql "$PG_URL" -tAc "SELECT count(*) FROM $SQL_TABLE" 2>/dev/null || echo "?")
 psql "$PG_URL" -qc "DROP TABLE IF EXISTS $SQL_TABLE" >/dev/null 2>&1 || true
 
+# Redis's own count of the commands it ran (scripts' commands included), once the sink caught up.
+while [ "$(curl -s "http://${ADDR[redis]}/stats" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["sinks"]["stats"]["lag_records"])')" != 0 ]; do
+    sleep 0.1
+done
+redis_commands=$(redis INFO commandstats | awk -F'[=,:]' '/^cmdstat_/ {s += $3} END {print s}')
+redis_calls=$(redis INFO commandstats |
+    awk -F'[=,:]' '/^cmdstat_(evalsha|eval|hget|script)/ {s += $3} END {print s + 0}')
+redis_fleet_total=$(curl -s "http://${ADDR[redis]}/stats" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["messages"]["total"])')
+redis DEL $(redis KEYS "${REDIS_PREFIX}*") >/dev/null 2>&1 || true
+
 declare -A ACCEPTED RSS RECORDS
-for mode in os always sql; do
+for mode in os always sql redis; do
     ACCEPTED[$mode]=$(curl -s "http://${ADDR[$mode]}/stats" | python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"]["accepted"])')
     RSS[$mode]=$(awk '/^VmHWM/ {print $2}' "/proc/${PID[$mode]}/status")
     kill -TERM "${PID[$mode]}"
@@ -163,4 +193,12 @@ lag2=$(sort -n "$work/sqllag-2" | tail -1)
 echo "SQL sink on / off, requests/s at 2 connections:  $sql2  (target >= 0.90) $(verdict "$sql2 >= 0.90")"
 echo "SQL sink on / off, requests/s at 64 connections: $sql64"
 echo "SQL sink lag when a 2-connection run stops: at most $lag2 records (bounded: it keeps up with OpenIM's rate) $(verdict "$lag2 <= 5000")"
+redis2=$(ratio redis-2 os-2); redis64=$(ratio redis-64 os-64)
+redislag2=$(sort -n "$work/redislag-2" | tail -1)
+echo "stats in Redis / in memory, requests/s at 2 connections:  $redis2  (target >= 0.90) $(verdict "$redis2 >= 0.90")"
+echo "stats in Redis / in memory, requests/s at 64 connections: $redis64  (target >= 0.90) $(verdict "$redis64 >= 0.90")"
+echo "fleet stats lag when a 2-connection run stops: at most $redislag2 records $(verdict "$redislag2 <= 5000")"
+echo "fleet total ${redis_fleet_total}, answered 200: ${ACCEPTED[redis]} $(verdict "\"$redis_fleet_total\" == \"${ACCEPTED[redis]}\"")"
+echo "Redis round trips (script calls) per message: $(awk "BEGIN {printf \"%.4f\", $redis_calls / ${ACCEPTED[redis]}}");" \
+    "commands run by Redis per message (inside the scripts included): $(awk "BEGIN {printf \"%.3f\", $redis_commands / ${ACCEPTED[redis]}}")"
 echo "SQL sink catch-up after the 64-connection runs: $sql_left records in ${catchup_seconds} s; rows in the table: $sql_rows, answered 200: ${ACCEPTED[sql]} $(verdict "\"$sql_rows\" == \"${ACCEPTED[sql]}\"")"

@@ -96,6 +96,17 @@ fn folded(counts: &BTreeMap<String, u64>, known: impl Fn(&str) -> bool) -> BTree
 impl prometheus_client::collector::Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let state = &self.0;
+        let build = ConstGauge::new(1);
+        build.encode(
+            encoder
+                .encode_descriptor(
+                    "build_info",
+                    "Always 1: the running version, as labels",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?,
+        )?;
         if let Some(Counted { fleet: Some(fleet), .. }) = &self.1 {
             let up = ConstGauge::new(i64::from(fleet.state == "ok"));
             up.encode(encoder.encode_descriptor(
@@ -112,7 +123,7 @@ impl prometheus_client::collector::Collector for StateCollector {
                 MetricType::Gauge,
             )?)?;
         }
-        if let Some(Counted { report: Some(report), fleet }) = &self.1 {
+        if let Some(Counted { report: Some(report), today, fleet }) = &self.1 {
             // The fleet's figures are the same on every replica: they go by
             // their own names (aggregate them with max, never sum), and this
             // replica's own counts are not served (summing them is what
@@ -137,6 +148,7 @@ impl prometheus_client::collector::Collector for StateCollector {
                 ("messages_by_content_type", "content_type", &messages.by_content_type),
                 ("messages_by_platform", "platform", &messages.by_platform),
                 ("messages_by_msg_from", "msg_from", &messages.by_msg_from),
+                ("messages_by_session_type", "session_type", &messages.by_session_type),
                 ("messages_by_status", "status", &messages.by_status),
             ] {
                 let help = format!(
@@ -170,6 +182,26 @@ impl prometheus_client::collector::Collector for StateCollector {
                     (vec![("role", Cow::Borrowed(role))], ConstGauge::new(count as i64))
                 }),
             )?;
+            let messages_today = ConstGauge::new(today.as_ref().map_or(0, |day| day.messages) as i64);
+            messages_today.encode(encoder.encode_descriptor(
+                &name("messages_today"),
+                &format!("Messages dated today (stats.timezone) {whose}"),
+                None,
+                MetricType::Gauge,
+            )?)?;
+            let people_today = today.as_ref().map(|day| &day.people);
+            family(
+                &mut encoder,
+                &name("people_today"),
+                &format!("Distinct people in messages dated today (stats.timezone), by role, {whose}"),
+                MetricType::Gauge,
+                [
+                    ("sender", people_today.map_or(0, |people| people.senders)),
+                    ("receiver", people_today.map_or(0, |people| people.receivers)),
+                    ("any", people_today.map_or(0, |people| people.total)),
+                ]
+                .map(|(role, count)| (vec![("role", Cow::Borrowed(role))], ConstGauge::new(count as i64))),
+            )?;
             let conversations = ConstGauge::new(report.conversations as i64);
             conversations.encode(encoder.encode_descriptor(
                 &name("conversations"),
@@ -180,6 +212,13 @@ impl prometheus_client::collector::Collector for StateCollector {
                 MetricType::Gauge,
             )?)?;
         }
+        let ready = ConstGauge::new(i64::from(!state.sinks.iter().any(|sink| sink.is_failing())));
+        ready.encode(encoder.encode_descriptor(
+            "ready",
+            "1 while /readyz answers 200 (no local sink failing), else 0",
+            None,
+            MetricType::Gauge,
+        )?)?;
         let requests = &state.requests;
         let outcomes = std::iter::once(("accepted", requests.accepted())).chain(
             Rejection::ALL

@@ -178,32 +178,76 @@ async fn the_last_hour_is_counted_per_minute() {
     );
 }
 
-/// The shipped Grafana dashboard only queries metrics the receiver exposes.
+/// `/metrics` of a receiver that counted one message.
+async fn metrics_after_one_message(receiver: TestReceiver) -> String {
+    receiver.post_packet("op", &packet("a", "b", 101)).await.assert_accepted();
+    for _ in 0..1000 {
+        let stats = receiver.get_json("/stats").await;
+        if stats["messages"]["total"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let exposed = receiver.client.get(receiver.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(receiver.stop().await.is_clean());
+    exposed
+}
+
+/// The shipped Grafana dashboard only queries metrics the receiver exposes:
+/// the fleet's (`openim_callback_fleet_*`) with the Redis backend, the rest
+/// with the memory backend.
 #[tokio::test]
 async fn the_grafana_dashboard_queries_only_exposed_metrics() {
-    let receiver = TestReceiver::start().await;
-    receiver.post_packet("op", &packet("a", "b", 101)).await.assert_accepted();
-    receiver.stats_after(1).await;
-    let exposed = receiver.client.get(receiver.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let replica = metrics_after_one_message(TestReceiver::start().await).await;
+    let redis_url =
+        crate::helpers::service_url("Redis", "OPENIM_CALLBACK_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+            .await;
+    let fleet = match &redis_url {
+        Some(url) => {
+            let prefix = format!("{}:", crate::helpers::unique_table("dashboard"));
+            let overrides = [
+                ("STATS__BACKEND", "redis"),
+                ("STATS__REDIS_URL", url.as_str()),
+                ("STATS__KEY_PREFIX", prefix.as_str()),
+                ("STATS__FLEET_REFRESH", "10ms"),
+            ];
+            let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
+            Some(metrics_after_one_message(receiver).await)
+        }
+        None => None,
+    };
     let dashboard =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/grafana-dashboard.json"))
             .unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
-    let mut queried = 0;
+    let mut queries: Vec<(String, String)> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|variable| Some(("variables".to_owned(), variable["definition"].as_str()?.to_owned())))
+        .collect();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap();
-            for (start, _) in expr.match_indices("openim_callback_") {
-                let name: String =
-                    expr[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-                assert!(
-                    exposed.contains(&format!("\n{name}")),
-                    "{name} (panel {}) is not in /metrics",
-                    panel["title"]
-                );
+            queries.push((panel["title"].to_string(), target["expr"].as_str().unwrap().to_owned()));
+        }
+    }
+    let mut queried = 0;
+    for (title, expr) in &queries {
+        assert!(!expr.contains("[5m]"), "{title}: a fixed range; use $__rate_interval");
+        for (start, _) in expr.match_indices("openim_callback_") {
+            let name: String =
+                expr[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let exposed = if name.starts_with("openim_callback_fleet_") {
+                fleet.as_deref()
+            } else {
+                Some(replica.as_str())
+            };
+            if let Some(exposed) = exposed {
+                assert!(exposed.contains(&format!("\n{name}")), "{name} (panel {title}) is not in /metrics");
                 queried += 1;
             }
         }
     }
-    assert!(queried >= 10);
+    assert!(queried >= 20, "{queried}");
+    assert_eq!(dashboard["__inputs"][0]["name"], "DS_PROMETHEUS", "import asks for the data source");
 }

@@ -212,6 +212,8 @@ pub struct StatsHandle {
 pub struct Counted {
     /// Absent with the Redis backend until the fleet's figures were read once.
     pub report: Option<MessageReport>,
+    /// Today's counts (in `stats.timezone`), when anything is dated today.
+    pub today: Option<DayReport>,
     /// With the Redis backend: which fleet, and how current its figures are.
     pub fleet: Option<fleet::FleetStatus>,
 }
@@ -246,11 +248,21 @@ impl StatsHandle {
 
     /// This replica's counts, or the fleet's with the Redis backend.
     pub async fn counted(&self) -> Counted {
+        let today = self.calendar.day_of(epoch_ms(SystemTime::now()));
         match &self.fleet {
-            None => Counted { report: Some(self.report()), fleet: None },
+            None => {
+                let today = self.daily(Some(today), Some(today)).into_iter().next();
+                Counted { report: Some(self.report()), today, fleet: None }
+            }
             Some(view) => {
                 let (figures, status) = view.read().await;
-                Counted { report: figures.map(|figures| figures.report.clone()), fleet: Some(status) }
+                let date = daily::date_text(today);
+                Counted {
+                    report: figures.as_ref().map(|figures| figures.report.clone()),
+                    today: figures
+                        .and_then(|figures| figures.days.iter().find(|day| day.date == date).cloned()),
+                    fleet: Some(status),
+                }
             }
         }
     }
