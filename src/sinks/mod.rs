@@ -60,6 +60,13 @@ pub trait Sink: Send + 'static {
     fn failures_affect_readiness(&self) -> bool {
         true
     }
+
+    /// After a batch that emptied the journal, how long the runner waits
+    /// before it reads again: longer gathers bigger batches (fewer round
+    /// trips to a remote target) at the cost of that much lag.
+    fn linger(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(1)
+    }
 }
 
 /// Where a sink's position in the journal is kept.

@@ -14,11 +14,6 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// After a batch that emptied the journal, how long the runner waits before
-/// it reads again. Appends wake a waiting runner (a thread wake-up each);
-/// lingering lets the records of the next moment pile up without waking
-/// anyone, so under load a sink wakes about once per linger, not per message.
-const BATCH_LINGER: Duration = Duration::from_millis(1);
 /// The first retry waits this long; each next one twice as long, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -95,7 +90,10 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
         }
         work.status.position.store(next, Ordering::Release);
         keeper.save_if_due(&mut sink, &work).await;
-        if caught_up && !pause(BATCH_LINGER, &mut work.commands).await {
+        // Appends wake a waiting runner (a thread wake-up each); lingering
+        // lets the records of the next moment pile up without waking anyone,
+        // so under load a sink wakes about once per linger, not per message.
+        if caught_up && !pause(sink.linger(), &mut work.commands).await {
             break;
         }
     }
