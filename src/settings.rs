@@ -663,6 +663,29 @@ mod tests {
     }
 
     #[test]
+    fn the_redis_stats_backend_needs_a_redis_url_and_a_sane_prefix() {
+        let error = |pairs: &[(&str, &str)]| Settings::load(None, env(pairs)).unwrap_err().to_string();
+        let no_url = error(&[("OPENIM_CALLBACK__STATS__BACKEND", "redis")]);
+        assert!(no_url.contains("stats.redis_url"), "{no_url}");
+        let backend = error(&[("OPENIM_CALLBACK__STATS__BACKEND", "etcd")]);
+        assert!(backend.contains("stats.backend"), "{backend}");
+        let prefix = error(&[("OPENIM_CALLBACK__STATS__KEY_PREFIX", "")]);
+        assert!(prefix.contains("stats.key_prefix"), "{prefix}");
+        let replica = error(&[("OPENIM_CALLBACK__STATS__REPLICA_ID", "two words")]);
+        assert!(replica.contains("stats.replica_id"), "{replica}");
+        let url = "redis://:pw-9f2@10.0.0.5:6379/0";
+        let settings = Settings::load(
+            None,
+            env(&[("OPENIM_CALLBACK__STATS__BACKEND", "redis"), ("OPENIM_CALLBACK__STATS__REDIS_URL", url)]),
+        )
+        .unwrap();
+        assert_eq!(settings.stats.backend, StatsBackend::Redis);
+        assert!(!settings.to_toml().contains("pw-9f2"), "the password is never printed");
+        assert!(settings.stats.snapshot_path().is_none(), "Redis holds the fleet's state, not a snapshot");
+        assert!(!settings.stats.replica_name().is_empty(), "the host name by default");
+    }
+
+    #[test]
     fn lists_of_ranges_come_from_the_environment_comma_separated() {
         let settings = Settings::load(
             None,

@@ -3,9 +3,10 @@
 
 use super::{DISTINCT, FleetKeys};
 use crate::message::AfterSendSingleMsg;
+use crate::message::{ContentType, MsgFrom, MsgStatus, Platform, SessionType};
 use crate::sinks::stats::daily::{Calendar, MS_PER_DAY, MS_PER_MINUTE, RATE_MINUTES};
 use crate::sinks::stats::distinct::{hash_of, hash_of_pair};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Applies a batch and moves the replica's position, only if the position in
 /// Redis is the one the replica expects; else changes nothing and answers
@@ -71,15 +72,46 @@ impl Identities {
     }
 }
 
+/// A counted hash field; named (`content_type:text`) only once per batch.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Field {
+    Messages,
+    OutOfWindow,
+    ContentType(ContentType),
+    Platform(Platform),
+    MsgFrom(MsgFrom),
+    SessionType(SessionType),
+    Status(MsgStatus),
+}
+
+impl Field {
+    fn name(self) -> String {
+        match self {
+            Field::Messages => "messages".into(),
+            Field::OutOfWindow => "out_of_window".into(),
+            Field::ContentType(code) => format!("content_type:{}", code.label()),
+            Field::Platform(code) => format!("platform:{}", code.label()),
+            Field::MsgFrom(code) => format!("msg_from:{}", code.label()),
+            Field::SessionType(code) => format!("session_type:{}", code.label()),
+            Field::Status(code) => format!("status:{}", code.label()),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counts {
-    fields: BTreeMap<String, i64>,
-    distinct: [BTreeSet<u64>; 4],
+    fields: HashMap<Field, i64>,
+    distinct: [HashSet<u64>; 4],
 }
 
 impl Counts {
-    fn add(&mut self, field: String) {
+    fn add(&mut self, field: Field) {
         *self.fields.entry(field).or_default() += 1;
+    }
+
+    /// Fields by name, sorted (a stable order for tests and for Redis's sake).
+    fn named(&self) -> BTreeMap<String, i64> {
+        self.fields.iter().map(|(field, count)| (field.name(), *count)).collect()
     }
 
     fn add_identities(&mut self, who: &Identities) {
@@ -103,21 +135,21 @@ impl Tally {
     pub fn record(&mut self, packet: &AfterSendSingleMsg, received_ms: i64, calendar: &Calendar) {
         let who = Identities::of(packet);
         let totals = &mut self.totals;
-        totals.add("messages".into());
-        totals.add(format!("content_type:{}", packet.content_type.label()));
-        totals.add(format!("platform:{}", packet.sender_platform_id.label()));
-        totals.add(format!("msg_from:{}", packet.msg_from.label()));
-        totals.add(format!("session_type:{}", packet.session_type.label()));
-        totals.add(format!("status:{}", packet.status.label()));
+        totals.add(Field::Messages);
+        totals.add(Field::ContentType(packet.content_type));
+        totals.add(Field::Platform(packet.sender_platform_id));
+        totals.add(Field::MsgFrom(packet.msg_from));
+        totals.add(Field::SessionType(packet.session_type));
+        totals.add(Field::Status(packet.status));
         totals.add_identities(&who);
         let today = calendar.day_of(received_ms);
         let day = calendar.day_of(packet.create_time);
         if day < today - i64::from(calendar.retention_days) + 1 || day > today + 1 {
-            totals.add("out_of_window".into());
+            totals.add(Field::OutOfWindow);
         } else {
             let counts = self.days.entry(day).or_default();
-            counts.add("messages".into());
-            counts.add(format!("content_type:{}", packet.content_type.label()));
+            counts.add(Field::Messages);
+            counts.add(Field::ContentType(packet.content_type));
             counts.add_identities(&who);
         }
         *self.minutes.entry(received_ms.div_euclid(MS_PER_MINUTE)).or_default() += 1;
@@ -132,7 +164,7 @@ impl Tally {
     pub fn into_call(self, keys: &FleetKeys, calendar: &Calendar) -> ScriptCall {
         let mut call = ScriptCall::default();
         let totals = keys.totals();
-        for (field, count) in &self.totals.fields {
+        for (field, count) in &self.totals.named() {
             call.hincrby(&totals, field, *count);
         }
         if let Some((earliest, latest)) = self.create_time {
@@ -147,7 +179,7 @@ impl Tally {
             let expires_ms = (day + i64::from(calendar.retention_days)) * MS_PER_DAY
                 - i64::from(calendar.offset_minutes) * MS_PER_MINUTE;
             let day_key = keys.day(*day);
-            for (field, count) in &counts.fields {
+            for (field, count) in &counts.named() {
                 call.hincrby(&day_key, field, *count);
             }
             call.expire_at(&day_key, expires_ms / 1000);
@@ -198,8 +230,9 @@ impl ScriptCall {
     }
 
     /// Items are the 8 bytes of their hash: ids themselves never reach Redis.
-    fn pfadd(&mut self, key: &str, items: &BTreeSet<u64>) {
-        let items: Vec<u64> = items.iter().copied().collect();
+    fn pfadd(&mut self, key: &str, items: &HashSet<u64>) {
+        let mut items: Vec<u64> = items.iter().copied().collect();
+        items.sort_unstable();
         for chunk in items.chunks(PFADD_CHUNK) {
             let mut operands = vec![chunk.len().to_string().into_bytes()];
             operands.extend(chunk.iter().map(|hash| hash.to_le_bytes().to_vec()));
