@@ -15,7 +15,6 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 /// Prefix of every metric name.
@@ -54,7 +53,61 @@ pub async fn render(state: &AppState) -> String {
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+    // The process metrics go by the names every Prometheus client uses
+    // (process_cpu_seconds_total, …), without the prefix: one exposition, one EOF.
+    let mut process = Registry::default();
+    process.register_collector(Box::new(ProcessCollector));
+    if let Some(without_eof) = text.strip_suffix("# EOF\n") {
+        text.truncate(without_eof.len());
+    }
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &process);
     text
+}
+
+/// CPU, memory, file descriptors and start time of this process, from /proc.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(me) = procfs::process::Process::myself() else { return Ok(()) };
+        let ticks = procfs::ticks_per_second().max(1) as f64;
+        if let Ok(stat) = me.stat() {
+            let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
+            cpu.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent, in seconds",
+                None,
+                MetricType::Counter,
+            )?)?;
+            let rss = ConstGauge::new((stat.rss * procfs::page_size()) as i64);
+            rss.encode(encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            if let Ok(boot) = procfs::boot_time_secs() {
+                let started = ConstGauge::new(boot as f64 + stat.starttime as f64 / ticks);
+                started.encode(encoder.encode_descriptor(
+                    "process_start_time_seconds",
+                    "Start time of the process since the epoch, in seconds",
+                    None,
+                    MetricType::Gauge,
+                )?)?;
+            }
+        }
+        if let Ok(open) = me.fd_count() {
+            let fds = ConstGauge::new(open as i64);
+            fds.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads the receiver's own counts at scrape time, and the message counts
@@ -81,16 +134,6 @@ fn family<M: EncodeMetric>(
         metric.encode(metric_encoder.encode_family(&labels)?)?;
     }
     Ok(())
-}
-
-/// Counts by label, with unknown codes folded into `other`.
-fn folded(counts: &BTreeMap<String, u64>, known: impl Fn(&str) -> bool) -> BTreeMap<Cow<'static, str>, u64> {
-    let mut folded = BTreeMap::new();
-    for (label, count) in counts {
-        let key = if known(label) { Cow::Owned(label.clone()) } else { Cow::Borrowed("other") };
-        *folded.entry(key).or_default() += count;
-    }
-    folded
 }
 
 impl prometheus_client::collector::Collector for StateCollector {
@@ -142,8 +185,6 @@ impl prometheus_client::collector::Collector for StateCollector {
                 None,
                 total.metric_type(),
             )?)?;
-            // A label is a name when it is not a number: numbers are unknown codes.
-            let known = |label: &str| label.parse::<i64>().is_err();
             for (name_base, label, counts) in [
                 ("messages_by_content_type", "content_type", &messages.by_content_type),
                 ("messages_by_platform", "platform", &messages.by_platform),
@@ -152,11 +193,13 @@ impl prometheus_client::collector::Collector for StateCollector {
                 ("messages_by_status", "status", &messages.by_status),
             ] {
                 let help = format!(
-                    "Messages received {whose}, by {label} (other: codes this receiver does not know)"
+                    "Messages received {whose}, by {label} (a code's name; an unknown code's number, the {} most frequent; other: the rest)",
+                    crate::sinks::stats::MAX_UNKNOWN_CODES
                 );
-                let series = folded(counts, known)
-                    .into_iter()
-                    .map(|(value, count)| (vec![(label, value)], ConstCounter::new(count)));
+                // Spelled as in /stats, which folds unknown codes the same way.
+                let series = counts.iter().map(|(value, count)| {
+                    (vec![(label, Cow::Owned(value.clone()))], ConstCounter::new(*count))
+                });
                 family(&mut encoder, &name(name_base), &help, MetricType::Counter, series)?;
             }
             let out_of_window = ConstCounter::new(report.out_of_window);
@@ -220,6 +263,29 @@ impl prometheus_client::collector::Collector for StateCollector {
             MetricType::Gauge,
         )?)?;
         let requests = &state.requests;
+        let in_flight = ConstGauge::new(state.in_flight() as i64);
+        in_flight.encode(encoder.encode_descriptor(
+            "requests_in_flight",
+            "Callbacks being handled now (at most server.max_in_flight)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        if let Some(last_ms) = requests.last_accepted_ms() {
+            let last = ConstGauge::new(last_ms as f64 / 1000.0);
+            last.encode(encoder.encode_descriptor(
+                "last_accepted_timestamp_seconds",
+                "When the last accepted message arrived, in seconds since the epoch",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        let not_logged = ConstCounter::new(state.refusals.not_logged());
+        not_logged.encode(encoder.encode_descriptor(
+            "refusals_not_logged",
+            "Refused callbacks not logged at WARN because of the rate limit (each is still counted in openim_callback_requests_total)",
+            None,
+            MetricType::Counter,
+        )?)?;
         let outcomes = std::iter::once(("accepted", requests.accepted())).chain(
             Rejection::ALL
                 .iter()

@@ -35,7 +35,19 @@ pub async fn check_caller(State(state): State<AppState>, mut request: Request, n
     if !token.is_empty() && !OPEN_PATHS.contains(&request.uri().path()) {
         match strip_token(request.uri(), state.settings.callback_base(), token) {
             Some(stripped) => *request.uri_mut() = stripped,
-            None if bearer_matches(request.headers(), token) => {}
+            None if credentials_match(request.headers(), token) => {}
+            None if request.uri().path() == "/" => {
+                // The status page, opened in a browser: ask for the token as the
+                // password; the browser then sends it with the page's own requests.
+                let mut refused = ApiError::Unauthorized.into_response();
+                refused.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static(
+                        r#"Basic realm="openim-callback-receiver", charset="UTF-8""#,
+                    ),
+                );
+                return refused;
+            }
             None => return ApiError::Unauthorized.into_response(),
         }
     }
@@ -83,12 +95,27 @@ fn strip_token(uri: &Uri, base: &str, token: &str) -> Option<Uri> {
     format!("{base}{path}{query}").parse().ok()
 }
 
-fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|presented| bool::from(presented.trim().as_bytes().ct_eq(token.as_bytes())))
+/// `Authorization: Bearer <token>`, or `Basic` with the token as the
+/// password (any user name): what a browser sends for the status page.
+fn credentials_match(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let presented = if let Some(bearer) = value.strip_prefix("Bearer ") {
+        bearer.trim().as_bytes().to_vec()
+    } else if let Some(basic) = value.strip_prefix("Basic ") {
+        use base64::Engine;
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else {
+            return false;
+        };
+        match decoded.iter().position(|byte| *byte == b':') {
+            Some(colon) => decoded[colon + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    bool::from(presented.as_slice().ct_eq(token.as_bytes()))
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ async fn accept(state: &AppState, header_id: Option<String>, request: Request) -
     let message = Arc::new(ReceivedMessage { packet, raw, operation_id, received_at: SystemTime::now() });
     append_by(state, &message, deadline).await?;
     state.requests.count(Outcome::Accepted);
+    state.requests.accepted_at(message.received_at);
     Ok(error::success())
 }
 

@@ -24,7 +24,7 @@ pub struct Envelope {
 pub const SUCCESS_BODY: &str = r#"{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}"#;
 
 /// What became of a request. Refusals leave it in the response's extensions
-/// for the request counters (see `http::count_outcomes`).
+/// for the request counters (see `http::settle_outcome`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Accepted,
@@ -55,10 +55,11 @@ pub enum Rejection {
     Overloaded,
     InvalidQuery,
     JournalWriteFailed,
+    Internal,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 21] = [
+    pub const ALL: [Rejection; 22] = [
         Rejection::UnknownCommand,
         Rejection::MissingCommand,
         Rejection::UnsupportedContentTypeParam,
@@ -80,6 +81,7 @@ impl Rejection {
         Rejection::Overloaded,
         Rejection::InvalidQuery,
         Rejection::JournalWriteFailed,
+        Rejection::Internal,
     ];
 
     /// The envelope's `errCode`: the HTTP status times ten, plus a digit.
@@ -106,6 +108,7 @@ impl Rejection {
             Rejection::Overloaded => 5033,
             Rejection::InvalidQuery => 4009,
             Rejection::JournalWriteFailed => 5034,
+            Rejection::Internal => 5000,
         }
     }
 
@@ -116,6 +119,7 @@ impl Rejection {
             404 => StatusCode::NOT_FOUND,
             405 => StatusCode::METHOD_NOT_ALLOWED,
             413 => StatusCode::PAYLOAD_TOO_LARGE,
+            500 => StatusCode::INTERNAL_SERVER_ERROR,
             415 => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             503 => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
@@ -146,6 +150,7 @@ impl Rejection {
             Rejection::Overloaded => "overloaded",
             Rejection::InvalidQuery => "invalid_query",
             Rejection::JournalWriteFailed => "journal_write_failed",
+            Rejection::Internal => "internal_error",
         }
     }
 }
@@ -213,6 +218,9 @@ pub enum ApiError {
     /// 503: `server.max_in_flight` requests are being handled already.
     #[error("overloaded: {limit} requests in flight already, try again")]
     Overloaded { limit: usize },
+    /// 500: a handler panicked (a bug); the panic is logged at ERROR.
+    #[error("internal error: the receiver failed while handling this request (logged)")]
+    Internal,
     /// 400: a query parameter of a stats endpoint is not what it takes.
     #[error("invalid query parameter {parameter}: {expected}")]
     InvalidQuery { parameter: String, expected: &'static str },
@@ -252,6 +260,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => Rejection::Forbidden,
             ApiError::Overloaded { .. } => Rejection::Overloaded,
             ApiError::InvalidQuery { .. } => Rejection::InvalidQuery,
+            ApiError::Internal => Rejection::Internal,
         }
     }
 

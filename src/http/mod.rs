@@ -5,20 +5,22 @@ mod callback;
 pub mod error;
 mod extract;
 mod probes;
+mod refusals;
+mod status_page;
 
 use crate::journal::Journal;
 use crate::message::AFTER_SEND_SINGLE_MSG_COMMAND;
 use crate::settings::Settings;
 use crate::sinks::{SinkStatus, StatsHandle};
 use axum::Router;
-use axum::extract::State;
-use axum::http::{Method, Uri};
-use axum::middleware::{from_fn_with_state, map_response_with_state};
-use axum::response::Response;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::{ApiError, Outcome, Rejection};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
@@ -37,6 +39,8 @@ pub struct SharedState {
     /// Present when the stats sink is enabled.
     pub stats: Option<StatsHandle>,
     pub requests: RequestCounters,
+    /// Every refusal logged at WARN, within a rate limit.
+    pub refusals: refusals::RefusalLog,
     /// One permit per callback being handled (`server.max_in_flight`).
     pub(crate) in_flight: Arc<Semaphore>,
 }
@@ -76,6 +80,7 @@ impl AppState {
             sinks,
             stats,
             requests: RequestCounters::new(),
+            refusals: refusals::RefusalLog::default(),
             in_flight,
         }))
     }
@@ -103,6 +108,8 @@ pub struct RequestCounters {
     /// Seconds from a callback's arrival to its answer.
     pub request_duration: prometheus_client::metrics::histogram::Histogram,
     accepted: AtomicU64,
+    /// When the last accepted message arrived, in ms since the epoch (0: none yet).
+    last_accepted_ms: AtomicI64,
     rejected: [AtomicU64; Rejection::ALL.len()],
     unknown_commands: Mutex<HashMap<String, u64>>,
 }
@@ -122,6 +129,7 @@ impl RequestCounters {
             started: Instant::now(),
             request_duration: prometheus_client::metrics::histogram::Histogram::new(seconds),
             accepted: AtomicU64::new(0),
+            last_accepted_ms: AtomicI64::new(0),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
             unknown_commands: Mutex::new(HashMap::new()),
         }
@@ -152,6 +160,16 @@ impl RequestCounters {
         self.accepted.load(Ordering::Relaxed)
     }
 
+    /// Notes that a message that arrived at `at` was accepted.
+    pub(crate) fn accepted_at(&self, at: std::time::SystemTime) {
+        self.last_accepted_ms.fetch_max(crate::sinks::stats::epoch_ms(at), Ordering::Relaxed);
+    }
+
+    /// When the last accepted message arrived, in ms since the epoch.
+    pub fn last_accepted_ms(&self) -> Option<i64> {
+        Some(self.last_accepted_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
+    }
+
     pub fn rejected(&self, rejection: Rejection) -> u64 {
         self.rejected[rejection as usize].load(Ordering::Relaxed)
     }
@@ -180,7 +198,12 @@ pub fn app(state: AppState) -> Router {
         query_form.push(base.clone());
     }
     for path in query_form {
-        callbacks = callbacks.route(&path, callback());
+        // With the callbacks at the root, `/` is both: POST a callback, GET the status page.
+        let route = if path == "/" { callback().get(status_page::page) } else { callback() };
+        callbacks = callbacks.route(&path, route);
+    }
+    if !base.is_empty() {
+        callbacks = callbacks.route("/", get(status_page::page).fallback(method_not_allowed));
     }
     for separator in ["/", "//"] {
         callbacks = callbacks
@@ -193,28 +216,77 @@ pub fn app(state: AppState) -> Router {
         .route("/stats", get(probes::stats).fallback(method_not_allowed))
         .route("/stats/daily", get(probes::daily).fallback(method_not_allowed))
         .route("/metrics", get(probes::metrics).fallback(method_not_allowed))
-        .fallback(not_found)
-        // A layer wraps what is above it: the counters see every answer, fallbacks included.
-        .layer(map_response_with_state(state.clone(), count_outcomes));
+        .fallback(not_found);
     let auth = &state.settings.auth;
-    if auth.token.is_empty() && auth.allow_ips.is_empty() {
-        return routes.with_state(state);
-    }
-    // The caller check runs before routing (it may cut the token out of the
-    // path), so it wraps the routes as a whole, as this router's fallback.
-    Router::new()
-        .fallback_service(routes.with_state(state.clone()))
-        .layer(from_fn_with_state(state.clone(), auth::check_caller))
-        .layer(map_response_with_state(state.clone(), count_outcomes))
-        .with_state(state)
+    let routed = if auth.token.is_empty() && auth.allow_ips.is_empty() {
+        routes.with_state(state.clone())
+    } else {
+        // The caller check runs before routing (it may cut the token out of the
+        // path), so it wraps the routes as a whole, as this router's fallback.
+        Router::new()
+            .fallback_service(routes.with_state(state.clone()))
+            .layer(from_fn_with_state(state.clone(), auth::check_caller))
+            .with_state(state.clone())
+    };
+    with_layers(routed, state)
 }
 
-async fn count_outcomes(State(state): State<AppState>, mut response: Response) -> Response {
-    // Taken out once counted: the outer layer sees only the caller check's refusals.
+/// The layers around every route. A layer wraps what is above it; inside
+/// out: a handler's panic becomes a 500 envelope; the safety net answers if
+/// anything outlives every deadline; each answer is counted, and each refusal
+/// logged; Authorization is kept out of any debug output. Public so tests can
+/// put routes of their own (one that panics, one that hangs) inside them.
+pub fn with_layers(routed: Router, state: AppState) -> Router {
+    let safety_net = state.settings.server.response_timeout + SAFETY_NET_MARGIN;
+    routed
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(answer_panic))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            safety_net,
+        ))
+        .layer(from_fn_with_state(state, settle_outcome))
+        .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+}
+
+/// How long past `server.response_timeout` the outer safety net waits: every
+/// handler answers by its own deadline, so this fires only on a bug.
+const SAFETY_NET_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Counts each answer by its outcome and logs each refusal. A bare 503 is the
+/// safety net's: it is answered with the envelope like any other.
+async fn settle_outcome(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|info| {
+        auth::client_address(info.0.ip(), request.headers(), &state.settings.server.trusted_proxies)
+    });
+    let operation_id = request.headers().get("operationid").cloned();
+    let mut response = next.run(request).await;
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+        && response.extensions().get::<Outcome>().is_none()
+    {
+        let limit = state.settings.server.response_timeout + SAFETY_NET_MARGIN;
+        tracing::error!(
+            limit_ms = limit.as_millis(),
+            "a request outlived every deadline: answered 503 by the safety net"
+        );
+        response = ApiError::DeadlineExceeded { deadline_ms: limit.as_millis() }.into_response();
+    }
     if let Some(outcome) = response.extensions_mut().remove::<Outcome>() {
         state.requests.count(outcome);
+        if let Outcome::Rejected(rejection) = outcome {
+            let operation_id = operation_id.as_ref().map(|value| value.as_bytes());
+            state.refusals.log(&refusals::Refusal { rejection, operation_id, peer });
+        }
     }
     response
+}
+
+/// A handler's panic: logged at ERROR, answered with a 500 envelope, the
+/// connection kept (hyper would otherwise drop it with no answer).
+fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let reason = crate::sinks::panic_reason(&*panic);
+    tracing::error!(reason, "a request handler panicked: answered 500");
+    ApiError::Internal.into_response()
 }
 
 async fn not_found(State(state): State<AppState>, uri: Uri) -> ApiError {

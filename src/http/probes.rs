@@ -42,6 +42,8 @@ struct StatsReport {
     /// With the fleet scope: this replica's name, the replicas seen, and how current the figures are.
     #[serde(skip_serializing_if = "Option::is_none")]
     fleet: Option<crate::sinks::stats::fleet::FleetStatus>,
+    /// This receiver's version.
+    version: &'static str,
     uptime_seconds: u64,
     /// Absent when the stats sink is disabled.
     #[serde(flatten)]
@@ -59,6 +61,10 @@ struct RequestReport {
     rejected: BTreeMap<&'static str, u64>,
     /// Requests for other webhook commands, by command.
     unknown_commands: BTreeMap<String, u64>,
+    /// Refusals not logged at WARN because of the rate limit (20 lines a second).
+    refusals_not_logged: u64,
+    /// When the last accepted message arrived, in ms since the epoch.
+    last_accepted_at: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -119,6 +125,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
     Json(StatsReport {
         scope: if fleet.is_some() { "fleet" } else { "replica" },
         fleet,
+        version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: requests.uptime().as_secs(),
         messages,
         requests: RequestReport {
@@ -126,6 +133,8 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
             accepted: requests.accepted(),
             rejected,
             unknown_commands: requests.unknown_commands().into_iter().collect(),
+            refusals_not_logged: state.refusals.not_logged(),
+            last_accepted_at: requests.last_accepted_ms(),
         },
         journal: state.journal.report(),
         sinks,

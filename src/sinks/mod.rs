@@ -10,6 +10,7 @@ pub mod forward;
 pub mod log;
 pub mod redis_stream;
 mod runner;
+pub(crate) use runner::panic_reason;
 pub mod sql;
 pub mod stats;
 

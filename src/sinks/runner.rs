@@ -188,7 +188,7 @@ async fn stop_requested(commands: &mut watch::Receiver<Command>) {
 }
 
 /// The message a panic was raised with.
-fn panic_reason(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_reason(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|text| text.to_string())

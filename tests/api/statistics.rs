@@ -79,15 +79,35 @@ async fn metrics_parse_as_prometheus_text_and_match_what_was_sent() {
         value(&scrape, "openim_callback_messages_by_content_type_total", Some(("content_type", "picture"))),
         1.0
     );
+    // An unknown code is spelled by its number, in /metrics as in /stats.
     assert_eq!(
-        value(&scrape, "openim_callback_messages_by_content_type_total", Some(("content_type", "other"))),
+        value(&scrape, "openim_callback_messages_by_content_type_total", Some(("content_type", "4321"))),
         1.0
     );
     assert_eq!(value(&scrape, "openim_callback_messages_by_platform_total", Some(("platform", "web"))), 1.0);
+    assert_eq!(value(&scrape, "openim_callback_messages_by_platform_total", Some(("platform", "0"))), 2.0);
+    assert_eq!(value(&scrape, "openim_callback_messages_by_platform_total", Some(("platform", "99"))), 1.0);
+    let stats = receiver.get_json("/stats").await;
+    assert_eq!(stats["messages"]["by_content_type"]["4321"], 1);
+    assert_eq!(stats["messages"]["by_platform"]["0"], 2);
     assert_eq!(
-        value(&scrape, "openim_callback_messages_by_platform_total", Some(("platform", "other"))),
-        3.0
+        value(&scrape, "openim_callback_messages_by_session_type_total", Some(("session_type", "0"))),
+        4.0
     );
+    assert_eq!(
+        value(&scrape, "openim_callback_build_info", Some(("version", env!("CARGO_PKG_VERSION")))),
+        1.0
+    );
+    assert_eq!(value(&scrape, "openim_callback_requests_in_flight", None), 0.0);
+    assert_eq!(value(&scrape, "openim_callback_ready", None), 1.0);
+    let last_accepted = value(&scrape, "openim_callback_last_accepted_timestamp_seconds", None);
+    assert!((last_accepted - now_ms() as f64 / 1000.0).abs() < 60.0, "{last_accepted}");
+    // Process metrics under the names every Prometheus client uses.
+    assert!(value(&scrape, "process_resident_memory_bytes", None) > 1_000_000.0);
+    assert!(value(&scrape, "process_open_fds", None) >= 3.0);
+    assert!(value(&scrape, "process_cpu_seconds_total", None) > 0.0);
+    let started = value(&scrape, "process_start_time_seconds", None);
+    assert!((started - now_ms() as f64 / 1000.0).abs() < 3600.0, "{started}");
     assert_eq!(value(&scrape, "openim_callback_people", Some(("role", "sender"))), 3.0);
     assert_eq!(value(&scrape, "openim_callback_people", Some(("role", "any"))), 4.0);
     assert_eq!(value(&scrape, "openim_callback_conversations", None), 3.0);

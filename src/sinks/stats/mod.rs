@@ -117,7 +117,32 @@ impl MessageStats {
 }
 
 fn labelled<K: Eq + Hash>(counts: &HashMap<K, u64>, label: impl Fn(&K) -> String) -> BTreeMap<String, u64> {
-    counts.iter().map(|(code, count)| (label(code), *count)).collect()
+    fold_unknown_codes(counts.iter().map(|(code, count)| (label(code), *count)).collect())
+}
+
+/// Unknown codes shown by their number, per field; the rest of them count as `other`.
+pub const MAX_UNKNOWN_CODES: usize = 16;
+
+/// Counts by label, where a label that is a number is a code this receiver
+/// does not know: the [`MAX_UNKNOWN_CODES`] most frequent of those keep their
+/// number, the rest are added up as `other`. So a caller sending made-up
+/// codes cannot add labels to `/stats` and `/metrics` without bound; both
+/// spell every label the same way.
+pub fn fold_unknown_codes(mut counts: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut unknown: Vec<(String, u64)> = counts
+        .iter()
+        .filter(|(label, _)| label.parse::<i64>().is_ok())
+        .map(|(label, count)| (label.clone(), *count))
+        .collect();
+    if unknown.len() <= MAX_UNKNOWN_CODES {
+        return counts;
+    }
+    unknown.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    for (label, count) in unknown.into_iter().skip(MAX_UNKNOWN_CODES) {
+        counts.remove(&label);
+        *counts.entry("other".to_owned()).or_default() += count;
+    }
+    counts
 }
 
 /// What `GET /stats` shows of the messages.
@@ -398,6 +423,18 @@ mod tests {
             create_time,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn unknown_codes_past_sixteen_are_counted_as_other() {
+        let mut counts: BTreeMap<String, u64> =
+            (1..=20).map(|code| (format!("{}", 9000 + code), code)).collect();
+        counts.insert("text".into(), 5);
+        let folded = fold_unknown_codes(counts);
+        assert_eq!(folded.len(), 1 + MAX_UNKNOWN_CODES + 1, "{folded:?}");
+        assert_eq!(folded["other"], 1 + 2 + 3 + 4, "the four least frequent");
+        assert_eq!(folded["9020"], 20);
+        assert_eq!(folded["text"], 5);
     }
 
     #[test]

@@ -236,12 +236,14 @@ impl Fields {
 
     /// `<group>:<name>` fields as name → count.
     fn group(&self, group: &str) -> BTreeMap<String, u64> {
-        self.0
+        let counts = self
+            .0
             .iter()
             .filter_map(|(field, value)| {
                 let name = field.strip_prefix(group)?.strip_prefix(':')?;
                 Some((name.to_owned(), value.parse::<i64>().ok()?.max(0) as u64))
             })
-            .collect()
+            .collect();
+        crate::sinks::stats::fold_unknown_codes(counts)
     }
 }

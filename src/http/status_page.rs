@@ -1,0 +1,26 @@
+//! `GET /`: the status page. One self-contained HTML file (its styles,
+//! script and hand-drawn SVG charts inline), compiled into the binary: no
+//! CDN, nothing to fetch but the receiver's own `/stats` and `/stats/daily`,
+//! which it reads again every few seconds.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+const PAGE: &str = include_str!("status_page.html");
+
+/// Everything the page runs is in it; it may only call back to this receiver.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'";
+
+pub async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
