@@ -49,8 +49,7 @@ impl RefusalLog {
                 Some(current) if now.duration_since(current.started) < Duration::from_secs(1) => current,
                 _ => {
                     let previous = window.take().map_or(0, |previous| previous.suppressed);
-                    let fresh = window.insert(Window { started: now, logged: 0, suppressed: previous });
-                    fresh
+                    window.insert(Window { started: now, logged: 0, suppressed: previous })
                 }
             };
             if current.logged >= LINES_PER_SECOND {
