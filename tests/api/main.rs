@@ -18,3 +18,4 @@ mod shutdown;
 mod sql;
 mod statistics;
 mod stats;
+mod status_page;
