@@ -87,7 +87,10 @@ impl Receiver {
         let shutdown_timeout = state.settings.server.shutdown_timeout;
         let tls = server::tls_acceptor(&state.settings.server)?;
         let journal = std::sync::Arc::clone(&state.journal);
-        let limits = server::Limits::from_settings(&state.settings);
+        let limits = server::Limits {
+            refusals: Some(std::sync::Arc::clone(&state.refusals)),
+            ..server::Limits::from_settings(&state.settings)
+        };
         // A fleet replica says it is alive while it serves, and leaves the list when it stops.
         let fleet = state.stats.as_ref().and_then(|stats| stats.fleet()).cloned();
         let heartbeat = fleet.clone().map(|view| tokio::spawn(view.heartbeat()));

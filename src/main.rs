@@ -9,13 +9,14 @@ use std::time::Duration;
 
 /// Receives OpenIM's callbackAfterSendSingleMsgCommand webhook, logs and counts every message.
 ///
-/// Settings: built-in defaults, then --config FILE, then OPENIM_CALLBACK__SECTION__KEY
-/// environment variables (e.g. OPENIM_CALLBACK__SERVER__LISTEN=0.0.0.0:10006).
+/// Settings: built-in defaults, then --config FILE (or OPENIM_CALLBACK_CONFIG), then
+/// OPENIM_CALLBACK__SECTION__KEY environment variables (e.g. OPENIM_CALLBACK__SERVER__LISTEN=0.0.0.0:10006).
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// TOML file with settings to override (only the keys you change).
-    #[arg(long, value_name = "PATH", global = true)]
+    /// TOML file with settings to override (only the keys you change). The
+    /// healthcheck reads it too, so it probes the address the file sets.
+    #[arg(long, value_name = "PATH", global = true, env = "OPENIM_CALLBACK_CONFIG")]
     config: Option<PathBuf>,
     /// Print the effective settings as TOML and exit.
     #[arg(long)]
@@ -30,14 +31,19 @@ enum Command {
     Healthcheck,
 }
 
+/// Every reason the receiver does not start (bad settings, the port taken,
+/// the journal in use, …) is one plain line on stderr and exit code 2;
+/// failures once it serves are logged and end with exit code 1.
+fn refuse_to_start(why: impl std::fmt::Display) -> ExitCode {
+    eprintln!("openim-callback-receiver: {why}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref(), EnvSource::Process) {
         Ok(settings) => settings,
-        Err(error) => {
-            eprintln!("openim-callback-receiver: {error}");
-            return ExitCode::from(2);
-        }
+        Err(error) => return refuse_to_start(error),
     };
     if cli.print_config {
         print!("{}", settings.to_toml());
@@ -52,6 +58,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => return refuse_to_start(format!("cannot start the async runtime: {error}")),
+    };
+    // Bound before logging starts, so that a port in use is a start-up error like any other.
+    let listen = settings.server.listen;
+    let listener = match runtime.block_on(tokio::net::TcpListener::bind(listen)) {
+        Ok(listener) => listener,
+        Err(error) => return refuse_to_start(format!("cannot listen on {listen}: {error}")),
+    };
     let _telemetry = telemetry::init(&settings.telemetry);
     // Every connection is a file descriptor: lift the soft limit (often 1024)
     // to the hard limit, so server.max_connections is what bounds them.
@@ -59,38 +75,21 @@ fn main() -> ExitCode {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(error) => tracing::warn!(%error, "cannot raise the open file limit"),
     }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
-    };
-    let exit = runtime.block_on(serve(settings));
+    let exit = runtime.block_on(serve(settings, listener));
     // A sink stuck in a blocking write must not keep the process alive past
     // its shutdown deadline: its thread ends with the process.
     runtime.shutdown_background();
     exit
 }
 
-async fn serve(settings: Settings) -> ExitCode {
+async fn serve(settings: Settings, listener: tokio::net::TcpListener) -> ExitCode {
     let listen = settings.server.listen;
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%listen, %error, "cannot listen");
-            return ExitCode::FAILURE;
-        }
-    };
     // The bound address, not the configured one: port 0 picks a free port.
     let listen = listener.local_addr().unwrap_or(listen);
     let base = settings.callback_base().to_owned();
     let receiver = match Receiver::from_settings(settings) {
         Ok(receiver) => receiver,
-        Err(error) => {
-            tracing::error!(%error, "cannot start");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return refuse_to_start(format!("cannot start: {error}")),
     };
     tracing::info!(%listen, callback_url = %format!("http://{listen}{base}/callbackAfterSendSingleMsgCommand"),
         version = env!("CARGO_PKG_VERSION"), "receiving OpenIM callbacks");

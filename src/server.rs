@@ -11,6 +11,7 @@
 //! watcher sleeps until the next deadline and only looks at two timestamps
 //! the connection updates as it reads and serves.
 
+use crate::http::refusals::{Refusal, Refused};
 use crate::settings::{ServerSettings, Settings};
 use axum::Router;
 use axum::body::Body;
@@ -49,6 +50,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Where refusals marked on responses are logged, with the peer's address.
+    pub refusals: Option<Arc<crate::http::refusals::RefusalLog>>,
 }
 
 impl Limits {
@@ -61,6 +64,7 @@ impl Limits {
             max_connections: server.max_connections,
             max_header_bytes: server.max_header_bytes,
             max_headers: server.max_headers,
+            refusals: None,
         }
     }
 }
@@ -172,6 +176,7 @@ impl Connection {
         let service = {
             let (app, peer, activity) = (self.app.clone(), self.peer, Arc::clone(&activity));
             let peer_address = self.limits.peer_address;
+            let refusals = self.limits.refusals.clone();
             hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                 // For auth.allow_ips: axum's ConnectInfo extractor reads this. Only
                 // then: the first extension costs every request an allocation.
@@ -180,9 +185,17 @@ impl Connection {
                 }
                 let busy = activity.request_started();
                 let response = app.clone().oneshot(request.map(Body::new));
+                let refusals = refusals.clone();
                 async move {
-                    let response = response.await;
+                    let mut response = response.await;
                     drop(busy);
+                    if let (Ok(answer), Some(log)) = (&mut response, &refusals)
+                        && let Some(refused) = answer.extensions_mut().remove::<Refused>()
+                    {
+                        let operation_id = refused.operation_id.as_ref().map(|value| value.as_bytes());
+                        let peer = Some(refused.client.unwrap_or(peer.ip()));
+                        log.log(&Refusal { rejection: refused.rejection, operation_id, peer });
+                    }
                     response
                 }
             })

@@ -48,7 +48,7 @@ pub struct JournalSettings {
     pub cursor_interval: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
     /// Written to the OS before the 200; fdatasync every `sync_interval`.
@@ -67,7 +67,7 @@ impl SyncMode {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WhenFull {
     /// Keep accepting; the sinks that are behind skip their oldest unread records.
@@ -104,7 +104,7 @@ pub struct StatsSettings {
     pub redis_timeout: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StatsBackend {
     /// Each replica counts what it received (today's single-replica behaviour).
@@ -140,7 +140,8 @@ impl StatsSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
-    /// Address and port to listen on.
+    /// Address and port to listen on (a host name is resolved at start).
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// Path part of the webhook URL configured in OpenIM, without a trailing slash.
     pub base_path: String,
@@ -283,7 +284,7 @@ pub struct TelemetrySettings {
     pub level: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Pretty on a terminal, JSON otherwise.
@@ -390,10 +391,110 @@ pub struct StatsSinkSettings {
     pub batch_size: usize,
 }
 
+/// A settings enum read from its name; any other name is refused with the
+/// names allowed (serde's own message names the Rust type instead).
+macro_rules! named_choices {
+    ($type:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $type {
+            /// The names this setting takes.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+        }
+
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let name = String::deserialize(deserializer)?;
+                match name.as_str() {
+                    $($name => Ok($type::$variant),)+
+                    other => Err(serde::de::Error::custom(format!(
+                        "{other:?} is not one of {}",
+                        Self::NAMES.join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+named_choices!(SyncMode { Os => "os", Always => "always" });
+named_choices!(WhenFull { Skip => "skip", Refuse => "refuse" });
+named_choices!(StatsBackend { Memory => "memory", Redis => "redis" });
+named_choices!(LogFormat { Auto => "auto", Json => "json", Pretty => "pretty" });
+
+/// `host:port`: an IP address, or a host name (its first IPv4 address, else
+/// its first address), like `0.0.0.0:10006` or `localhost:10006`.
+pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let invalid = || format!("{text:?} is not host:port, like 0.0.0.0:10006 or localhost:10006");
+    let (host, port) = text.rsplit_once(':').ok_or_else(invalid)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(invalid());
+    }
+    let addresses: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|error| format!("{text:?}: cannot resolve {host:?}: {error}"))?
+        .collect();
+    addresses
+        .iter()
+        .find(|address| address.is_ipv4())
+        .or(addresses.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?}: {host:?} has no address"))
+}
+
+fn listen_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    resolve_listen(&text).map_err(serde::de::Error::custom)
+}
+
+/// `telemetry.level` takes levels and `target=level` directives. A bare word
+/// that is no level would be read by tracing as a target name at TRACE, which
+/// silences everything else: refused instead.
+fn check_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in level.split(',').map(str::trim) {
+        if directive.contains('=') || LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            continue;
+        }
+        return Err(format!(
+            "{directive:?} is not a level: use one of {}, or target=level (like openim_callback_receiver=debug)",
+            LEVELS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// A setting that stops start-up; the message names the key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid settings: {0}")]
 pub struct SettingsError(String);
+
+/// The layers a key may have come from, to say which one holds a bad key.
+struct Sources<'a> {
+    file: Option<&'a Path>,
+    variables: Vec<String>,
+}
+
+impl Sources<'_> {
+    /// "in <file>: " or "in OPENIM_CALLBACK__…: " for the layer that sets
+    /// `key` last (the environment wins over the file); "" for the defaults.
+    fn where_set(&self, key: &str) -> String {
+        let variable = format!("{ENV_PREFIX}__{}", key.replace('.', "__")).to_uppercase();
+        if self.variables.iter().any(|name| name.to_uppercase() == variable) {
+            return format!("in {variable}: ");
+        }
+        let Some(file) = self.file else { return String::new() };
+        let Ok(table) = std::fs::read_to_string(file).map(|text| text.parse::<toml::Table>()) else {
+            return String::new();
+        };
+        let Ok(table) = table else { return String::new() };
+        let mut node = Some(&toml::Value::Table(table));
+        for part in key.split('.') {
+            node = node.and_then(|value| value.get(part));
+        }
+        if node.is_some() { format!("in {}: ", file.display()) } else { String::new() }
+    }
+}
 
 /// Where the environment layer comes from: the process, or a map given by a test.
 pub enum EnvSource {
@@ -424,14 +525,27 @@ impl Settings {
             .list_separator(",")
             .with_list_parse_key("server.trusted_proxies")
             .with_list_parse_key("auth.allow_ips");
+        let variables: Vec<String> = match &env {
+            EnvSource::Process => std::env::vars().map(|(name, _)| name).collect(),
+            EnvSource::Map(map) => map.keys().cloned().collect(),
+        };
         if let EnvSource::Map(map) = env {
             environment = environment.source(Some(map));
         }
         let layered =
             builder.add_source(environment).build().map_err(|error| SettingsError(error.to_string()))?;
-        let settings: Settings = serde_path_to_error::deserialize(layered)
-            .map_err(|error| SettingsError(format!("{}: {}", error.path(), error.inner())))?;
-        settings.validate()?;
+        let sources = Sources { file, variables };
+        let settings: Settings = serde_path_to_error::deserialize(layered).map_err(|error| {
+            let key = error.path().to_string();
+            // config adds " for key `…`" to what the key already says.
+            let why = error.inner().to_string();
+            let why = why.split(" for key `").next().unwrap_or_default().to_owned();
+            SettingsError(format!("{}{key}: {why}", sources.where_set(&key)))
+        })?;
+        settings.validate().map_err(|SettingsError(message)| {
+            let key = message.split(':').next().unwrap_or_default();
+            SettingsError(format!("{}{message}", sources.where_set(key)))
+        })?;
         Ok(settings)
     }
 
@@ -600,6 +714,9 @@ impl Settings {
         if journal.max_bytes < 2 * journal.segment_bytes {
             return fail("journal.max_bytes", "must be at least twice journal.segment_bytes");
         }
+        if let Err(why) = check_level(&self.telemetry.level) {
+            return fail("telemetry.level", &why);
+        }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.telemetry.level) {
             return fail("telemetry.level", &error.to_string());
         }
@@ -683,6 +800,43 @@ mod tests {
         assert!(!settings.to_toml().contains("pw-9f2"), "the password is never printed");
         assert!(settings.stats.snapshot_path().is_none(), "Redis holds the fleet's state, not a snapshot");
         assert!(!settings.stats.replica_name().is_empty(), "the host name by default");
+    }
+
+    #[test]
+    fn bad_values_name_the_allowed_ones_and_where_they_were_set() {
+        let error = |file: Option<&Path>, pairs: &[(&str, &str)]| {
+            Settings::load(file, env(pairs)).unwrap_err().to_string()
+        };
+        let format = error(None, &[("OPENIM_CALLBACK__TELEMETRY__FORMAT", "logfmt")]);
+        assert!(format.contains(r#""logfmt" is not one of auto, json, pretty"#), "{format}");
+        assert!(format.contains("in OPENIM_CALLBACK__TELEMETRY__FORMAT"), "{format}");
+        assert!(!format.contains("LogFormat"), "no Rust type names: {format}");
+        let level = error(None, &[("OPENIM_CALLBACK__TELEMETRY__LEVEL", "loud")]);
+        assert!(level.contains("telemetry.level") && level.contains(r#""loud" is not a level"#), "{level}");
+        let listen = error(None, &[("OPENIM_CALLBACK__SERVER__LISTEN", "localhost:port")]);
+        assert!(listen.contains(r#""localhost:port""#), "the value is echoed: {listen}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("receiver.toml");
+        std::fs::write(&file, "[journal]\nsync = \"sometimes\"\n").unwrap();
+        let in_file = error(Some(&file), &[]);
+        assert!(in_file.contains(&format!("in {}: journal.sync", file.display())), "{in_file}");
+        std::fs::write(&file, "[server]\nlistn = \"0.0.0.0:1\"\n").unwrap();
+        let typo = error(Some(&file), &[]);
+        assert!(typo.contains(&format!("in {}: server.listn", file.display())), "{typo}");
+        for level in ["debug", "warn,openim_callback_receiver=debug", "INFO"] {
+            assert!(
+                Settings::load(None, env(&[("OPENIM_CALLBACK__TELEMETRY__LEVEL", level)])).is_ok(),
+                "{level}"
+            );
+        }
+    }
+
+    #[test]
+    fn listen_takes_host_names() {
+        let settings =
+            Settings::load(None, env(&[("OPENIM_CALLBACK__SERVER__LISTEN", "localhost:10007")])).unwrap();
+        assert!(settings.server.listen.ip().is_loopback());
+        assert_eq!(settings.server.listen.port(), 10007);
     }
 
     #[test]

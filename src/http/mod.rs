@@ -5,7 +5,7 @@ mod callback;
 pub mod error;
 mod extract;
 mod probes;
-mod refusals;
+pub mod refusals;
 mod status_page;
 
 use crate::journal::Journal;
@@ -39,8 +39,8 @@ pub struct SharedState {
     /// Present when the stats sink is enabled.
     pub stats: Option<StatsHandle>,
     pub requests: RequestCounters,
-    /// Every refusal logged at WARN, within a rate limit.
-    pub refusals: refusals::RefusalLog,
+    /// Every refusal logged at WARN, within a rate limit (by the connection, which knows the peer).
+    pub refusals: Arc<refusals::RefusalLog>,
     /// One permit per callback being handled (`server.max_in_flight`).
     pub(crate) in_flight: Arc<Semaphore>,
 }
@@ -80,7 +80,7 @@ impl AppState {
             sinks,
             stats,
             requests: RequestCounters::new(),
-            refusals: refusals::RefusalLog::default(),
+            refusals: Arc::default(),
             in_flight,
         }))
     }
@@ -255,7 +255,8 @@ const SAFETY_NET_MARGIN: std::time::Duration = std::time::Duration::from_secs(2)
 /// Counts each answer by its outcome and logs each refusal. A bare 503 is the
 /// safety net's: it is answered with the envelope like any other.
 async fn settle_outcome(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let peer = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|info| {
+    // The peer is known here only when auth.allow_ips asked for it; else the connection adds it.
+    let client = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|info| {
         auth::client_address(info.0.ip(), request.headers(), &state.settings.server.trusted_proxies)
     });
     let operation_id = request.headers().get("operationid").cloned();
@@ -274,8 +275,7 @@ async fn settle_outcome(State(state): State<AppState>, request: Request, next: N
     if let Some(outcome) = response.extensions_mut().remove::<Outcome>() {
         state.requests.count(outcome);
         if let Outcome::Rejected(rejection) = outcome {
-            let operation_id = operation_id.as_ref().map(|value| value.as_bytes());
-            state.refusals.log(&refusals::Refusal { rejection, operation_id, peer });
+            response.extensions_mut().insert(refusals::Refused { rejection, operation_id, client });
         }
     }
     response

@@ -4,6 +4,10 @@
 //! caller's address; at most [`LINES_PER_SECOND`] a second, so a flood of bad
 //! requests cannot fill the disk. What is left out is counted, reported in
 //! the next line that gets through, and in `/stats` and `/metrics`.
+//!
+//! The router marks a refusal on its response ([`Refused`]); the connection,
+//! which knows the peer, logs it. So no request pays for carrying its peer
+//! address through the router.
 
 use super::error::Rejection;
 use crate::message::{MAX_LOGGED_ID_CHARS, clip};
@@ -15,17 +19,28 @@ use std::time::{Duration, Instant};
 /// Refusals logged per second at most.
 pub const LINES_PER_SECOND: u32 = 20;
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct RefusalLog {
     window: Mutex<Option<Window>>,
     /// Refusals not logged because of the limit, since start.
     not_logged: AtomicU64,
 }
 
+#[derive(Debug)]
 struct Window {
     started: Instant,
     logged: u32,
     suppressed: u64,
+}
+
+/// A refusal, marked on its response for the connection to log.
+#[derive(Clone, Debug)]
+pub struct Refused {
+    pub rejection: Rejection,
+    /// The operationID header, when there was one.
+    pub operation_id: Option<axum::http::HeaderValue>,
+    /// The caller behind trusted proxies, when the router knew it; else the connection's peer.
+    pub client: Option<IpAddr>,
 }
 
 /// What is known of a refused request.

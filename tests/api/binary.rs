@@ -403,3 +403,94 @@ async fn sighup_is_a_graceful_shutdown_like_sigterm() {
     assert_eq!(stats_after(again.address, 3).await["messages"]["total"], 3);
     assert_eq!(again.terminate().await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn openim_callback_config_is_read_by_the_server_and_by_its_healthcheck() {
+    let workdir = tempfile::tempdir().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = workdir.path().join("receiver.toml");
+    std::fs::write(&config, format!("[server]\nlisten = \"{free}\"\n")).unwrap();
+    let config = config.to_str().unwrap();
+    // No listen in the environment: only the file says where.
+    let mut command = receiver_command(workdir.path());
+    command.env_remove("OPENIM_CALLBACK__SERVER__LISTEN").env("OPENIM_CALLBACK_CONFIG", config);
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let started = next_line_where(&mut lines, |line| line["message"] == "receiving OpenIM callbacks").await;
+    assert_eq!(started["listen"], free.to_string(), "the server took the file's address");
+    // The container's HEALTHCHECK: the same binary, the same environment, no --config.
+    let healthy = Command::new(BINARY)
+        .arg("healthcheck")
+        .env_clear()
+        .env("OPENIM_CALLBACK_CONFIG", config)
+        .status()
+        .await
+        .unwrap();
+    assert!(healthy.success(), "the healthcheck probed the file's address");
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_a_start_up_error_like_a_bad_setting() {
+    let workdir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = receiver_command(workdir.path())
+        .env("OPENIM_CALLBACK__SERVER__LISTEN", &address)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "nothing on stdout: {}", String::from_utf8_lossy(&output.stdout));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("openim-callback-receiver: cannot listen on ") && stderr.contains(&address),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn every_refused_callback_is_logged_at_warn_within_a_rate_limit() {
+    let workdir = tempfile::tempdir().unwrap();
+    let mut binary = RunningBinary::start(workdir.path(), &[]).await;
+    let client = crate::helpers::http_client();
+    let url = format!("http://{}{COMMAND_PATH}", binary.address);
+    let refused = client
+        .post(&url)
+        .header("Content-Type", "application/json")
+        .header("operationID", "op-refused-1")
+        .body(r#"{"sendID": 7}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    // A flood: far more than 20 a second.
+    for index in 0..60 {
+        let answer =
+            client.post(&url).header("operationID", format!("op-flood-{index}")).body("{").send().await;
+        assert_eq!(answer.unwrap().status(), 400);
+    }
+    let stats = stats_of(binary.address).await;
+    let not_logged = stats["requests"]["refusals_not_logged"].as_u64().unwrap();
+    assert_eq!(binary.terminate().await.code(), Some(0));
+    let lines = binary.lines.await.unwrap();
+    let refusals: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|line| line["message"] == "callback refused: OpenIM does not send it again")
+        .collect();
+    let first = refusals.first().expect("the refusal is logged");
+    assert_eq!(first["level"], "WARN");
+    assert_eq!(first["reason"], "invalid_json");
+    assert_eq!(first["status"], 400);
+    assert_eq!(first["err_code"], 4006);
+    assert_eq!(first["operationID"], "op-refused-1");
+    assert_eq!(first["peer"], "127.0.0.1");
+    // 61 refusals: at most 20 lines in any second, and what was left out is counted.
+    assert!(refusals.len() as u64 + not_logged >= 61, "{} logged, {not_logged} not", refusals.len());
+    assert!(not_logged > 0, "a flood of 60 within a second or two is limited");
+    assert!(refusals.len() <= 20 * 8, "{}", refusals.len());
+}

@@ -404,3 +404,54 @@ async fn more_header_fields_than_server_max_headers_get_431_and_the_limit_is_a_s
     let answer = raw_request(raised.address, head(120).as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// The layers around every route, with routes of the test's own inside: a
+/// handler that panics, and one that would never answer.
+mod layers {
+    use crate::helpers::settings;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    async fn answer(router: axum::Router, path: &str) -> (StatusCode, serde_json::Value) {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+
+    async fn boom() -> &'static str {
+        panic!("a bug, on purpose")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_in_the_envelope_and_a_hung_one_is_cut_off() {
+        let journal = tempfile::tempdir().unwrap();
+        let dir = journal.path().to_str().unwrap();
+        let settings = settings(&[("JOURNAL__DIR", dir), ("SERVER__RESPONSE_TIMEOUT", "100ms")]);
+        let receiver = openim_callback_receiver::Receiver::from_settings(settings).unwrap();
+        let state = receiver.state().clone();
+        let routes = axum::Router::new()
+            .route("/boom", get(boom))
+            .route("/hang", get(|| std::future::pending::<&'static str>()));
+        let router = openim_callback_receiver::http::with_layers(routes, state.clone());
+
+        let (status, envelope) = answer(router.clone(), "/boom").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(envelope["errCode"], 5000, "{envelope}");
+        assert_eq!(envelope["actionCode"], 1);
+
+        let started = std::time::Instant::now();
+        let (status, envelope) = answer(router, "/hang").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(envelope["errCode"], 5030, "the safety net answers in the envelope: {envelope}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        assert_eq!(state.requests.rejected(openim_callback_receiver::http::error::Rejection::Internal), 1);
+        assert_eq!(
+            state.requests.rejected(openim_callback_receiver::http::error::Rejection::DeadlineExceeded),
+            1
+        );
+    }
+}

@@ -211,8 +211,8 @@ async fn a_second_receiver_on_the_same_journal_or_snapshot_refuses_to_start_and_
     let workdir = tempfile::tempdir().unwrap();
     let mut first = RunningBinary::start(workdir.path(), &[]).await;
     let second = crate::binary::receiver_command(workdir.path()).output().await.unwrap();
-    assert_eq!(second.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(second.status.code(), Some(2), "a start-up error");
+    let said = String::from_utf8_lossy(&second.stderr);
     assert!(said.contains("data/journal is in use by another receiver"), "{said}");
     // Another journal, the same stats snapshot: refused too, naming the snapshot.
     let same_snapshot = crate::binary::receiver_command(workdir.path())
@@ -220,8 +220,8 @@ async fn a_second_receiver_on_the_same_journal_or_snapshot_refuses_to_start_and_
         .output()
         .await
         .unwrap();
-    assert_eq!(same_snapshot.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&same_snapshot.stdout);
+    assert_eq!(same_snapshot.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&same_snapshot.stderr);
     assert!(said.contains("stats snapshot data/stats.snapshot is in use by another receiver"), "{said}");
     post_to(first.address, "alice").await;
     assert_eq!(caught_up(first.address).await["messages"]["total"], 1);
