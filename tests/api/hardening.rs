@@ -435,7 +435,7 @@ mod layers {
         let state = receiver.state().clone();
         let routes = axum::Router::new()
             .route("/boom", get(boom))
-            .route("/hang", get(|| std::future::pending::<&'static str>()));
+            .route("/hang", get(std::future::pending::<&'static str>));
         let router = openim_callback_receiver::http::with_layers(routes, state.clone());
 
         let (status, envelope) = answer(router.clone(), "/boom").await;
