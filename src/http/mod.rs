@@ -6,6 +6,7 @@ pub mod error;
 mod extract;
 mod probes;
 pub mod refusals;
+mod settle;
 mod status_page;
 
 use crate::journal::Journal;
@@ -13,9 +14,9 @@ use crate::message::AFTER_SEND_SINGLE_MSG_COMMAND;
 use crate::settings::Settings;
 use crate::sinks::{SinkStatus, StatsHandle};
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri, header};
-use axum::middleware::{Next, from_fn_with_state};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::{ApiError, Outcome, Rejection};
@@ -244,42 +245,13 @@ pub fn with_layers(routed: Router, state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             safety_net,
         ))
-        .layer(from_fn_with_state(state, settle_outcome))
+        .layer(settle::SettleOutcomeLayer(state))
         .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
 }
 
 /// How long past `server.response_timeout` the outer safety net waits: every
 /// handler answers by its own deadline, so this fires only on a bug.
-const SAFETY_NET_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Counts each answer by its outcome and logs each refusal. A bare 503 is the
-/// safety net's: it is answered with the envelope like any other.
-async fn settle_outcome(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    // The peer is known here only when auth.allow_ips asked for it; else the connection adds it.
-    let client = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|info| {
-        auth::client_address(info.0.ip(), request.headers(), &state.settings.server.trusted_proxies)
-    });
-    let operation_id = request.headers().get("operationid").cloned();
-    let mut response = next.run(request).await;
-    if response.status() == StatusCode::SERVICE_UNAVAILABLE
-        && !response.headers().contains_key(header::CONTENT_TYPE)
-        && response.extensions().get::<Outcome>().is_none()
-    {
-        let limit = state.settings.server.response_timeout + SAFETY_NET_MARGIN;
-        tracing::error!(
-            limit_ms = limit.as_millis(),
-            "a request outlived every deadline: answered 503 by the safety net"
-        );
-        response = ApiError::DeadlineExceeded { deadline_ms: limit.as_millis() }.into_response();
-    }
-    if let Some(outcome) = response.extensions_mut().remove::<Outcome>() {
-        state.requests.count(outcome);
-        if let Outcome::Rejected(rejection) = outcome {
-            response.extensions_mut().insert(refusals::Refused { rejection, operation_id, client });
-        }
-    }
-    response
-}
+pub(crate) const SAFETY_NET_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A handler's panic: logged at ERROR, answered with a 500 envelope, the
 /// connection kept (hyper would otherwise drop it with no answer).
