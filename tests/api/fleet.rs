@@ -290,3 +290,24 @@ async fn two_fleets_with_their_own_prefixes_do_not_see_each_other() {
     assert!(a.stop().await.is_clean());
     assert!(b.stop().await.is_clean());
 }
+
+#[tokio::test]
+async fn two_receivers_sharing_a_replica_id_are_told_so_and_neither_counts_twice() {
+    let Some(url) = redis().await else { return };
+    let fleet = Fleet::new(&url);
+    let a = TestReceiver::start_with(replica_settings(&fleet, "same-replica", &url), |_| {}).await;
+    post_to(&a, 3, "a").await;
+    fleet_total(a.address, 3).await;
+    // Another receiver, its own journal, the same replica_id: it takes the position over once.
+    let b = TestReceiver::start_with(replica_settings(&fleet, "same-replica", &url), |_| {}).await;
+    post_to(&b, 2, "b").await;
+    fleet_total(b.address, 5).await;
+    // The first one's position moved under it: it stops counting and says why.
+    post_to(&a, 1, "a-again").await;
+    let sink = a.sink_report("stats", |sink| sink["state"] == "degraded").await;
+    let error = sink["last_error"].as_str().unwrap();
+    assert!(error.contains("in use by another receiver"), "{error}");
+    assert_eq!(b.get_json("/stats").await["messages"]["total"], 5, "nothing counted twice");
+    assert!(b.stop().await.is_clean());
+    drop(a);
+}
