@@ -11,7 +11,7 @@
 //! watcher sleeps until the next deadline and only looks at two timestamps
 //! the connection updates as it reads and serves.
 
-use crate::http::refusals::{Refusal, Refused};
+use crate::http::refusals::Refused;
 use crate::settings::{ServerSettings, Settings};
 use axum::Router;
 use axum::body::Body;
@@ -192,9 +192,7 @@ impl Connection {
                     if let (Ok(answer), Some(log)) = (&mut response, &refusals)
                         && let Some(refused) = answer.extensions_mut().remove::<Refused>()
                     {
-                        let operation_id = refused.operation_id.as_ref().map(|value| value.as_bytes());
-                        let peer = Some(refused.client.unwrap_or(peer.ip()));
-                        log.log(&Refusal { rejection: refused.rejection, operation_id, peer });
+                        log.log(&refused, peer.ip());
                     }
                     response
                 }

@@ -43,20 +43,14 @@ pub struct Refused {
     pub client: Option<IpAddr>,
 }
 
-/// What is known of a refused request.
-pub struct Refusal<'a> {
-    pub rejection: Rejection,
-    pub operation_id: Option<&'a [u8]>,
-    pub peer: Option<IpAddr>,
-}
-
 impl RefusalLog {
     pub fn not_logged(&self) -> u64 {
         self.not_logged.load(Ordering::Relaxed)
     }
 
-    /// Logs `refusal` at WARN, unless this second's lines are used up.
-    pub fn log(&self, refusal: &Refusal<'_>) {
+    /// Logs `refused` (its caller: the client the router knew, else `peer`)
+    /// at WARN, unless this second's lines are used up.
+    pub fn log(&self, refused: &Refused, peer: IpAddr) {
         let now = Instant::now();
         let suppressed_before = {
             let mut window = self.window.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -75,10 +69,11 @@ impl RefusalLog {
             current.logged += 1;
             std::mem::take(&mut current.suppressed)
         };
-        let rejection = refusal.rejection;
-        let operation_id = refusal.operation_id.map(String::from_utf8_lossy);
+        let rejection = refused.rejection;
+        let operation_id =
+            refused.operation_id.as_ref().map(|value| String::from_utf8_lossy(value.as_bytes()));
         let operation_id = operation_id.as_deref().map(|id| clip(id, MAX_LOGGED_ID_CHARS));
-        let peer = refusal.peer.map(|ip| ip.to_string());
+        let peer = refused.client.unwrap_or(peer).to_string();
         tracing::warn!(
             reason = rejection.as_str(),
             status = rejection.status().as_u16(),
@@ -98,9 +93,13 @@ mod tests {
     #[test]
     fn a_flood_is_logged_twenty_lines_a_second_and_the_rest_counted() {
         let log = RefusalLog::default();
-        let refusal = Refusal { rejection: Rejection::InvalidJson, operation_id: Some(b"op"), peer: None };
+        let refused = Refused {
+            rejection: Rejection::InvalidJson,
+            operation_id: Some(axum::http::HeaderValue::from_static("op")),
+            client: None,
+        };
         for _ in 0..100 {
-            log.log(&refusal);
+            log.log(&refused, IpAddr::from([127, 0, 0, 1]));
         }
         assert_eq!(log.not_logged(), 100 - u64::from(LINES_PER_SECOND));
     }

@@ -13,6 +13,23 @@ use super::{Entry, Sink, SinkError};
 use crate::settings::RedisStreamSinkSettings;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+/// A Redis connection that connects on first use (so the receiver starts,
+/// and accepts messages, while Redis is down) and reconnects after a failure.
+/// Connecting, and each answer, may take up to `timeout`. Errors name `key`.
+pub(crate) fn connect_lazily(
+    url: &crate::settings::Secret,
+    timeout: std::time::Duration,
+    key: &str,
+) -> Result<ConnectionManager, String> {
+    let client = redis::Client::open(url.expose()).map_err(|error| format!("{key}: {error}"))?;
+    // Callers retry on their own schedule (the runner's backoff); the manager only reconnects.
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1);
+    ConnectionManager::new_lazy_with_config(client, config).map_err(|error| format!("{key}: {error}"))
+}
+
 pub struct RedisStreamSink {
     connection: ConnectionManager,
     stream: String,
@@ -22,15 +39,8 @@ pub struct RedisStreamSink {
 impl RedisStreamSink {
     /// Connects lazily: the receiver starts (and accepts messages) while Redis is down.
     pub fn new(settings: &RedisStreamSinkSettings) -> Result<Self, SinkError> {
-        let client = redis::Client::open(settings.url.expose())
-            .map_err(|error| SinkError::permanent(format!("sinks.redis_stream.url: {error}")))?;
-        // The runner retries with its own backoff; the manager only reconnects.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|error| SinkError::permanent(format!("sinks.redis_stream.url: {error}")))?;
+        let connection = connect_lazily(&settings.url, settings.timeout, "sinks.redis_stream.url")
+            .map_err(SinkError::permanent)?;
         Ok(RedisStreamSink { connection, stream: settings.stream.clone(), max_len: settings.max_len })
     }
 }

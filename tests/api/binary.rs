@@ -205,12 +205,7 @@ async fn sigterm_under_load_loses_no_message_answered_200() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients = crate::journal_binary::load(address, "term", std::sync::Arc::clone(&stop));
     // Stop the process in the middle of the load, once a good part of it is answered.
-    for _ in 0..3000 {
-        if stats_of(address).await["requests"]["accepted"].as_u64() >= Some(200) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::binary::wait_for_accepted(address, 200).await;
     let signalled = std::time::Instant::now();
     let status = binary.terminate().await;
     let stopping_took = signalled.elapsed();
@@ -270,6 +265,16 @@ pub async fn post_to(address: SocketAddr, send_id: &str) {
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
+}
+
+/// Waits (up to 30 s) until the receiver at `address` has accepted `count` callbacks.
+pub async fn wait_for_accepted(address: SocketAddr, count: u64) {
+    for _ in 0..3000 {
+        if stats_of(address).await["requests"]["accepted"].as_u64() >= Some(count) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 pub async fn stats_of(address: SocketAddr) -> serde_json::Value {

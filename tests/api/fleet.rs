@@ -182,12 +182,7 @@ async fn a_replica_killed_mid_load_and_restarted_counts_each_message_once() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = crate::journal_binary::load(a.address, "kill-a", Arc::clone(&stop));
     clients.extend(crate::journal_binary::load(b.address, "kill-b", Arc::clone(&stop)));
-    for _ in 0..3000 {
-        if stats_of(a.address).await["requests"]["accepted"].as_u64() >= Some(300) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::binary::wait_for_accepted(a.address, 300).await;
     a.child.start_kill().unwrap(); // SIGKILL: no drain, the batch in flight to Redis cut off
     let _ = a.child.wait().await;
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -79,12 +79,7 @@ async fn sigkill_under_load_then_restart(sync: &str) {
     let stop = Arc::new(AtomicBool::new(false));
     let clients = load(first.address, "kill", Arc::clone(&stop));
     // Kill it in the middle of the load, once a good part of it is accepted.
-    for _ in 0..3000 {
-        if stats_of(first.address).await["requests"]["accepted"].as_u64() >= Some(300) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::binary::wait_for_accepted(first.address, 300).await;
     first.child.start_kill().unwrap(); // SIGKILL: no drain, no final save
     let _ = first.child.wait().await;
     stop.store(true, Ordering::Relaxed);

@@ -303,12 +303,7 @@ async fn after_sigkill_under_load_every_row_answered_200_is_in_postgresql_exactl
     let mut first = RunningBinary::start(workdir.path(), &env).await;
     let stop = Arc::new(AtomicBool::new(false));
     let clients = crate::journal_binary::load(first.address, "sql", Arc::clone(&stop));
-    for _ in 0..3000 {
-        if stats_of(first.address).await["requests"]["accepted"].as_u64() >= Some(300) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::binary::wait_for_accepted(first.address, 300).await;
     first.child.start_kill().unwrap();
     let _ = first.child.wait().await;
     stop.store(true, Ordering::Relaxed);

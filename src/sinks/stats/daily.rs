@@ -6,6 +6,7 @@ use super::distinct::Distinct;
 use crate::message::ContentType;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 
 pub const MS_PER_DAY: i64 = 86_400_000;
 pub const MS_PER_MINUTE: i64 = 60_000;
@@ -156,13 +157,7 @@ impl DailyWindows {
 
     /// Days from `from` to `to` (inclusive, either open), newest first.
     pub fn report(&self, from: Option<i64>, to: Option<i64>) -> Vec<DayReport> {
-        let range = (
-            from.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included),
-            to.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Included),
-        );
-        if from.zip(to).is_some_and(|(from, to)| from > to) {
-            return Vec::new();
-        }
+        let Some(range) = day_range(from, to) else { return Vec::new() };
         self.days
             .range(range)
             .rev()
@@ -195,6 +190,15 @@ impl DailyWindows {
             })
             .sum()
     }
+}
+
+/// Days from `from` to `to` (inclusive, either open) as map bounds; None
+/// when the range is empty (`from` after `to`).
+pub fn day_range(from: Option<i64>, to: Option<i64>) -> Option<(Bound<i64>, Bound<i64>)> {
+    if from.zip(to).is_some_and(|(from, to)| from > to) {
+        return None;
+    }
+    Some((from.map_or(Bound::Unbounded, Bound::Included), to.map_or(Bound::Unbounded, Bound::Included)))
 }
 
 /// One day as `GET /stats/daily` shows it.

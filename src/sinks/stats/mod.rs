@@ -281,11 +281,9 @@ impl StatsHandle {
             }
             Some(view) => {
                 let (figures, status) = view.read().await;
-                let date = daily::date_text(today);
                 Counted {
                     report: figures.as_ref().map(|figures| figures.report.clone()),
-                    today: figures
-                        .and_then(|figures| figures.days.iter().find(|day| day.date == date).cloned()),
+                    today: figures.and_then(|figures| figures.days.get(&today).cloned()),
                     fleet: Some(status),
                 }
             }
@@ -297,13 +295,8 @@ impl StatsHandle {
     pub async fn days(&self, from: Option<i64>, to: Option<i64>) -> Vec<DayReport> {
         let Some(view) = &self.fleet else { return self.daily(from, to) };
         let (figures, _) = view.read().await;
-        let within = |day: &DayReport| {
-            let number = daily::parse_date(&day.date).unwrap_or(i64::MIN);
-            from.is_none_or(|from| number >= from) && to.is_none_or(|to| number <= to)
-        };
-        figures
-            .map(|figures| figures.days.iter().filter(|day| within(day)).cloned().collect())
-            .unwrap_or_default()
+        let (Some(figures), Some(range)) = (figures, daily::day_range(from, to)) else { return Vec::new() };
+        figures.days.range(range).rev().map(|(_, day)| day.clone()).collect()
     }
 
     /// Observes each message's delivery lag and size in the histograms.

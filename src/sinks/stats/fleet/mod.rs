@@ -34,7 +34,7 @@ pub use sink::FleetSink;
 pub use view::{FleetStatus, FleetView};
 
 use crate::settings::StatsSettings;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 /// The distinct counts kept, in total and per day: (key suffix, what it holds).
 const DISTINCT: [&str; 4] = ["senders", "receivers", "people", "conversations"];
@@ -76,16 +76,7 @@ impl FleetKeys {
     }
 }
 
-/// A lazily connected Redis connection: the receiver starts, and accepts
-/// messages, while Redis is down.
+/// The fleet's Redis, connected on first use.
 fn connect(settings: &StatsSettings) -> Result<ConnectionManager, String> {
-    let client = redis::Client::open(settings.redis_url.expose())
-        .map_err(|error| format!("stats.redis_url: {error}"))?;
-    // The sink's runner and the view retry on their own schedule; the manager only reconnects.
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(settings.redis_timeout))
-        .set_response_timeout(Some(settings.redis_timeout))
-        .set_number_of_retries(1);
-    ConnectionManager::new_lazy_with_config(client, config)
-        .map_err(|error| format!("stats.redis_url: {error}"))
+    crate::sinks::redis_stream::connect_lazily(&settings.redis_url, settings.redis_timeout, "stats.redis_url")
 }

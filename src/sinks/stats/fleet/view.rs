@@ -23,8 +23,8 @@ const FORGET_AFTER: Duration = Duration::from_secs(86_400);
 #[derive(Clone, Debug)]
 pub struct FleetFigures {
     pub report: MessageReport,
-    /// Every kept day, newest first.
-    pub days: Vec<DayReport>,
+    /// Every kept day that has counts, by day number.
+    pub days: BTreeMap<i64, DayReport>,
     /// Replicas seen in the last minute.
     pub replicas: Vec<String>,
 }
@@ -148,7 +148,7 @@ impl FleetView {
             *count = redis::from_redis_value(next())?;
         }
         let per_minute: Vec<Option<u64>> = redis::from_redis_value(next())?;
-        let mut day_reports = Vec::new();
+        let mut day_reports = BTreeMap::new();
         for day in &days {
             let fields: HashMap<String, String> = redis::from_redis_value(next())?;
             let mut counts = [0u64; 4];
@@ -159,13 +159,14 @@ impl FleetView {
                 continue;
             }
             let numbers = Fields(fields);
-            day_reports.push(DayReport {
+            let report = DayReport {
                 date: date_text(*day),
                 messages: numbers.count("messages"),
                 by_content_type: numbers.group("content_type"),
                 people: PeopleCounts { senders: counts[0], receivers: counts[1], total: counts[2] },
                 conversations: counts[3],
-            });
+            };
+            day_reports.insert(*day, report);
         }
         let replicas: Vec<String> = redis::from_redis_value(next())?;
         let totals = Fields(totals);
