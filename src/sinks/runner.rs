@@ -75,7 +75,11 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
             let next = work.reader.next_seq();
             tokio::select! {
                 () = work.journal.written_through(next) => {}
-                _ = work.commands.changed() => {}
+                changed = work.commands.changed() => {
+                    if changed.is_err() {
+                        break; // the sink set is gone: see `stop_requested`
+                    }
+                }
                 // An idle sink still saves a position that moved, once it is due.
                 () = tokio::time::sleep(keeper.due_in(work.status.position())) => {}
             }
@@ -173,7 +177,10 @@ async fn pause(duration: Duration, commands: &mut watch::Receiver<Command>) -> b
     }
 }
 
-/// Completes at the stop time, once the receiver has set one.
+/// Completes at the stop time, once the receiver has set one; at once when
+/// the sink set was dropped without a drain (its owner is gone, so nobody
+/// will set one): the runner saves its position and ends instead of retrying,
+/// or spinning, for nobody. The journal keeps the rest for the next start.
 async fn stop_requested(commands: &mut watch::Receiver<Command>) {
     loop {
         let command = *commands.borrow_and_update();
@@ -182,7 +189,7 @@ async fn stop_requested(commands: &mut watch::Receiver<Command>) {
             return;
         }
         if commands.changed().await.is_err() {
-            std::future::pending::<()>().await;
+            return;
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The built binary, run the way the container runs it: configured by
 //! environment only, from an empty working directory, stopped with SIGTERM.
 
-use crate::helpers::{COMMAND_PATH, sample};
+use crate::helpers::{COMMAND_PATH, sample, wait_until};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -269,12 +269,11 @@ pub async fn post_to(address: SocketAddr, send_id: &str) {
 
 /// Waits (up to 30 s) until the receiver at `address` has accepted `count` callbacks.
 pub async fn wait_for_accepted(address: SocketAddr, count: u64) {
-    for _ in 0..3000 {
-        if stats_of(address).await["requests"]["accepted"].as_u64() >= Some(count) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(Duration::from_secs(60), async || {
+        let accepted = stats_of(address).await["requests"]["accepted"].clone();
+        if accepted.as_u64() >= Some(count) { Ok(()) } else { Err(format!("{accepted} of {count} accepted")) }
+    })
+    .await
 }
 
 pub async fn stats_of(address: SocketAddr) -> serde_json::Value {
@@ -298,14 +297,7 @@ async fn counts_continue_across_a_restart() {
     for sender in ["alice", "erin"] {
         post_to(second.address, sender).await;
     }
-    let mut stats = stats_of(second.address).await;
-    for _ in 0..200 {
-        if stats["messages"]["total"] == 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        stats = stats_of(second.address).await;
-    }
+    let stats = stats_after(second.address, 5).await;
     assert_eq!(stats["messages"]["total"], 5);
     assert_eq!(stats["messages"]["by_content_type"]["text"], 5);
     assert_eq!(stats["people"]["senders"], 4, "alice is counted once across the restart");
@@ -355,16 +347,11 @@ async fn after_a_crash_the_stats_replay_the_journal_from_their_snapshot_exactly(
     }
     // Wait until a periodic snapshot holds both messages (its position says so), then count one more.
     let snapshot = workdir.path().join("data/stats.snapshot");
-    let mut saved = false;
-    for _ in 0..500 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let Ok(bytes) = std::fs::read(&snapshot) else { continue };
-        if bytes.get(12..20) == Some(&3u64.to_le_bytes()[..]) {
-            saved = true;
-            break;
-        }
-    }
-    assert!(saved, "a periodic snapshot that includes records 1 and 2");
+    wait_until(Duration::from_secs(60), async || match std::fs::read(&snapshot) {
+        Ok(bytes) if bytes.get(12..20) == Some(&3u64.to_le_bytes()[..]) => Ok(()),
+        _ => Err("no periodic snapshot that includes records 1 and 2".into()),
+    })
+    .await;
     post_to(first.address, "dave").await;
     first.child.start_kill().unwrap();
     let _ = first.child.wait().await;
@@ -378,14 +365,15 @@ async fn after_a_crash_the_stats_replay_the_journal_from_their_snapshot_exactly(
 
 /// `/stats` once the stats sink has caught up with the journal and counted at least `total`.
 pub async fn stats_after(address: SocketAddr, total: u64) -> serde_json::Value {
-    for _ in 0..1000 {
+    wait_until(Duration::from_secs(60), async || {
         let stats = stats_of(address).await;
         if stats["messages"]["total"].as_u64() >= Some(total) && stats["sinks"]["stats"]["lag_records"] == 0 {
-            return stats;
+            Ok(stats)
+        } else {
+            Err(format!("the stats never reached {total} messages: {}", stats["messages"]))
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the stats never reached {total} messages");
+    })
+    .await
 }
 
 #[tokio::test]

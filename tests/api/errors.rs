@@ -1,6 +1,6 @@
 //! Every refusal: its status, its errCode, the envelope, and the field it names.
 
-use crate::helpers::{Answer, COMMAND_PATH, TestReceiver, packet, raw_request, settings};
+use crate::helpers::{Answer, COMMAND_PATH, FailsFirst, TestReceiver, packet, raw_request, settings};
 use openim_callback_receiver::sinks::{Entry, Sink, SinkError};
 use reqwest::Method;
 
@@ -381,22 +381,7 @@ async fn a_sink_that_panics_is_reported_on_readyz_and_retried_without_losing_mes
     assert!(envelope["errMsg"].as_str().unwrap().contains("panics-once"), "{envelope}");
     // Messages keep being accepted meanwhile, and reach the sink once it is back.
     receiver.post_packet("op-after", &packet("a", "c", 101)).await.assert_accepted();
-    let mut stats = serde_json::Value::Null;
-    for _ in 0..400 {
-        stats = receiver.get_json("/stats").await;
-        if stats["sinks"]["panics-once"]["handled"] == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    for _ in 0..400 {
-        if stats["sinks"]["panics-once"]["handled"] == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        stats = receiver.get_json("/stats").await;
-    }
-    let sink = &stats["sinks"]["panics-once"];
+    let sink = &receiver.sink_report("panics-once", |sink| sink["handled"] == 2).await;
     assert_eq!(
         (
             sink["handled"].as_u64(),
@@ -405,7 +390,7 @@ async fn a_sink_that_panics_is_reported_on_readyz_and_retried_without_losing_mes
             sink["retries"].as_u64()
         ),
         (Some(2), Some(0), Some(1), Some(1)),
-        "the batch that panicked was retried: {stats}"
+        "the batch that panicked was retried: {sink}"
     );
     assert_eq!(sink["state"], "running");
     assert!(sink["last_error"].as_str().unwrap().contains("a sink bug, on purpose"), "{sink}");
@@ -424,13 +409,11 @@ async fn a_sink_that_refuses_batches_for_good_is_counted_and_goes_on() {
             .await
             .assert_accepted();
         // One at a time, so each batch is one message.
-        for _ in 0..400 {
-            sink = receiver.get_json("/stats").await["sinks"]["refuses-odd"].clone();
-            if sink["handled"].as_u64().unwrap() + sink["failed"].as_u64().unwrap() == index + 1 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        sink = receiver
+            .sink_report("refuses-odd", |sink| {
+                sink["handled"].as_u64().unwrap() + sink["failed"].as_u64().unwrap() == index + 1
+            })
+            .await;
     }
     assert_eq!((sink["handled"].as_u64(), sink["failed"].as_u64()), (Some(3), Some(3)), "{sink}");
     assert_eq!(sink["retries"], 0, "a permanent error is not retried");
@@ -444,14 +427,7 @@ async fn a_sink_whose_target_fails_for_a_while_gets_the_same_batch_again() {
     let flaky = FailsFirst { failures_left: 3, seen: std::sync::Arc::clone(&seen) };
     let receiver = TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(flaky, 16).unwrap()).await;
     receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
-    let mut sink = serde_json::Value::Null;
-    for _ in 0..500 {
-        sink = receiver.get_json("/stats").await["sinks"]["flaky"].clone();
-        if sink["handled"] == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let sink = receiver.sink_report("flaky", |sink| sink["handled"] == 1).await;
     assert_eq!((sink["handled"].as_u64(), sink["retries"].as_u64()), (Some(1), Some(3)), "{sink}");
     assert_eq!(sink["state"], "running");
     assert_eq!(sink["last_error"], "target down, on purpose");
@@ -489,41 +465,16 @@ impl Sink for RefusesOddMessages {
     }
 }
 
-/// Fails (transiently) its first `failures_left` attempts, then records what it gets.
-struct FailsFirst {
-    failures_left: u32,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Sink for FailsFirst {
-    fn name(&self) -> &'static str {
-        "flaky"
-    }
-    async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
-        if self.failures_left > 0 {
-            self.failures_left -= 1;
-            return Err(SinkError::transient("target down, on purpose"));
-        }
-        let mut seen = self.seen.lock().unwrap();
-        seen.extend(batch.iter().map(|entry| entry.message.packet.server_msg_id.clone()));
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_sink_that_panics_while_saving_its_state_is_reported_and_goes_on() {
     let sink = PanicsOnFirstSave { saves: 0 };
     let receiver = TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(sink, 16).unwrap()).await;
     receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
-    let mut sink = serde_json::Value::Null;
-    // Generous: on a loaded 2-core machine the first save can take a while to come round.
-    for _ in 0..3000 {
-        sink = receiver.get_json("/stats").await["sinks"]["panics-on-save"].clone();
-        if sink["last_error"].as_str().is_some_and(|error| error.contains("panicked while saving")) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let sink = receiver
+        .sink_report("panics-on-save", |sink| {
+            sink["last_error"].as_str().is_some_and(|error| error.contains("panicked while saving"))
+        })
+        .await;
     assert!(sink["last_error"].as_str().unwrap().contains("a save bug, on purpose"), "{sink}");
     assert_eq!(sink["handled"], 1);
     receiver.post_packet("op-2", &packet("a", "c", 101)).await.assert_accepted();

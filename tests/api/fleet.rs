@@ -3,7 +3,10 @@
 //! neither loses a count nor doubles one, and fleets keep apart by prefix.
 
 use crate::binary::{RunningBinary, stats_of};
-use crate::helpers::{COMMAND_PATH, TcpProxy, TestReceiver, packet, service_url, settings, unique_table};
+use crate::helpers::{
+    AFTER_AN_OUTAGE, COMMAND_PATH, TcpProxy, TestReceiver, packet, service_url, settings, unique_table,
+    wait_until,
+};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -95,15 +98,15 @@ async fn post_messages(replicas: &[SocketAddr], count: usize, users: usize) {
 /// `/stats` at `address` once the fleet total there is `total` (and this
 /// replica's stats sink has nothing left to count).
 async fn fleet_total(address: SocketAddr, total: u64) -> Value {
-    let mut stats = Value::Null;
-    for _ in 0..3000 {
-        stats = stats_of(address).await;
+    wait_until(AFTER_AN_OUTAGE, async || {
+        let stats = stats_of(address).await;
         if stats["messages"]["total"] == total && stats["sinks"]["stats"]["lag_records"] == 0 {
-            return stats;
+            Ok(stats)
+        } else {
+            Err(format!("the fleet total is not {total} yet: {stats}"))
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the fleet total never reached {total}: {stats}");
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,15 +248,11 @@ async fn while_redis_is_cut_off_the_receiver_accepts_and_catches_up_exactly_afte
     // Degraded, with the error, serving the last figures read; readiness unaffected.
     let sink = receiver.sink_report("stats", |sink| sink["state"] == "degraded").await;
     assert!(sink["last_error"].as_str().unwrap().contains("redis"), "{sink}");
-    let mut stats = Value::Null;
-    for _ in 0..1000 {
-        stats = receiver.get_json("/stats").await;
-        if stats["fleet"]["state"] == "degraded" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(stats["fleet"]["state"], "degraded", "{stats}");
+    let stats = wait_until(Duration::from_secs(60), async || {
+        let stats = receiver.get_json("/stats").await;
+        if stats["fleet"]["state"] == "degraded" { Ok(stats) } else { Err(format!("not degraded: {stats}")) }
+    })
+    .await;
     assert!(stats["fleet"]["last_error"].as_str().unwrap().contains("redis"), "{stats}");
     assert_eq!(stats["messages"]["total"], 200, "the last fleet figures read");
     let ready = crate::helpers::http_get(receiver.url("/readyz")).await.unwrap();

@@ -2,13 +2,12 @@
 //! for a while, signatures checked the Standard Webhooks way, two targets
 //! that each get every message.
 
-use crate::helpers::{TestReceiver, packet, settings};
+use crate::helpers::{AFTER_AN_OUTAGE, TestReceiver, packet, settings, wait_until};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 /// One request as the downstream saw it.
 #[derive(Clone, Debug)]
@@ -65,14 +64,15 @@ impl Downstream {
 }
 
 async fn caught_up(receiver: &TestReceiver, sink: &str) -> serde_json::Value {
-    for _ in 0..2000 {
+    wait_until(AFTER_AN_OUTAGE, async || {
         let report = receiver.get_json("/stats").await["sinks"][sink].clone();
         if report["lag_records"] == 0 && report["handled"].as_u64() > Some(0) {
-            return report;
+            Ok(report)
+        } else {
+            Err(format!("{sink} is behind: {report}"))
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{sink} never caught up: {}", receiver.get_json("/stats").await["sinks"][sink]);
+    })
+    .await
 }
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -1,7 +1,7 @@
 //! Limits and hostile transports: idle connections, slow clients, bursts past
 //! the in-flight limit, requests malformed below HTTP's surface, and who may call.
 
-use crate::helpers::{COMMAND_PATH, TestReceiver, packet, raw_request, settings};
+use crate::helpers::{COMMAND_PATH, TestReceiver, packet, raw_request, settings, wait_until};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -98,13 +98,11 @@ async fn a_burst_past_the_in_flight_limit_is_shed_with_503_and_the_server_recove
         stream.write_all(head.as_bytes()).await.unwrap();
         waiting.push(stream);
     }
-    for _ in 0..500 {
-        if receiver.get_json("/stats").await["requests"]["in_flight"] == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(receiver.get_json("/stats").await["requests"]["in_flight"], 4);
+    wait_until(Duration::from_secs(60), async || {
+        let in_flight = receiver.get_json("/stats").await["requests"]["in_flight"].clone();
+        if in_flight == 4 { Ok(()) } else { Err(format!("{in_flight} requests in flight, not 4")) }
+    })
+    .await;
     for index in 0..10 {
         let shed = receiver.post_packet(&format!("op-s{index}"), &packet("a", "b", 101)).await;
         shed.assert_rejected(503, 5033);

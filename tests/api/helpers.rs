@@ -3,7 +3,7 @@
 
 use openim_callback_receiver::journal::Journal;
 use openim_callback_receiver::settings::{EnvSource, Settings};
-use openim_callback_receiver::sinks::{Entry, Sink, SinkError, SinkSet};
+use openim_callback_receiver::sinks::{Entry, Sink, SinkError, SinkSet, SinkStatus};
 use openim_callback_receiver::telemetry::RecordWriter;
 use openim_callback_receiver::{Receiver, ShutdownReport};
 use serde_json::Value;
@@ -18,6 +18,26 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const COMMAND_PATH: &str = "/callbackExample/callbackAfterSendSingleMsgCommand";
+
+/// How long a test waits for a sink to catch up after an outage ends: the
+/// runner may be sleeping out its longest backoff (30 s) when the target comes back.
+pub const AFTER_AN_OUTAGE: Duration = Duration::from_secs(120);
+
+/// Asks `probe` every 10 ms until it answers `Ok`, for at most `within`, and
+/// panics with its last `Err` (the state it saw) otherwise. The limit is in
+/// time, not rounds: on a loaded machine each round takes longer.
+pub async fn wait_until<T>(within: Duration, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(found) => return found,
+            Err(seen) if tokio::time::Instant::now() >= deadline => {
+                panic!("not there after {within:?}: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
 
 /// A sample packet from `samples/`, as the README's curl lines post it.
 pub fn sample(name: &str) -> Vec<u8> {
@@ -84,14 +104,15 @@ impl CapturedLog {
 
     /// Waits (bounded) until at least `count` records are written, and returns them.
     pub async fn wait_for(&self, count: usize) -> Vec<Value> {
-        for _ in 0..500 {
+        wait_until(Duration::from_secs(60), async || {
             let records = self.records();
             if records.len() >= count {
-                return records;
+                Ok(records)
+            } else {
+                Err(format!("expected {count} log records, have {}", records.len()))
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("expected {count} log records, have {}", self.records().len());
+        })
+        .await
     }
 }
 
@@ -104,6 +125,7 @@ pub struct TestReceiver {
     _journal_dir: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     running: JoinHandle<std::io::Result<ShutdownReport>>,
+    sinks: Vec<Arc<SinkStatus>>,
 }
 
 impl TestReceiver {
@@ -126,6 +148,7 @@ impl TestReceiver {
         let (mut sinks, stats) = SinkSet::from_settings(&settings, journal, records).unwrap();
         add_sinks(&mut sinks);
         let receiver = Receiver::with_sinks(settings, sinks, stats);
+        let sinks = receiver.state().sinks.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -139,6 +162,7 @@ impl TestReceiver {
             _journal_dir: journal_dir,
             stop: Some(stop),
             running,
+            sinks,
         }
     }
 
@@ -176,26 +200,46 @@ impl TestReceiver {
 
     /// `/stats` once the stats sink has counted `total` messages.
     pub async fn stats_after(&self, total: u64) -> Value {
-        for _ in 0..500 {
+        wait_until(Duration::from_secs(60), async || {
             let stats = self.get_json("/stats").await;
             if stats["messages"]["total"].as_u64() >= Some(total) {
-                return stats;
+                Ok(stats)
+            } else {
+                Err(format!("stats never reached {total} messages: {}", stats["messages"]))
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("stats never reached {total} messages");
+        })
+        .await
     }
 
-    /// `/stats` of sink `sink` once `until` holds for it (waits up to 20 s).
+    /// `/stats` of sink `sink` once `until` holds for it (waits up to 60 s).
     pub async fn sink_report(&self, sink: &str, until: impl Fn(&Value) -> bool) -> Value {
-        for _ in 0..2000 {
+        wait_until(Duration::from_secs(60), async || {
             let report = self.get_json("/stats").await["sinks"][sink].clone();
-            if until(&report) {
-                return report;
+            if until(&report) { Ok(report) } else { Err(format!("sink {sink}: {report}")) }
+        })
+        .await
+    }
+
+    /// `/stats` of sink `sink` once it has delivered all `records` of the
+    /// journal (waiting out an outage's longest backoff if it must).
+    pub async fn caught_up(&self, sink: &str, records: u64) -> Value {
+        wait_until(AFTER_AN_OUTAGE, async || {
+            let stats = self.get_json("/stats").await;
+            let report = &stats["sinks"][sink];
+            if report["lag_records"] == 0 && stats["journal"]["last_seq"] == records {
+                Ok(report.clone())
+            } else {
+                Err(format!("sink {sink} is behind: {report}"))
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("sink {sink} never got there: {}", self.get_json("/stats").await["sinks"]);
+        })
+        .await
+    }
+
+    /// Drops the receiver without a shutdown, as an owner that is gone would,
+    /// and returns its sinks' statuses to watch.
+    pub fn abandon(self) -> Vec<Arc<SinkStatus>> {
+        self.running.abort();
+        self.sinks
     }
 
     /// Signals shutdown and waits for the receiver to finish draining.
@@ -404,4 +448,25 @@ pub fn http_client() -> reqwest::Client {
 
 pub async fn http_get(url: impl reqwest::IntoUrl) -> reqwest::Result<reqwest::Response> {
     http_client().get(url).send().await
+}
+
+/// Fails (transiently) its first `failures_left` attempts, then records what it gets.
+pub struct FailsFirst {
+    pub failures_left: u32,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Sink for FailsFirst {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
+        if self.failures_left > 0 {
+            self.failures_left -= 1;
+            return Err(SinkError::transient("target down, on purpose"));
+        }
+        let mut seen = self.seen.lock().unwrap();
+        seen.extend(batch.iter().map(|entry| entry.message.packet.server_msg_id.clone()));
+        Ok(())
+    }
 }

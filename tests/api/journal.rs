@@ -2,7 +2,7 @@
 //! cursors, a full journal refuses or skips as configured, a stuck sink is
 //! named at shutdown and resumes after a restart.
 
-use crate::helpers::{RecordingSink, TestReceiver, packet, settings};
+use crate::helpers::{RecordingSink, TestReceiver, packet, settings, wait_until};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -142,16 +142,14 @@ async fn a_snapshot_that_cannot_be_saved_makes_the_receiver_not_ready_and_its_st
         let _ = std::fs::remove_file(&snapshot);
     }
     receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
-    let mut not_ready = None;
-    for _ in 0..500 {
+    let not_ready = wait_until(Duration::from_secs(60), async || {
         let answer = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();
-        if answer.status() == 503 {
-            not_ready = Some(answer.json::<Value>().await.unwrap());
-            break;
+        match answer.status().as_u16() {
+            503 => Ok(answer.json::<Value>().await.unwrap()),
+            status => Err(format!("/readyz still answers {status}")),
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let not_ready = not_ready.expect("/readyz turns 503");
+    })
+    .await;
     let said = not_ready["errMsg"].as_str().unwrap();
     assert!(said.contains("sink stats is failing") && said.contains("stats snapshot"), "{said}");
     let stats = receiver.get_json("/stats").await;

@@ -2,7 +2,7 @@
 //! SIGKILL under load, damaged files, a second receiver, a closed or stuck stdout.
 
 use crate::binary::{BINARY, RunningBinary, post_to, stats_of};
-use crate::helpers::{COMMAND_PATH, packet};
+use crate::helpers::{COMMAND_PATH, packet, wait_until};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -61,15 +61,16 @@ fn logged_ids(lines: &[Value]) -> Vec<String> {
 
 /// `/stats` once every sink has caught up with the journal.
 async fn caught_up(address: SocketAddr) -> Value {
-    for _ in 0..1000 {
+    wait_until(Duration::from_secs(60), async || {
         let stats = stats_of(address).await;
         let sinks = stats["sinks"].as_object().unwrap();
         if sinks.values().all(|sink| sink["lag_records"] == 0) {
-            return stats;
+            Ok(stats)
+        } else {
+            Err(format!("the sinks never caught up: {}", stats["sinks"]))
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the sinks never caught up: {}", stats_of(address).await);
+    })
+    .await
 }
 
 async fn sigkill_under_load_then_restart(sync: &str) {
@@ -243,13 +244,13 @@ fn spawn_at(workdir: &Path, address: SocketAddr, stdout: Stdio) -> tokio::proces
 }
 
 async fn wait_until_serving(address: SocketAddr) {
-    for _ in 0..500 {
-        if crate::helpers::http_get(format!("http://{address}/healthz")).await.is_ok() {
-            return;
+    wait_until(Duration::from_secs(60), async || {
+        match crate::helpers::http_get(format!("http://{address}/healthz")).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(format!("the receiver never served on {address}: {error}")),
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the receiver never served on {address}");
+    })
+    .await
 }
 
 #[tokio::test]
@@ -262,16 +263,14 @@ async fn a_closed_stdout_is_a_failing_log_sink_not_ready_and_a_non_zero_exit() {
     for index in 0..3 {
         post_to(address, &format!("user-{index}")).await;
     }
-    let mut ready = None;
-    for _ in 0..500 {
+    let ready = wait_until(Duration::from_secs(60), async || {
         let answer = crate::helpers::http_get(format!("http://{address}/readyz")).await.unwrap();
-        if answer.status() == 503 {
-            ready = Some(answer.json::<Value>().await.unwrap());
-            break;
+        match answer.status().as_u16() {
+            503 => Ok(answer.json::<Value>().await.unwrap()),
+            status => Err(format!("/readyz still answers {status}")),
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let ready = ready.expect("/readyz turns 503");
+    })
+    .await;
     assert_eq!(ready["errCode"], 5032);
     assert!(ready["errMsg"].as_str().unwrap().contains("sink log is failing"), "{ready}");
     let stats = stats_of(address).await;
@@ -332,12 +331,13 @@ async fn a_stuck_stdout_does_not_keep_the_process_past_its_shutdown_timeout() {
 }
 
 async fn caught_up_except_log(address: SocketAddr) -> Value {
-    for _ in 0..1000 {
+    wait_until(Duration::from_secs(60), async || {
         let stats = stats_of(address).await;
         if stats["sinks"]["stats"]["lag_records"] == 0 {
-            return stats;
+            Ok(stats)
+        } else {
+            Err(format!("the stats sink never caught up: {}", stats["sinks"]["stats"]))
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the stats sink never caught up");
+    })
+    .await
 }

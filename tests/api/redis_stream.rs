@@ -31,17 +31,6 @@ async fn entries(url: &str, stream: &str) -> Vec<HashMap<String, String>> {
         .collect()
 }
 
-async fn caught_up(receiver: &TestReceiver, records: u64) -> serde_json::Value {
-    for _ in 0..3000 {
-        let stats = receiver.get_json("/stats").await;
-        if stats["sinks"]["redis_stream"]["lag_records"] == 0 && stats["journal"]["last_seq"] == records {
-            return stats["sinks"]["redis_stream"].clone();
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the redis_stream sink never caught up: {}", receiver.get_json("/stats").await["sinks"]);
-}
-
 #[tokio::test]
 async fn every_message_is_one_entry_with_its_packet_whole() {
     let Some(url) = redis().await else { return };
@@ -57,7 +46,7 @@ async fn every_message_is_one_entry_with_its_packet_whole() {
         let path = crate::helpers::COMMAND_PATH;
         receiver.post(path, &format!("op-{index}"), body.clone()).await.assert_accepted();
     }
-    caught_up(&receiver, 3).await;
+    receiver.caught_up("redis_stream", 3).await;
     assert!(receiver.stop().await.is_clean());
     let entries = entries(&url, &stream).await;
     assert_eq!(entries.len(), 3);
@@ -87,7 +76,7 @@ async fn a_redis_outage_loses_no_message() {
     ];
     let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
     receiver.post_packet("op-first", &packet("first", "bob", 101)).await.assert_accepted();
-    caught_up(&receiver, 1).await;
+    receiver.caught_up("redis_stream", 1).await;
     proxy.cut();
     for index in 0..1000 {
         let mut message = packet(&format!("user-{index}"), "bob", 101);
@@ -97,7 +86,7 @@ async fn a_redis_outage_loses_no_message() {
     let report = receiver.sink_report("redis_stream", |sink| sink["state"] == "degraded").await;
     assert_eq!(report["state"], "degraded", "{report}");
     proxy.restore();
-    let report = caught_up(&receiver, 1001).await;
+    let report = receiver.caught_up("redis_stream", 1001).await;
     assert!(report["retries"].as_u64().unwrap() >= 1, "{report}");
     assert!(receiver.stop().await.is_clean());
     let entries = entries(&url, &stream).await;

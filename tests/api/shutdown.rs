@@ -1,6 +1,6 @@
 //! Shutdown drains: a message answered 200 reaches every sink before the receiver stops.
 
-use crate::helpers::{RecordingSink, StuckSink, TestReceiver, packet, settings};
+use crate::helpers::{FailsFirst, RecordingSink, StuckSink, TestReceiver, packet, settings, wait_until};
 use std::time::Duration;
 
 #[tokio::test]
@@ -62,4 +62,29 @@ async fn a_sink_that_finished_is_not_named_when_another_is_stuck() {
     let report = receiver.stop().await;
     // The log and stats sinks caught up; the blocked one and the cancellable one did not.
     assert_eq!(report.undrained, vec![("stuck", 1), ("hanging", 1)]);
+}
+
+/// A receiver dropped without a shutdown (a test that ends, a program that
+/// embeds it and moves on) ends its sinks' threads: the idle ones, and one
+/// retrying a target that keeps failing. None spins or retries for nobody;
+/// the journal keeps what they had left.
+#[tokio::test]
+async fn a_receiver_dropped_without_a_shutdown_ends_its_sinks() {
+    let failing = FailsFirst { failures_left: u32::MAX, seen: Default::default() };
+    let receiver = TestReceiver::start_with(settings(&[]), |sinks| sinks.spawn(failing, 16).unwrap()).await;
+    receiver.post_packet("op-1", &packet("a", "b", 101)).await.assert_accepted();
+    receiver.sink_report("flaky", |sink| sink["state"] == "retrying").await;
+    receiver.sink_report("log", |sink| sink["handled"] == 1).await;
+
+    let sinks = receiver.abandon();
+    wait_until(Duration::from_secs(60), async || {
+        let running: Vec<_> = sinks
+            .iter()
+            .filter(|sink| sink.state_name() != "stopped")
+            .map(|sink| (sink.name(), sink.state_name()))
+            .collect();
+        if running.is_empty() { Ok(()) } else { Err(format!("still running: {running:?}")) }
+    })
+    .await;
+    assert_eq!(sinks.len(), 3, "log, stats and the failing one");
 }

@@ -2,7 +2,7 @@
 //! windows cut in a non-UTC offset, out-of-window dates, the per-minute rate.
 
 use crate::helpers::{TestReceiver, packet, settings};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -57,12 +57,7 @@ async fn metrics_parse_as_prometheus_text_and_match_what_was_sent() {
     }
     receiver.post_packet("op-bad", &serde_json::json!({"sendID": "x"})).await.assert_rejected(400, 4006);
     receiver.stats_after(4).await;
-    for _ in 0..200 {
-        if receiver.get_json("/stats").await["sinks"]["log"]["handled"] == 4 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    receiver.sink_report("log", |log| log["handled"] == 4).await;
 
     let response = receiver.client.get(receiver.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -201,13 +196,7 @@ async fn the_last_hour_is_counted_per_minute() {
 /// `/metrics` of a receiver that counted one message.
 async fn metrics_after_one_message(receiver: TestReceiver) -> String {
     receiver.post_packet("op", &packet("a", "b", 101)).await.assert_accepted();
-    for _ in 0..1000 {
-        let stats = receiver.get_json("/stats").await;
-        if stats["messages"]["total"] == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    receiver.stats_after(1).await;
     let exposed = receiver.client.get(receiver.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(receiver.stop().await.is_clean());
     exposed
