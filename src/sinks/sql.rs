@@ -13,7 +13,7 @@ use super::{Entry, Sink, SinkError};
 use crate::settings::SqlSinkSettings;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Rows per statement on MySQL (20 parameters a row, 65,535 at most a statement).
 const MYSQL_ROWS_PER_STATEMENT: usize = 1000;
@@ -23,6 +23,9 @@ pub struct SqlSink {
     table: String,
     /// The table exists (created by this sink, or found).
     migrated: bool,
+    /// `sinks.sql.connect_timeout` and `pool_size`, named when no connection comes.
+    connect_timeout: Duration,
+    pool_size: u32,
 }
 
 enum Database {
@@ -51,11 +54,17 @@ impl SqlSink {
                 .map_err(|error| SinkError::permanent(format!("sinks.sql.url: {error}")))?;
             Database::MySql(pool)
         };
-        Ok(SqlSink { database, table: settings.table.clone(), migrated: false })
+        Ok(SqlSink {
+            database,
+            table: settings.table.clone(),
+            migrated: false,
+            connect_timeout: timeout,
+            pool_size: settings.pool_size,
+        })
     }
 
     /// Creates the table and its indexes if missing (never alters or drops).
-    async fn migrate(&mut self) -> Result<(), SinkError> {
+    async fn migrate(&mut self) -> Result<(), sqlx::Error> {
         let table = &self.table;
         match &self.database {
             Database::Postgres(pool) => {
@@ -88,7 +97,7 @@ impl SqlSink {
                     ),
                     format!("CREATE INDEX IF NOT EXISTS {table}_create_time ON {table} (create_time)"),
                 ] {
-                    sqlx::query(&statement).execute(pool).await.map_err(classify)?;
+                    sqlx::query(&statement).execute(pool).await?;
                 }
             }
             Database::MySql(pool) => {
@@ -118,11 +127,58 @@ impl SqlSink {
                         INDEX {table}_create_time (create_time)
                     ) DEFAULT CHARSET = utf8mb4"
                 );
-                sqlx::query(&statement).execute(pool).await.map_err(classify)?;
+                sqlx::query(&statement).execute(pool).await?;
             }
         }
         self.migrated = true;
         Ok(())
+    }
+
+    /// Inserts the batch's rows. One row the database refuses must not cost
+    /// the others: then row by row, and only the refused ones are left out
+    /// (and logged). Any other error is the whole batch's, to be retried.
+    async fn archive(&mut self, batch: &[Entry]) -> Result<(), sqlx::Error> {
+        if !self.migrated {
+            self.migrate().await?;
+        }
+        let postgres = matches!(self.database, Database::Postgres(_));
+        let rows: Vec<Row> = batch.iter().map(|entry| Row::of(entry, postgres)).collect();
+        match self.insert(&rows).await {
+            Err(error) if is_refused_data(&error) => {}
+            other => return other,
+        }
+        for (row, entry) in rows.iter().zip(batch) {
+            match self.insert(std::slice::from_ref(row)).await {
+                Err(error) if is_refused_data(&error) => tracing::error!(
+                    sink = "sql",
+                    seq = entry.seq,
+                    serverMsgID = crate::message::clip(&row.server_msg_id, 64),
+                    %error,
+                    "the database refused this message's row; it is not archived"
+                ),
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// sqlx says "pool timed out" whatever kept a connection away: the
+    /// database refusing or denying it, being slow, or every pooled connection
+    /// busy. One attempt outside the pool finds out which, so `last_error`
+    /// tells the operator what to fix.
+    async fn why_no_connection(&self) -> String {
+        let timeout = self.connect_timeout;
+        let cause = match &self.database {
+            Database::Postgres(pool) => try_connecting(pool, timeout).await,
+            Database::MySql(pool) => try_connecting(pool, timeout).await,
+        };
+        let cause = cause.unwrap_or_else(|| {
+            format!("all {} connections of sinks.sql.pool_size were busy", self.pool_size)
+        });
+        format!(
+            "no database connection within sinks.sql.connect_timeout ({}): {cause}",
+            humantime::format_duration(timeout)
+        )
     }
 
     async fn insert(&self, rows: &[Row]) -> Result<(), sqlx::Error> {
@@ -283,19 +339,32 @@ impl Row {
 /// Data the database refuses (a value too long, bad JSON) is permanent for
 /// that row; everything else (no connection, a timeout, a restart) may pass.
 fn classify(error: sqlx::Error) -> SinkError {
-    match &error {
-        sqlx::Error::Database(database) if is_data_error(database.as_ref()) => {
-            SinkError::permanent(error.to_string())
-        }
-        _ => SinkError::transient(error.to_string()),
+    if is_refused_data(&error) {
+        SinkError::permanent(error.to_string())
+    } else {
+        SinkError::transient(error.to_string())
     }
 }
 
-fn is_data_error(error: &dyn sqlx::error::DatabaseError) -> bool {
+fn is_refused_data(error: &sqlx::Error) -> bool {
     // SQLSTATE classes 22 (data exception) and 23 (integrity constraint); MySQL
     // reports data errors as 22xxx and 23xxx too, or HY000 with these codes.
-    let code = error.code().unwrap_or_default();
+    let sqlx::Error::Database(database) = error else { return false };
+    let code = database.code().unwrap_or_default();
     code.starts_with("22") || code.starts_with("23")
+}
+
+/// One connection made outside the pool: `None` when it comes, or why not.
+async fn try_connecting<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, timeout: Duration) -> Option<String> {
+    use sqlx::{ConnectOptions, Connection};
+    match tokio::time::timeout(timeout, pool.connect_options().connect()).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            None
+        }
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some("connecting takes longer than that".into()),
+    }
 }
 
 impl Sink for SqlSink {
@@ -304,33 +373,10 @@ impl Sink for SqlSink {
     }
 
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
-        if !self.migrated {
-            self.migrate().await?;
-        }
-        let postgres = matches!(self.database, Database::Postgres(_));
-        let rows: Vec<Row> = batch.iter().map(|entry| Row::of(entry, postgres)).collect();
-        match self.insert(&rows).await.map_err(classify) {
+        match self.archive(batch).await {
             Ok(()) => Ok(()),
-            Err(error) if error.retry => Err(error),
-            // One row the database refuses must not cost the others: row by row,
-            // and only the refused ones are left out (and logged).
-            Err(_) => {
-                for (row, entry) in rows.iter().zip(batch) {
-                    if let Err(error) = self.insert(std::slice::from_ref(row)).await.map_err(classify) {
-                        if error.retry {
-                            return Err(error);
-                        }
-                        tracing::error!(
-                            sink = "sql",
-                            seq = entry.seq,
-                            serverMsgID = crate::message::clip(&row.server_msg_id, 64),
-                            error = error.message,
-                            "the database refused this message's row; it is not archived"
-                        );
-                    }
-                }
-                Ok(())
-            }
+            Err(sqlx::Error::PoolTimedOut) => Err(SinkError::transient(self.why_no_connection().await)),
+            Err(error) => Err(classify(error)),
         }
     }
 
