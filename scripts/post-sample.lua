@@ -20,3 +20,12 @@ if os.getenv("UNIQUE_IDS") then
         return wrk.format(nil, nil, nil, body)
     end
 end
+
+-- DELAY_MS set: each connection waits that long between requests, a paced
+-- load of at most connections * 1000 / DELAY_MS requests/s.
+local delay_ms = tonumber(os.getenv("DELAY_MS") or "")
+if delay_ms then
+    delay = function()
+        return delay_ms
+    end
+end
