@@ -173,7 +173,11 @@ impl SqlSink {
             Database::MySql(pool) => try_connecting(pool, timeout).await,
         };
         let cause = cause.unwrap_or_else(|| {
-            format!("all {} connections of sinks.sql.pool_size were busy", self.pool_size)
+            format!(
+                "a connection outside the pool came at once: the database just came back, \
+                 or all {} connections of sinks.sql.pool_size were busy",
+                self.pool_size
+            )
         });
         format!(
             "no database connection within sinks.sql.connect_timeout ({}): {cause}",
