@@ -280,6 +280,11 @@ pub async fn stats_of(address: SocketAddr) -> serde_json::Value {
     crate::helpers::http_get(format!("http://{address}/stats")).await.unwrap().json().await.unwrap()
 }
 
+/// The Prometheus text the receiver at `address` serves.
+pub async fn metrics_of(address: SocketAddr) -> String {
+    crate::helpers::http_get(format!("http://{address}/metrics")).await.unwrap().text().await.unwrap()
+}
+
 #[tokio::test]
 async fn counts_continue_across_a_restart() {
     let workdir = tempfile::tempdir().unwrap();
@@ -303,12 +308,7 @@ async fn counts_continue_across_a_restart() {
     assert_eq!(stats["people"]["senders"], 4, "alice is counted once across the restart");
     assert_eq!(stats["people"]["total"], 5);
     assert_eq!(stats["conversations"], 4);
-    let metrics = crate::helpers::http_get(format!("http://{}/metrics", second.address))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(second.address).await;
     assert!(
         metrics.contains("\nopenim_callback_messages_total 5\n"),
         "/metrics continues from the restored counts"

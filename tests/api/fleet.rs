@@ -153,12 +153,7 @@ async fn two_replicas_on_one_redis_both_answer_for_the_whole_fleet() {
     let accepted = |stats: &Value| stats["requests"]["accepted"].as_u64().unwrap();
     assert_eq!(accepted(&stats_of(a.address).await) + accepted(&stats_of(b.address).await), 5000);
 
-    let metrics = crate::helpers::http_get(format!("http://{}/metrics", a.address))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::binary::metrics_of(a.address).await;
     assert!(metrics.contains("\nopenim_callback_fleet_messages_total 5000\n"), "{metrics}");
     assert!(metrics.contains("\nopenim_callback_fleet_replicas 2\n"));
     assert!(
