@@ -13,7 +13,7 @@ use super::{Entry, Sink, SinkError};
 use crate::settings::SqlSinkSettings;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Rows per statement on MySQL (20 parameters a row, 65,535 at most a statement).
 const MYSQL_ROWS_PER_STATEMENT: usize = 1000;
@@ -23,9 +23,6 @@ pub struct SqlSink {
     table: String,
     /// The table exists (created by this sink, or found).
     migrated: bool,
-    /// `sinks.sql.connect_timeout` and `pool_size`, named when no connection comes.
-    connect_timeout: Duration,
-    pool_size: u32,
 }
 
 enum Database {
@@ -54,13 +51,7 @@ impl SqlSink {
                 .map_err(|error| SinkError::permanent(format!("sinks.sql.url: {error}")))?;
             Database::MySql(pool)
         };
-        Ok(SqlSink {
-            database,
-            table: settings.table.clone(),
-            migrated: false,
-            connect_timeout: timeout,
-            pool_size: settings.pool_size,
-        })
+        Ok(SqlSink { database, table: settings.table.clone(), migrated: false })
     }
 
     /// Creates the table and its indexes if missing (never alters or drops).
@@ -160,29 +151,6 @@ impl SqlSink {
             }
         }
         Ok(())
-    }
-
-    /// sqlx says "pool timed out" whatever kept a connection away: the
-    /// database refusing or denying it, being slow, or every pooled connection
-    /// busy. One attempt outside the pool finds out which, so `last_error`
-    /// tells the operator what to fix.
-    async fn why_no_connection(&self) -> String {
-        let timeout = self.connect_timeout;
-        let cause = match &self.database {
-            Database::Postgres(pool) => try_connecting(pool, timeout).await,
-            Database::MySql(pool) => try_connecting(pool, timeout).await,
-        };
-        let cause = cause.unwrap_or_else(|| {
-            format!(
-                "a connection outside the pool came at once: the database just came back, \
-                 or all {} connections of sinks.sql.pool_size were busy",
-                self.pool_size
-            )
-        });
-        format!(
-            "no database connection within sinks.sql.connect_timeout ({}): {cause}",
-            humantime::format_duration(timeout)
-        )
     }
 
     async fn insert(&self, rows: &[Row]) -> Result<(), sqlx::Error> {
@@ -358,17 +326,30 @@ fn is_refused_data(error: &sqlx::Error) -> bool {
     code.starts_with("22") || code.starts_with("23")
 }
 
-/// One connection made outside the pool: `None` when it comes, or why not.
-async fn try_connecting<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, timeout: Duration) -> Option<String> {
+/// sqlx says "pool timed out" whatever kept a connection away: the database
+/// refusing or denying it, being slow, or every pooled connection busy. One
+/// attempt outside the pool finds out which, so `last_error` tells the
+/// operator what to fix. (The pool's acquire timeout is `connect_timeout`,
+/// its size `pool_size`.)
+async fn why_no_connection<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> String {
     use sqlx::{ConnectOptions, Connection};
-    match tokio::time::timeout(timeout, pool.connect_options().connect()).await {
+    let timeout = pool.options().get_acquire_timeout();
+    let cause = match tokio::time::timeout(timeout, pool.connect_options().connect()).await {
         Ok(Ok(connection)) => {
             let _ = connection.close().await;
-            None
+            format!(
+                "a connection outside the pool came at once: the database just came back, \
+                 or all {} connections of sinks.sql.pool_size were busy",
+                pool.options().get_max_connections()
+            )
         }
-        Ok(Err(error)) => Some(error.to_string()),
-        Err(_) => Some("connecting takes longer than that".into()),
-    }
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "connecting takes longer than that".into(),
+    };
+    format!(
+        "no database connection within sinks.sql.connect_timeout ({}): {cause}",
+        humantime::format_duration(timeout)
+    )
 }
 
 impl Sink for SqlSink {
@@ -379,7 +360,13 @@ impl Sink for SqlSink {
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
         match self.archive(batch).await {
             Ok(()) => Ok(()),
-            Err(sqlx::Error::PoolTimedOut) => Err(SinkError::transient(self.why_no_connection().await)),
+            Err(sqlx::Error::PoolTimedOut) => {
+                let cause = match &self.database {
+                    Database::Postgres(pool) => why_no_connection(pool).await,
+                    Database::MySql(pool) => why_no_connection(pool).await,
+                };
+                Err(SinkError::transient(cause))
+            }
             Err(error) => Err(classify(error)),
         }
     }
