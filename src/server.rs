@@ -6,6 +6,13 @@
 //! read timeout (slowloris) and a keep-alive idle timeout, a bound on the
 //! request head size, and a TLS handshake bounded like a request head.
 //!
+//! The keep-alive timeout is longer than any client's on purpose: Go's HTTP
+//! client (OpenIM's) keeps an idle connection for 90 s and does not resend a
+//! POST that fails because the server closed that connection just before it,
+//! and OpenIM never retries a callback. So the client must always be the side
+//! that closes an idle connection; the header-read timeout, apart from it,
+//! still ends slow or silent clients.
+//!
 //! Both timeouts are kept by one watcher per connection rather than by
 //! hyper's own header timer, which re-arms a timer for every request: the
 //! watcher sleeps until the next deadline and only looks at two timestamps
@@ -24,7 +31,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -243,6 +250,9 @@ struct Activity {
     /// Milliseconds after `started` (plus one; 0 for none) at which bytes of
     /// a request head that has not started yet first arrived.
     head_started_ms: AtomicU64,
+    /// A request has been served on this connection: from then on its idle
+    /// time is a keep-alive, before it an unused connection.
+    served_any: AtomicBool,
 }
 
 /// Marks a request as running until dropped.
@@ -263,6 +273,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_done_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
+            served_any: AtomicBool::new(false),
         }
     }
 
@@ -273,6 +284,7 @@ impl Activity {
     fn request_started(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started_ms.store(0, Ordering::Release);
+        self.served_any.store(true, Ordering::Release);
         Busy(Arc::clone(self))
     }
 
@@ -284,8 +296,10 @@ impl Activity {
     }
 
     /// Completes when the connection has outstayed its welcome: a request
-    /// head begun more than `header_read_timeout` ago and still not complete,
-    /// or no request at all for `keep_alive_timeout`.
+    /// head begun more than `header_read_timeout` ago and still not complete;
+    /// a new connection that sent nothing for `header_read_timeout` (a client
+    /// that means to call sends its request at once); or, after a request,
+    /// no next one for `keep_alive_timeout`.
     async fn expired(&self, limits: &Limits) {
         loop {
             let head_started = self.head_started_ms.load(Ordering::Acquire);
@@ -294,13 +308,18 @@ impl Activity {
                 None
             } else if head_started > 0 {
                 Some(head_started - 1 + limits.header_read_timeout.as_millis() as u64)
+            } else if !self.served_any.load(Ordering::Acquire) {
+                Some(limits.header_read_timeout.as_millis() as u64)
             } else {
                 Some(self.last_done_ms.load(Ordering::Acquire) + limits.keep_alive_timeout.as_millis() as u64)
             };
             match deadline_ms {
                 Some(deadline) if self.elapsed_ms() >= deadline => return,
                 Some(deadline) => {
-                    tokio::time::sleep_until(self.started + Duration::from_millis(deadline)).await
+                    // A request served meanwhile moves the deadline to its end plus
+                    // keep_alive_timeout, which may come sooner: look again by then.
+                    let next_look = self.elapsed_ms() + limits.keep_alive_timeout.as_millis() as u64;
+                    tokio::time::sleep_until(self.started + Duration::from_millis(deadline.min(next_look))).await
                 }
                 None => tokio::time::sleep(limits.keep_alive_timeout).await,
             }

@@ -77,6 +77,43 @@ async fn an_idle_keep_alive_connection_is_closed() {
     );
 }
 
+/// One callback written as OpenIM's Go client writes it, on an open connection; the answer's status line.
+async fn post_on(stream: &mut TcpStream, operation_id: &str) -> String {
+    let body = packet("a", "b", 101).to_string();
+    let request = format!(
+        "POST {COMMAND_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json; charset=utf-8\r\n\
+         Operationid: {operation_id}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer)).await.unwrap().unwrap();
+    String::from_utf8_lossy(&answer[..read]).lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_outlives_the_header_read_timeout_between_callbacks() {
+    // OpenIM's Go client keeps an idle connection for 90 s and does not resend a POST that
+    // fails on a connection the server has just closed: the idle wait between two callbacks
+    // must not be cut by the (short) header-read timeout.
+    let receiver =
+        TestReceiver::start_with(settings(&[("SERVER__HEADER_READ_TIMEOUT", "200ms")]), |_| {}).await;
+    let mut stream = TcpStream::connect(receiver.address).await.unwrap();
+    assert_eq!(post_on(&mut stream, "op-first").await, "HTTP/1.1 200 OK");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(post_on(&mut stream, "op-second").await, "HTTP/1.1 200 OK", "the same connection, still open");
+    assert_eq!(receiver.get_json("/stats").await["requests"]["accepted"], 2);
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_a_request_is_closed_after_the_header_read_timeout() {
+    let receiver =
+        TestReceiver::start_with(settings(&[("SERVER__HEADER_READ_TIMEOUT", "300ms")]), |_| {}).await;
+    let mut silent = TcpStream::connect(receiver.address).await.unwrap();
+    // The keep-alive timeout (120 s by default) is for connections that have served a request.
+    assert!(closed_by_server(&mut silent, Duration::from_secs(10)).await, "the silent connection was kept");
+}
+
 #[tokio::test]
 async fn a_burst_past_the_in_flight_limit_is_shed_with_503_and_the_server_recovers() {
     let receiver = TestReceiver::start_with(
