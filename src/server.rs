@@ -319,7 +319,8 @@ impl Activity {
                     // A request served meanwhile moves the deadline to its end plus
                     // keep_alive_timeout, which may come sooner: look again by then.
                     let next_look = self.elapsed_ms() + limits.keep_alive_timeout.as_millis() as u64;
-                    tokio::time::sleep_until(self.started + Duration::from_millis(deadline.min(next_look))).await
+                    tokio::time::sleep_until(self.started + Duration::from_millis(deadline.min(next_look)))
+                        .await
                 }
                 None => tokio::time::sleep(limits.keep_alive_timeout).await,
             }

@@ -55,14 +55,14 @@ impl ForwardSink {
         })
     }
 
-    async fn post(&self, entry: &Entry) -> Result<u64, String> {
+    async fn post(&self, entry: &Entry) -> Result<u64, SinkError> {
         let message = &entry.message;
-        let key = idempotency_key(entry);
+        let key = header_text(&idempotency_key(entry)).into_owned();
         let mut request = self
             .client
             .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
-            .header("operationID", message.operation_id.value.as_str())
+            .header("operationID", header_text(&message.operation_id.value).as_ref())
             .header("Idempotency-Key", key.as_str());
         if let Some(signing_key) = &self.signing_key {
             let timestamp =
@@ -74,10 +74,44 @@ impl ForwardSink {
                 .header("webhook-timestamp", timestamp.to_string())
                 .header("webhook-signature", format!("v1,{signature}"));
         }
-        let answer = request.body(message.raw.clone()).send().await.map_err(|error| with_causes(&error))?;
+        let answer = request.body(message.raw.clone()).send().await.map_err(|error| {
+            // A request that cannot even be built fails the same way on every retry.
+            let text = with_causes(&error);
+            if error.is_builder() { SinkError::permanent(text) } else { SinkError::transient(text) }
+        })?;
         let status = answer.status();
-        if status.is_success() { Ok(entry.seq) } else { Err(format!("{} answered {status}", self.url)) }
+        if status.is_success() {
+            return Ok(entry.seq);
+        }
+        let error = format!("{} answered {status}", self.url);
+        Err(if refuses_for_good(status) { SinkError::permanent(error) } else { SinkError::transient(error) })
     }
+}
+
+/// A 4xx says the request itself is wrong, and sending it again will not
+/// change that, except for the ones that mean "later": 408 (timeout), 425
+/// (too early) and 429 (too many requests). 5xx and anything else may pass.
+fn refuses_for_good(status: reqwest::StatusCode) -> bool {
+    status.is_client_error() && !matches!(status.as_u16(), 408 | 425 | 429)
+}
+
+/// `text` as a header value: as it is when it is printable ASCII (what OpenIM
+/// sends), else percent-encoded (UTF-8, RFC 3986: every byte outside `!`..`~`,
+/// and `%` itself). A control character cannot be put in a header at all,
+/// and must not stop the record: the body carries the value unchanged.
+fn header_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.bytes().all(|byte| (b' '..=b'~').contains(&byte)) {
+        return text.into();
+    }
+    let mut encoded = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_graphic() && byte != b'%' {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded.into()
 }
 
 /// An error and its causes on one line: reqwest's own text alone ("error
@@ -144,10 +178,14 @@ impl Sink for ForwardSink {
         self.taken.extend(taken);
         match first_error {
             None => {
-                self.taken.clear();
+                // The runner may hand over part of a batch (one record at a time
+                // after a refusal): forget only what this delivery covers.
+                for entry in batch {
+                    self.taken.remove(&entry.seq);
+                }
                 Ok(())
             }
-            Some(error) => Err(SinkError::transient(error)),
+            Some(error) => Err(error),
         }
     }
 
@@ -161,6 +199,27 @@ impl Sink for ForwardSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_are_kept_when_printable_and_percent_encoded_otherwise() {
+        assert_eq!(header_text("op-1 a/b"), "op-1 a/b");
+        assert_eq!(header_text("bad\u{1}id"), "bad%01id");
+        assert_eq!(header_text("100% 你"), "100%25%20%E4%BD%A0");
+        for text in ["bad\u{1}id", "line\r\nbreak", "你好", "\u{7f}"] {
+            assert!(reqwest::header::HeaderValue::from_str(&header_text(text)).is_ok(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_4xx_that_does_not_mean_later_is_for_good() {
+        use reqwest::StatusCode;
+        for (status, for_good) in [(400, true), (404, true), (422, true), (408, false), (425, false)] {
+            assert_eq!(refuses_for_good(StatusCode::from_u16(status).unwrap()), for_good, "{status}");
+        }
+        for status in [429, 500, 502, 503, 302] {
+            assert!(!refuses_for_good(StatusCode::from_u16(status).unwrap()), "{status}");
+        }
+    }
 
     #[test]
     fn signatures_match_the_standard_webhooks_reference_vector() {

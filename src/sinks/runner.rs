@@ -105,8 +105,10 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
     work.status.set_state(SinkState::Stopped);
 }
 
-/// Delivers `batch`, retrying while the sink asks for it. False when the
-/// runner was told to stop before the batch was done.
+/// Delivers `batch`, retrying while the sink asks for it. A batch the sink
+/// refuses for good is taken apart: each record is delivered on its own, so
+/// that only the records the target really refuses are given up, never the
+/// ones behind them. False when the runner was told to stop before the batch was done.
 async fn deliver_until_done<S: Sink>(
     sink: &mut S,
     batch: &[Entry],
@@ -116,33 +118,56 @@ async fn deliver_until_done<S: Sink>(
     if batch.is_empty() {
         return true;
     }
+    let records = match deliver_with_retries(sink, batch, status, commands).await {
+        Delivery::Done => return true,
+        Delivery::Stopped => return false,
+        Delivery::Refused(reason) if batch.len() == 1 => {
+            give_up(sink.name(), &batch[0], &reason, status);
+            return true;
+        }
+        Delivery::Refused(_) => batch,
+    };
+    for entry in records {
+        match deliver_with_retries(sink, std::slice::from_ref(entry), status, commands).await {
+            Delivery::Done => {}
+            Delivery::Stopped => return false,
+            Delivery::Refused(reason) => give_up(sink.name(), entry, &reason, status),
+        }
+    }
+    true
+}
+
+/// How one delivery of a batch ended.
+enum Delivery {
+    Done,
+    /// The sink refused it for good (a permanent error), with the reason.
+    Refused(String),
+    /// The runner was told to stop first.
+    Stopped,
+}
+
+/// Delivers `batch`, retrying it with backoff while the sink fails in a way that may pass.
+async fn deliver_with_retries<S: Sink>(
+    sink: &mut S,
+    batch: &[Entry],
+    status: &SinkStatus,
+    commands: &mut watch::Receiver<Command>,
+) -> Delivery {
     let name = sink.name();
     let mut backoff = FIRST_BACKOFF;
     loop {
         let attempt = AssertUnwindSafe(sink.deliver(batch)).catch_unwind();
         let outcome = tokio::select! {
             outcome = attempt => outcome,
-            () = stop_requested(commands) => return false,
+            () = stop_requested(commands) => return Delivery::Stopped,
         };
         let message = match outcome {
             Ok(Ok(())) => {
                 status.handled.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 status.set_state(SinkState::Running);
-                return true;
+                return Delivery::Done;
             }
-            Ok(Err(SinkError { message, retry: false })) => {
-                status.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::error!(
-                    sink = name,
-                    records = batch.len(),
-                    from_seq = batch[0].seq,
-                    error = message,
-                    "sink refused a batch for good: its records are not delivered to it"
-                );
-                status.set_last_error(message);
-                status.set_state(SinkState::Running);
-                return true;
-            }
+            Ok(Err(SinkError { message, retry: false })) => return Delivery::Refused(message),
             Ok(Err(SinkError { message, retry: true })) => message,
             Err(panic) => {
                 status.panics.fetch_add(1, Ordering::Relaxed);
@@ -163,10 +188,28 @@ async fn deliver_until_done<S: Sink>(
         );
         status.set_last_error(message);
         if !pause(wait, commands).await {
-            return false;
+            return Delivery::Stopped;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// A record the sink refused for good: counted as failed and logged, and the
+/// sink goes on with the records behind it.
+fn give_up(sink: &'static str, entry: &Entry, reason: &str, status: &SinkStatus) {
+    use crate::message::{MAX_LOGGED_ID_CHARS, clip};
+    let message = &entry.message;
+    status.failed.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        sink,
+        seq = entry.seq,
+        serverMsgID = clip(&message.packet.server_msg_id, MAX_LOGGED_ID_CHARS),
+        operationID = clip(&message.operation_id.value, MAX_LOGGED_ID_CHARS),
+        error = reason,
+        "sink refused this record for good: it is not delivered to this sink; the records behind it go on"
+    );
+    status.set_last_error(format!("record {} refused: {reason}", entry.seq));
+    status.set_state(SinkState::Running);
 }
 
 /// Waits `duration`; false when the runner's stop time comes first.

@@ -3,8 +3,10 @@
 //!
 //! Rows are inserted a batch per statement (UNNEST arrays on PostgreSQL,
 //! multi-row VALUES on MySQL) and keyed by `server_msg_id`, with
-//! `ON CONFLICT DO NOTHING` / `INSERT IGNORE`: a batch replayed after a crash
-//! or an outage never duplicates a row. The table is created at the first
+//! `ON CONFLICT DO NOTHING` / `ON DUPLICATE KEY UPDATE` (a no-op): a batch
+//! replayed after a crash or an outage never duplicates a row, and a row the
+//! database refuses (a value too long, a constraint) is refused loudly: the
+//! runner gives up that record alone, counted as `failed`. The table is created at the first
 //! delivery if it is missing, and never altered or dropped. While the
 //! database is down, deliveries fail as transient and the runner retries;
 //! the journal holds the messages meanwhile.
@@ -47,6 +49,17 @@ impl SqlSink {
             let pool = MySqlPoolOptions::new()
                 .max_connections(settings.pool_size)
                 .acquire_timeout(timeout)
+                // Strict whatever the server's default: a value that does not fit
+                // its column is an error, never silently truncated.
+                .after_connect(|connection, _| {
+                    Box::pin(async move {
+                        use sqlx::Executor;
+                        connection
+                            .execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES')")
+                            .await?;
+                        Ok(())
+                    })
+                })
                 .connect_lazy(url)
                 .map_err(|error| SinkError::permanent(format!("sinks.sql.url: {error}")))?;
             Database::MySql(pool)
@@ -59,7 +72,7 @@ impl SqlSink {
         let table = &self.table;
         match &self.database {
             Database::Postgres(pool) => {
-                for statement in [
+                let statements = [
                     format!(
                         "CREATE TABLE IF NOT EXISTS {table} (
                             server_msg_id TEXT PRIMARY KEY,
@@ -87,9 +100,19 @@ impl SqlSink {
                         "CREATE INDEX IF NOT EXISTS {table}_conversation ON {table} (send_id, recv_id, create_time)"
                     ),
                     format!("CREATE INDEX IF NOT EXISTS {table}_create_time ON {table} (create_time)"),
-                ] {
-                    sqlx::query(&statement).execute(pool).await?;
+                ];
+                // Two replicas creating the table at one moment would race in
+                // PostgreSQL's catalog (a unique violation on pg_type): a lock
+                // held for the transaction makes the second wait, then find it.
+                let mut transaction = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                    .bind(format!("openim-callback-receiver create {table}"))
+                    .execute(&mut *transaction)
+                    .await?;
+                for statement in &statements {
+                    sqlx::query(statement).execute(&mut *transaction).await?;
                 }
+                transaction.commit().await?;
             }
             Database::MySql(pool) => {
                 let statement = format!(
@@ -99,7 +122,7 @@ impl SqlSink {
                         send_id VARCHAR(255) NOT NULL,
                         recv_id VARCHAR(255) NOT NULL,
                         sender_platform_id INT NOT NULL,
-                        sender_nickname TEXT NOT NULL,
+                        sender_nickname LONGTEXT NOT NULL,
                         session_type INT NOT NULL,
                         msg_from INT NOT NULL,
                         content_type INT NOT NULL,
@@ -109,8 +132,8 @@ impl SqlSink {
                         seq BIGINT NOT NULL,
                         content LONGTEXT NOT NULL,
                         at_user_list JSON NOT NULL,
-                        face_url TEXT NOT NULL,
-                        ex TEXT NOT NULL,
+                        face_url LONGTEXT NOT NULL,
+                        ex LONGTEXT NOT NULL,
                         operation_id VARCHAR(255) NOT NULL,
                         received_at DATETIME(6) NOT NULL,
                         packet JSON NOT NULL,
@@ -125,32 +148,14 @@ impl SqlSink {
         Ok(())
     }
 
-    /// Inserts the batch's rows. One row the database refuses must not cost
-    /// the others: then row by row, and only the refused ones are left out
-    /// (and logged). Any other error is the whole batch's, to be retried.
-    async fn archive(&mut self, batch: &[Entry]) -> Result<(), sqlx::Error> {
-        if !self.migrated {
-            self.migrate().await?;
-        }
-        let postgres = matches!(self.database, Database::Postgres(_));
-        let rows: Vec<Row> = batch.iter().map(|entry| Row::of(entry, postgres)).collect();
-        match self.insert(&rows).await {
-            Err(error) if is_refused_data(&error) => {}
-            other => return other,
-        }
-        for (row, entry) in rows.iter().zip(batch) {
-            match self.insert(std::slice::from_ref(row)).await {
-                Err(error) if is_refused_data(&error) => tracing::error!(
-                    sink = "sql",
-                    seq = entry.seq,
-                    serverMsgID = crate::message::clip(&row.server_msg_id, 64),
-                    %error,
-                    "the database refused this message's row; it is not archived"
-                ),
-                other => other?,
-            }
-        }
-        Ok(())
+    /// A failure that may pass, explained: sqlx's bare "pool timed out" gets its cause.
+    async fn transient(&self, error: sqlx::Error) -> SinkError {
+        let message = match (&error, &self.database) {
+            (sqlx::Error::PoolTimedOut, Database::Postgres(pool)) => why_no_connection(pool).await,
+            (sqlx::Error::PoolTimedOut, Database::MySql(pool)) => why_no_connection(pool).await,
+            _ => error.to_string(),
+        };
+        SinkError::transient(message)
     }
 
     async fn insert(&self, rows: &[Row]) -> Result<(), sqlx::Error> {
@@ -203,7 +208,7 @@ impl SqlSink {
             Database::MySql(pool) => {
                 for chunk in rows.chunks(MYSQL_ROWS_PER_STATEMENT) {
                     let mut builder = sqlx::QueryBuilder::<sqlx::MySql>::new(format!(
-                        "INSERT IGNORE INTO {table} (server_msg_id, client_msg_id, send_id, recv_id,
+                        "INSERT INTO {table} (server_msg_id, client_msg_id, send_id, recv_id,
                             sender_platform_id, sender_nickname, session_type, msg_from, content_type, status,
                             create_time, send_time, seq, content, at_user_list, face_url, ex, operation_id,
                             received_at, packet) "
@@ -234,6 +239,10 @@ impl SqlSink {
                             .push_unseparated(", '1970-01-01 00:00:00')")
                             .push_bind(&row.packet);
                     });
+                    // A repeat (a replay after a crash) changes nothing; unlike INSERT
+                    // IGNORE, this keeps every other error an error, so a value too
+                    // long for its column is refused loudly instead of cut short.
+                    builder.push(" ON DUPLICATE KEY UPDATE server_msg_id = server_msg_id");
                     builder.build().execute(pool).await?;
                 }
             }
@@ -310,14 +319,6 @@ impl Row {
 
 /// Data the database refuses (a value too long, bad JSON) is permanent for
 /// that row; everything else (no connection, a timeout, a restart) may pass.
-fn classify(error: sqlx::Error) -> SinkError {
-    if is_refused_data(&error) {
-        SinkError::permanent(error.to_string())
-    } else {
-        SinkError::transient(error.to_string())
-    }
-}
-
 fn is_refused_data(error: &sqlx::Error) -> bool {
     // SQLSTATE classes 22 (data exception) and 23 (integrity constraint); MySQL
     // reports data errors as 22xxx and 23xxx too, or HY000 with these codes.
@@ -357,17 +358,22 @@ impl Sink for SqlSink {
         "sql"
     }
 
+    /// Inserts the batch's rows in one statement. A row the database refuses
+    /// fails the batch for good; the runner then delivers its records one by
+    /// one, so only the refused row is left out.
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
-        match self.archive(batch).await {
-            Ok(()) => Ok(()),
-            Err(sqlx::Error::PoolTimedOut) => {
-                let cause = match &self.database {
-                    Database::Postgres(pool) => why_no_connection(pool).await,
-                    Database::MySql(pool) => why_no_connection(pool).await,
-                };
-                Err(SinkError::transient(cause))
+        if !self.migrated {
+            // Creating the table is never the rows' fault: whatever fails is retried.
+            if let Err(error) = self.migrate().await {
+                return Err(self.transient(error).await);
             }
-            Err(error) => Err(classify(error)),
+        }
+        let postgres = matches!(self.database, Database::Postgres(_));
+        let rows: Vec<Row> = batch.iter().map(|entry| Row::of(entry, postgres)).collect();
+        match self.insert(&rows).await {
+            Ok(()) => Ok(()),
+            Err(error) if is_refused_data(&error) => Err(SinkError::permanent(error.to_string())),
+            Err(error) => Err(self.transient(error).await),
         }
     }
 

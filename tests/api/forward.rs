@@ -26,24 +26,43 @@ struct Downstream {
 
 impl Downstream {
     async fn start(failures: u32) -> Self {
+        Self::answering(
+            move |attempt, _| {
+                if attempt <= failures { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
+            },
+        )
+        .await
+    }
+
+    /// A downstream that answers 400 to every request whose body holds `refused`, 200 to the rest.
+    async fn refusing(refused: &'static str) -> Self {
+        Self::answering(move |_, body| {
+            let refuse = String::from_utf8_lossy(body).contains(refused);
+            if refuse { StatusCode::BAD_REQUEST } else { StatusCode::OK }
+        })
+        .await
+    }
+
+    /// A downstream whose answer `answer` picks from the attempt's number (from 1) and the body.
+    async fn answering(answer: impl Fn(u32, &[u8]) -> StatusCode + Clone + Send + Sync + 'static) -> Self {
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let attempts = Arc::new(Mutex::new(0));
         let (kept, tried) = (Arc::clone(&accepted), Arc::clone(&attempts));
         let app = axum::Router::new().route(
             "/hook",
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let (kept, tried) = (Arc::clone(&kept), Arc::clone(&tried));
+                let (kept, tried, answer) = (Arc::clone(&kept), Arc::clone(&tried), answer.clone());
                 async move {
                     let attempt = {
                         let mut tried = tried.lock().unwrap();
                         *tried += 1;
                         *tried
                     };
-                    if attempt <= failures {
-                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    let status = answer(attempt, &body);
+                    if status == StatusCode::OK {
+                        kept.lock().unwrap().push(Received { headers, body });
                     }
-                    kept.lock().unwrap().push(Received { headers, body });
-                    StatusCode::OK
+                    status
                 }
             }),
         );
@@ -173,4 +192,55 @@ async fn a_target_that_is_down_leaves_the_receiver_ready_and_the_sink_degraded()
     assert!(report["last_error"].as_str().is_some_and(|error| !error.is_empty()), "{report}");
     let ready = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn a_message_the_target_refuses_with_400_does_not_hold_up_the_ones_behind_it() {
+    let downstream = Downstream::refusing("srv-poison").await;
+    let receiver = TestReceiver::start_with(
+        settings(&[("SINKS__FORWARD__CRM__URL", &downstream.url), ("SINKS__FORWARD__CRM__CONCURRENCY", "1")]),
+        |_| {},
+    )
+    .await;
+    let mut posted = Vec::new();
+    for index in 0..6 {
+        let mut message = packet("a", "b", 101);
+        let id = if index == 2 { "srv-poison".to_owned() } else { format!("srv-{index}") };
+        message["serverMsgID"] = id.clone().into();
+        receiver.post_packet(&format!("op-{index}"), &message).await.assert_accepted();
+        posted.push(id);
+    }
+    let report = receiver.sink_report("forward.crm", |report| report["lag_records"] == 0).await;
+    let expected: Vec<String> = posted.into_iter().filter(|id| id != "srv-poison").collect();
+    assert_eq!(downstream.keys(), expected, "every other message, in order");
+    assert_eq!(report["failed"], 1, "{report}");
+    assert!(report["last_error"].as_str().unwrap().contains("400"), "{report}");
+}
+
+#[tokio::test]
+async fn an_operation_id_that_cannot_be_a_header_is_sent_percent_encoded() {
+    let downstream = Downstream::start(0).await;
+    let receiver =
+        TestReceiver::start_with(settings(&[("SINKS__FORWARD__CRM__URL", &downstream.url)]), |_| {}).await;
+    // No header: the body's operationID, with a control character, is the record's.
+    let mut message = packet("a", "b", 101);
+    message["operationID"] = "bad\u{1}id".into();
+    message["serverMsgID"] = "srv-control".into();
+    let answer = receiver
+        .client
+        .post(receiver.url(crate::helpers::COMMAND_PATH))
+        .header("Content-Type", "application/json")
+        .body(message.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    receiver.post_packet("op-after", &packet("c", "d", 101)).await.assert_accepted();
+    let report = receiver.sink_report("forward.crm", |report| report["handled"] == 2).await;
+    assert_eq!(report["failed"], 0, "{report}");
+    let accepted = downstream.accepted.lock().unwrap().clone();
+    assert_eq!(accepted[0].headers["operationid"], "bad%01id");
+    let body: serde_json::Value = serde_json::from_slice(&accepted[0].body).unwrap();
+    assert_eq!(body["operationID"], "bad\u{1}id", "the body as it arrived");
+    assert_eq!(accepted[1].headers["operationid"], "op-after");
 }

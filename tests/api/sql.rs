@@ -342,3 +342,107 @@ async fn after_sigkill_under_load_every_row_answered_200_is_in_postgresql_exactl
     assert!(missing.is_empty(), "answered 200 but not archived: {missing:?}");
     drop_table(&url, &table).await;
 }
+
+/// Posts six messages of which the one `refused` makes the database refuse its row: the others
+/// are all archived, behind it too, and the refused one is counted, not silently cut or dropped.
+async fn a_refused_row_costs_that_row_only(
+    url: &str,
+    table: &str,
+    refused: Value,
+    read_rows: impl AsyncFn(&str, &str) -> Vec<Value>,
+) {
+    let receiver = TestReceiver::start_with(sql_settings(url, table, &[]), |_| {}).await;
+    let mut expected = Vec::new();
+    for index in 0..6 {
+        let message = if index == 2 {
+            refused.clone()
+        } else {
+            let mut message = packet("a", "b", 101);
+            message["serverMsgID"] = format!("srv-{index}").into();
+            expected.push(format!("srv-{index}"));
+            message
+        };
+        receiver.post_packet(&format!("op-{index}"), &message).await.assert_accepted();
+    }
+    let report = receiver.caught_up("sql", 6).await;
+    assert_eq!((report["handled"].as_u64(), report["failed"].as_u64()), (Some(5), Some(1)), "{report}");
+    assert!(report["last_error"].as_str().unwrap().starts_with("record 3 refused"), "{report}");
+    let mut archived: Vec<String> = read_rows(url, table)
+        .await
+        .iter()
+        .map(|row| row["server_msg_id"].as_str().unwrap().to_owned())
+        .collect();
+    archived.sort();
+    assert_eq!(archived, expected);
+    assert!(receiver.stop().await.is_clean());
+}
+
+#[tokio::test]
+async fn a_row_postgresql_refuses_is_counted_and_the_rows_behind_it_are_archived() {
+    let Some(url) = postgres().await else { return };
+    let table = unique_table("refused");
+    // The table as the sink creates it, with a constraint that refuses one message.
+    let receiver = TestReceiver::start_with(sql_settings(&url, &table, &[]), |_| {}).await;
+    receiver.post_packet("op-create", &packet("x", "y", 101)).await.assert_accepted();
+    receiver.caught_up("sql", 1).await;
+    receiver.stop().await;
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!("DELETE FROM {table}")).execute(&pool).await.unwrap();
+    let constraint =
+        format!("ALTER TABLE {table} ADD CONSTRAINT no_poison CHECK (server_msg_id <> 'srv-poison')");
+    sqlx::query(&constraint).execute(&pool).await.unwrap();
+    let mut poison = packet("a", "b", 101);
+    poison["serverMsgID"] = "srv-poison".into();
+    a_refused_row_costs_that_row_only(&url, &table, poison, postgres_rows).await;
+    drop_table(&url, &table).await;
+}
+
+#[tokio::test]
+async fn a_row_mariadb_refuses_is_counted_and_long_values_are_kept_whole() {
+    let Some(url) = mariadb().await else { return };
+    let table = unique_table("refused");
+    // An id longer than its VARCHAR(255) column: refused loudly, never cut short.
+    let mut too_long = packet("a", &"r".repeat(300), 101);
+    too_long["serverMsgID"] = "srv-long-recv".into();
+    a_refused_row_costs_that_row_only(&url, &table, too_long, mariadb_rows).await;
+    // A 100 KiB ex (past TEXT's 64 KiB) is stored whole.
+    let receiver = TestReceiver::start_with(sql_settings(&url, &table, &[]), |_| {}).await;
+    let mut large = packet("big", "b", 101);
+    large["ex"] = "e".repeat(100 * 1024).into();
+    receiver.post_packet("op-large", &large).await.assert_accepted();
+    receiver.caught_up("sql", 1).await;
+    let rows = mariadb_rows(&url, &table).await;
+    let row = rows.iter().find(|row| row["send_id"] == "big").expect("the large row");
+    assert_eq!(row["ex"].as_str().unwrap().len(), 100 * 1024);
+    assert!(receiver.stop().await.is_clean());
+    drop_table(&url, &table).await;
+}
+
+#[tokio::test]
+async fn replicas_creating_the_postgresql_table_at_one_moment_archive_every_row() {
+    let Some(url) = postgres().await else { return };
+    // Rounds of four receivers whose first delivery creates one new table at the same moment
+    // (without a lock, PostgreSQL can answer one of them a unique violation on pg_type).
+    for _ in 0..3 {
+        let table = unique_table("race");
+        let mut receivers = Vec::new();
+        for _ in 0..4 {
+            receivers.push(TestReceiver::start_with(sql_settings(&url, &table, &[]), |_| {}).await);
+        }
+        let posts = receivers.iter().enumerate().map(|(index, receiver)| {
+            let mut message = packet("a", "b", 101);
+            message["serverMsgID"] = format!("srv-race-{index}").into();
+            async move { receiver.post_packet("op", &message).await.assert_accepted() }
+        });
+        futures_util::future::join_all(posts).await;
+        for receiver in &receivers {
+            let report = receiver.caught_up("sql", 1).await;
+            assert_eq!(report["failed"], 0, "{report}");
+        }
+        assert_eq!(postgres_rows(&url, &table).await.len(), 4);
+        for receiver in receivers {
+            receiver.stop().await;
+        }
+        drop_table(&url, &table).await;
+    }
+}
