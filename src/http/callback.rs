@@ -65,31 +65,37 @@ async fn append_by(
     message: &Arc<ReceivedMessage>,
     deadline: Instant,
 ) -> Result<(), ApiError> {
-    let seq = state.journal.append(message).map_err(|error| match error {
+    let refused = |error: AppendError| match error {
         AppendError::Full { max_bytes } => {
-            tracing::warn!(operationID = clip(&message.operation_id.value, MAX_LOGGED_ID_CHARS), max_bytes,
-                "message refused: the journal is full (journal.when_full = \"refuse\")");
+            tracing::warn!(
+                operationID = clip(&message.operation_id.value, MAX_LOGGED_ID_CHARS),
+                max_bytes,
+                "message refused: the journal is full (journal.when_full = \"refuse\")"
+            );
             ApiError::JournalFull { max_bytes }
         }
-        AppendError::Io(error) => {
+        AppendError::Io(_) | AppendError::SyncFailed(_) => {
             tracing::error!(operationID = clip(&message.operation_id.value, MAX_LOGGED_ID_CHARS), %error, "message refused: cannot write the journal");
             ApiError::JournalWriteFailed { detail: error.to_string() }
         }
-    })?;
+    };
+    let seq = state.journal.append(message).map_err(refused)?;
     // With sync = "always", the fdatasync that covers it; otherwise at once.
     // Past the deadline the record stays in the journal (the sinks get it),
     // but the answer must not promise what the disk has not confirmed.
     if state.settings.journal.sync == SyncMode::Os {
         return Ok(());
     }
-    tokio::time::timeout_at(deadline, state.journal.durable(seq)).await.map_err(|_elapsed| {
+    let durable = tokio::time::timeout_at(deadline, state.journal.durable(seq)).await.map_err(|_elapsed| {
         tracing::warn!(
             operationID = clip(&message.operation_id.value, MAX_LOGGED_ID_CHARS),
             seq,
             "message not confirmed: its fdatasync did not finish by the deadline (it stays in the journal)"
         );
         ApiError::DeadlineExceeded { deadline_ms: state.settings.server.response_timeout.as_millis() }
-    })
+    })?;
+    // Its fdatasync failed: the record may not be on the disk, so no 200.
+    durable.map_err(refused)
 }
 
 /// The whole body, in a buffer of its own exact size (the chunks hyper hands

@@ -59,6 +59,10 @@ pub enum AppendError {
     Full { max_bytes: u64 },
     #[error("journal write failed: {0}")]
     Io(#[from] io::Error),
+    /// An fdatasync failed: the kernel may have dropped written pages, so
+    /// nothing more is appended to this journal until the receiver restarts.
+    #[error("{0}")]
+    SyncFailed(String),
 }
 
 struct Segment {
@@ -72,9 +76,12 @@ struct Writer {
     /// Oldest first; the last one is the live segment, appended to.
     segments: VecDeque<Segment>,
     live: Arc<File>,
-    /// Segments closed since the last fdatasync (with `sync = "os"`), and so
-    /// is their directory entry's: the sync thread syncs them next.
+    /// Segments closed since the last fdatasync, and so is their directory
+    /// entry's: the sync thread syncs them next, off the request path.
     closed_unsynced: Vec<Arc<File>>,
+    /// Segments dropped by a roll ("skip"), for the sync thread to delete:
+    /// no unlink on the request path.
+    to_delete: Vec<PathBuf>,
     next_seq: u64,
     total_bytes: u64,
 }
@@ -139,6 +146,12 @@ pub struct Journal {
     written: AtomicU64,
     /// Highest sequence number fdatasynced.
     synced: AtomicU64,
+    /// Set once an fdatasync failed (see [`AppendError::SyncFailed`]).
+    sync_failure: Mutex<Option<String>>,
+    sync_failed: AtomicBool,
+    /// Why the last append failed, until one succeeds (`/readyz` reports it).
+    append_blocked: Mutex<Option<String>>,
+    blocked: AtomicBool,
     /// First sequence number still in the journal.
     oldest: AtomicU64,
     appended: Notify,
@@ -205,7 +218,8 @@ impl Journal {
             .map(|found| Segment { first_seq: found.first_seq, path: found.path, bytes: found.bytes })
             .collect();
         if kept.is_empty() {
-            kept.push_back(create_segment(&dir, next_seq, true).map_err(io_error)?);
+            kept.push_back(create_segment(&dir, next_seq).map_err(io_error)?);
+            sync_dir_entry(&dir).map_err(io_error)?;
         }
         let live_path = &kept.back().expect("a live segment").path;
         let live = Arc::new(OpenOptions::new().append(true).open(live_path).map_err(io_error)?);
@@ -220,6 +234,7 @@ impl Journal {
                 segments: kept,
                 live,
                 closed_unsynced: Vec::new(),
+                to_delete: Vec::new(),
                 next_seq,
                 total_bytes,
             }),
@@ -227,6 +242,10 @@ impl Journal {
             written: AtomicU64::new(written),
             // What start-up read back is on disk as far as this process can tell.
             synced: AtomicU64::new(written),
+            sync_failure: Mutex::new(None),
+            sync_failed: AtomicBool::new(false),
+            append_blocked: Mutex::new(None),
+            blocked: AtomicBool::new(false),
             oldest: AtomicU64::new(oldest),
             appended: Notify::new(),
             synced_notify: Notify::new(),
@@ -285,22 +304,24 @@ impl Journal {
         let body_crc = crc32c::crc32c(record.body);
         let frame_len = (record::FRAME_HEADER_LEN + record.payload_len()) as u64;
         let mut writer = self.lock_writer();
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(AppendError::SyncFailed(self.sync_failure().unwrap_or_default()));
+        }
         let mut live_bytes = writer.segments.back().map_or(0, |live| live.bytes);
         if live_bytes > 0 && live_bytes + frame_len > self.settings.segment_bytes {
-            self.roll(&mut writer).inspect_err(|error| {
-                if let AppendError::Io(_) = error {
-                    self.count_failure();
-                }
-            })?;
+            self.roll(&mut writer).inspect_err(|error| self.append_failed(error))?;
             live_bytes = 0;
         }
         let seq = writer.next_seq;
         let head = record.encode_head(seq, body_crc);
         if let Err(error) = write_all_vectored(&writer.live, &head, record.body) {
-            self.count_failure();
-            // Take back whatever part of the frame made it, so the next record follows a whole one.
+            // Take back whatever part of the frame made it, so the next record follows a
+            // whole one. Readers never read past the published end (`readable_end`), so
+            // they cannot see these bytes even while they are there.
             let _ = writer.live.set_len(live_bytes);
-            return Err(error.into());
+            let error = AppendError::from(error);
+            self.append_failed(&error);
+            return Err(error);
         }
         writer.next_seq += 1;
         writer.total_bytes += frame_len;
@@ -312,6 +333,9 @@ impl Journal {
         // Published under the lock: records are written, and so published, in order.
         self.written.store(seq, Ordering::Release);
         drop(writer);
+        if self.blocked.load(Ordering::Acquire) {
+            self.set_blocked(None);
+        }
         self.appended.notify_waiters();
         if self.settings.sync == SyncMode::Always {
             self.wake_sync_thread();
@@ -319,26 +343,129 @@ impl Journal {
         Ok(seq)
     }
 
-    fn count_failure(&self) {
-        self.append_failures.fetch_add(1, Ordering::Relaxed);
+    fn append_failed(&self, error: &AppendError) {
+        if !matches!(error, AppendError::Full { .. }) {
+            self.append_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.set_blocked(Some(error.to_string()));
+    }
+
+    fn set_blocked(&self, why: Option<String>) {
+        let mut blocked = self.append_blocked.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.blocked.store(why.is_some(), Ordering::Release);
+        *blocked = why;
+    }
+
+    /// Why the journal cannot take a record now, for `/readyz`; None when it can.
+    /// After a failed append it looks again itself (free space on the disk,
+    /// room within `max_bytes`), rather than wait for the next callback: an
+    /// orchestrator sends none to a replica that is not ready.
+    pub fn write_blocked(&self) -> Option<String> {
+        if let Some(failure) = self.sync_failure() {
+            return Some(failure);
+        }
+        if !self.blocked.load(Ordering::Acquire) {
+            return None;
+        }
+        let why = self.append_blocked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()?;
+        self.release();
+        let room = {
+            let writer = self.lock_writer();
+            let needed = self.settings.segment_bytes;
+            writer.total_bytes + needed <= self.settings.max_bytes || writer.segments.len() == 1
+        };
+        let disk_free = free_bytes(&self.dir).is_ok_and(|free| free >= FREE_TO_RESUME);
+        if room && disk_free {
+            self.set_blocked(None);
+            return None;
+        }
+        Some(why)
+    }
+
+    fn sync_failure(&self) -> Option<String> {
+        if !self.sync_failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.sync_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// Completes once record `seq` is as durable as `journal.sync` promises
     /// before a 200: at once for "os" (it is written), after an fdatasync
-    /// that covers it for "always".
-    pub async fn durable(&self, seq: u64) {
+    /// that covers it for "always". Fails when that fdatasync failed.
+    pub async fn durable(&self, seq: u64) -> Result<(), AppendError> {
         if self.settings.sync == SyncMode::Os {
-            return;
+            return Ok(());
         }
+        // The append woke the sync thread already.
+        self.wait_synced(seq, false).await
+    }
+
+    /// Completes once record `seq` is fdatasynced, asking for an fdatasync
+    /// now if need be: a sink's position is saved only past durable records,
+    /// so a power loss never leaves a position ahead of the journal.
+    pub async fn sync_through(&self, seq: u64) -> Result<(), AppendError> {
+        self.wait_synced(seq, true).await
+    }
+
+    /// Highest sequence number fdatasynced.
+    pub fn synced(&self) -> u64 {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    async fn wait_synced(&self, seq: u64, wake: bool) -> Result<(), AppendError> {
         loop {
             let notified = self.synced_notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.synced.load(Ordering::Acquire) >= seq {
+            if self.synced() >= seq {
+                return Ok(());
+            }
+            if let Some(failure) = self.sync_failure() {
+                return Err(AppendError::SyncFailed(failure));
+            }
+            if wake {
+                self.wake_sync_thread();
+            }
+            notified.await;
+        }
+    }
+
+    /// Completes once a record with sequence number `seq` or later is fdatasynced.
+    pub async fn synced_through(&self, seq: u64) {
+        loop {
+            let notified = self.synced_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.synced() >= seq || self.sync_failed.load(Ordering::Acquire) {
                 return;
             }
             notified.await;
         }
+    }
+
+    /// Makes `next` the sequence number of the next record, when a saved
+    /// position is past the journal's end: records were lost (a power loss
+    /// with `sync = "os"`, a directory replaced), and a sequence number a
+    /// sink has passed must never be given to a new record, which that sink
+    /// would then skip or count twice. Call before anything is appended.
+    pub fn advance_to(&self, next: u64) -> io::Result<()> {
+        let mut writer = self.lock_writer();
+        if next <= writer.next_seq {
+            return Ok(());
+        }
+        let segment = create_segment(&self.dir, next)?;
+        sync_dir_entry(&self.dir)?;
+        let old = std::mem::replace(
+            &mut writer.live,
+            Arc::new(OpenOptions::new().append(true).open(&segment.path)?),
+        );
+        writer.closed_unsynced.push(old);
+        writer.segments.push_back(segment);
+        writer.next_seq = next;
+        self.segment_count.store(writer.segments.len() as u64, Ordering::Relaxed);
+        self.written.store(next - 1, Ordering::Release);
+        self.synced.fetch_max(next - 1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Highest sequence number written (0 when the journal has never held a record).
@@ -377,10 +504,15 @@ impl Journal {
         JournalReader::new(Arc::clone(self), next)
     }
 
-    /// Deletes the segments every sink has saved a position past.
+    /// Deletes the segments every sink has saved a position past (the files
+    /// outside the writer's lock: an unlink on a slow disk holds up no append).
     pub fn release(&self) {
-        let mut writer = self.lock_writer();
-        self.delete_passed(&mut writer);
+        let to_delete = {
+            let mut writer = self.lock_writer();
+            self.forget_passed(&mut writer);
+            std::mem::take(&mut writer.to_delete)
+        };
+        delete_files(to_delete);
     }
 
     /// Records from `next` on, at most `max` and through `through`, when the
@@ -401,6 +533,18 @@ impl Journal {
         let writer = self.lock_writer();
         let segment = writer.segments.iter().rev().find(|segment| segment.first_seq <= seq)?;
         Some((segment.first_seq, segment.path.clone()))
+    }
+
+    /// How far the segment starting at `first_seq` holds whole, published
+    /// records: readers never read past it (a failed append's bytes beyond it
+    /// are being taken back).
+    pub(crate) fn readable_end(&self, first_seq: u64) -> u64 {
+        let writer = self.lock_writer();
+        writer
+            .segments
+            .iter()
+            .find(|segment| segment.first_seq == first_seq)
+            .map_or(0, |segment| segment.bytes)
     }
 
     /// The segment after the one starting at `first_seq`.
@@ -445,8 +589,10 @@ impl Journal {
     }
 
     /// Starts a new live segment, first making room within `journal.max_bytes`.
+    /// On the request path: it only creates the new file; deleting, fdatasync
+    /// of the old segment and the directory are the sync thread's.
     fn roll(&self, writer: &mut Writer) -> Result<(), AppendError> {
-        self.delete_passed(writer);
+        self.forget_passed(writer);
         let max_bytes = self.settings.max_bytes;
         while writer.total_bytes + self.settings.segment_bytes > max_bytes && writer.segments.len() > 1 {
             if self.settings.when_full == WhenFull::Refuse {
@@ -457,43 +603,36 @@ impl Journal {
             tracing::error!(segment = %dropped.path.display(), records_from = dropped.first_seq,
                 records_to = writer.segments[0].first_seq - 1, max_bytes,
                 "journal full: dropping its oldest segment; sinks that had not read it skip it (journal.when_full = \"skip\")");
-            self.remove(writer, dropped);
+            self.forget(writer, dropped);
         }
-        // With "always", everything in the old segment is durable before the new one is used
-        // (the sync thread syncs only the live one). With "os", the sync thread syncs it next,
-        // so that no request waits for a whole segment's fdatasync.
-        let always = self.settings.sync == SyncMode::Always;
-        if always {
-            writer.live.sync_data()?;
-        }
-        let segment = create_segment(&self.dir, writer.next_seq, always)?;
+        // The sync thread syncs the old segment and the new name before it counts
+        // anything in them as synced (with "always", before their requests' 200s).
+        let segment = create_segment(&self.dir, writer.next_seq)?;
         let old = std::mem::replace(
             &mut writer.live,
             Arc::new(OpenOptions::new().append(true).open(&segment.path)?),
         );
-        if !always {
-            writer.closed_unsynced.push(old);
-        }
+        writer.closed_unsynced.push(old);
         writer.segments.push_back(segment);
         self.segment_count.store(writer.segments.len() as u64, Ordering::Relaxed);
+        self.wake_sync_thread();
         Ok(())
     }
 
-    /// Deletes the segments below every sink's saved position (never the live one).
-    fn delete_passed(&self, writer: &mut Writer) {
+    /// Takes the segments below every sink's saved position (never the live
+    /// one) out of the journal; their files go in `to_delete`.
+    fn forget_passed(&self, writer: &mut Writer) {
         let lowest =
             self.consumers.lock().expect("not poisoned").iter().map(|c| c.0.load(Ordering::Acquire)).min();
         let lowest = lowest.unwrap_or(writer.next_seq);
         while writer.segments.len() > 1 && writer.segments[1].first_seq <= lowest {
             let passed = writer.segments.pop_front().expect("more than one segment");
-            self.remove(writer, passed);
+            self.forget(writer, passed);
         }
     }
 
-    fn remove(&self, writer: &mut Writer, segment: Segment) {
-        if let Err(error) = std::fs::remove_file(&segment.path) {
-            tracing::error!(segment = %segment.path.display(), %error, "cannot delete a journal segment");
-        }
+    fn forget(&self, writer: &mut Writer, segment: Segment) {
+        writer.to_delete.push(segment.path);
         writer.total_bytes -= segment.bytes;
         self.total_bytes.store(writer.total_bytes, Ordering::Relaxed);
         self.segment_count.store(writer.segments.len() as u64, Ordering::Relaxed);
@@ -532,10 +671,20 @@ impl Journal {
     }
 
     fn sync_now(&self) {
-        let (live, closed, through) = {
+        if self.sync_failed.load(Ordering::Acquire) {
+            return;
+        }
+        let (live, closed, through, to_delete) = {
             let mut writer = self.lock_writer();
-            (Arc::clone(&writer.live), std::mem::take(&mut writer.closed_unsynced), writer.next_seq - 1)
+            let to_delete = std::mem::take(&mut writer.to_delete);
+            (
+                Arc::clone(&writer.live),
+                std::mem::take(&mut writer.closed_unsynced),
+                writer.next_seq - 1,
+                to_delete,
+            )
         };
+        delete_files(to_delete);
         if through <= self.synced.load(Ordering::Acquire) && closed.is_empty() {
             return;
         }
@@ -544,25 +693,34 @@ impl Journal {
         let synced = closed_synced
             .and_then(|()| if closed.is_empty() { Ok(()) } else { sync_dir_entry(&self.dir) })
             .and_then(|()| live.sync_data());
-        if synced.is_err() && !closed.is_empty() {
-            // Keep them for the retry.
-            self.lock_writer().closed_unsynced.extend(closed);
-        }
         match synced {
             Ok(()) => {
                 self.fsync_seconds.observe(started.elapsed().as_secs_f64());
-                // Older segments were synced when closed ("always") or just above ("os").
+                // Older segments were synced just above, or by an earlier round.
                 self.synced.store(through, Ordering::Release);
-                self.synced_notify.notify_waiters();
             }
             Err(error) => {
-                tracing::error!(dir = %self.dir.display(), %error, "journal fdatasync failed; retrying");
-                std::thread::sleep(Duration::from_millis(100));
-                self.wake_sync_thread();
+                // Not retried: Linux reports a writeback error once, then marks the
+                // pages clean, so a second fdatasync "succeeds" over lost data
+                // ("fsyncgate"). Every request waiting on it fails, and nothing
+                // more is appended; a restart reads back what the disk really holds.
+                let failure = format!(
+                    "journal fdatasync failed ({error}): written records may not be on the disk; \
+                     no more are taken until the receiver restarts (check the disk under {})",
+                    self.dir.display()
+                );
+                tracing::error!(dir = %self.dir.display(), %error, "{failure}");
+                *self.sync_failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(failure);
+                self.sync_failed.store(true, Ordering::Release);
             }
         }
+        self.synced_notify.notify_waiters();
     }
 }
+
+/// Free space the journal's disk needs before `/readyz` says ready again
+/// after a failed append: room for the next records, not just the next byte.
+const FREE_TO_RESUME: u64 = 1024 * 1024;
 
 /// Places of damage, as (segment's first sequence number, offset).
 type DamageSet = HashSet<(u64, u64)>;
@@ -615,15 +773,26 @@ fn recover(dir: &Path) -> io::Result<(Vec<FoundSegment>, DamageSet)> {
     Ok((found, damage))
 }
 
-/// Creates an empty segment; `sync_dir`: make its name durable now (else the
-/// sync thread does, with the next fdatasync).
-fn create_segment(dir: &Path, first_seq: u64, sync_dir: bool) -> io::Result<Segment> {
+/// Creates an empty segment; its name is made durable by the sync thread's
+/// next round (or by the caller).
+fn create_segment(dir: &Path, first_seq: u64) -> io::Result<Segment> {
     let path = dir.join(segment::file_name(first_seq));
     OpenOptions::new().create(true).append(true).open(&path)?;
-    if sync_dir {
-        sync_dir_entry(dir)?;
-    }
     Ok(Segment { first_seq, path, bytes: 0 })
+}
+
+fn delete_files(paths: Vec<PathBuf>) {
+    for path in paths {
+        if let Err(error) = std::fs::remove_file(&path) {
+            tracing::error!(segment = %path.display(), %error, "cannot delete a journal segment");
+        }
+    }
+}
+
+/// Bytes free for an unprivileged writer on the filesystem holding `dir`.
+pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// A new file's name is durable only once its directory is.

@@ -43,6 +43,11 @@ impl JournalReader {
     /// Reads up to `max` records that are written. Blocking file reads: call it
     /// from the sink's own thread.
     pub fn read(&mut self, max: usize) -> io::Result<ReadBatch> {
+        self.read_through(max, self.journal.written())
+    }
+
+    /// Reads up to `max` records, none past `through`.
+    pub fn read_through(&mut self, max: usize, through: u64) -> io::Result<ReadBatch> {
         let mut batch = ReadBatch::default();
         let oldest = self.journal.oldest();
         if self.next < oldest {
@@ -50,7 +55,12 @@ impl JournalReader {
             self.next = oldest;
             self.segment = None;
         }
-        let written = self.journal.written();
+        // A reader served from memory keeps the file it last read; once that
+        // segment is deleted, holding it open would keep its space from the disk.
+        if self.segment.as_ref().is_some_and(|(first, _)| *first < oldest) {
+            self.segment = None;
+        }
+        let written = through.min(self.journal.written());
         if let Some(entries) = self.journal.recent_from(self.next, written, max) {
             self.next += entries.len() as u64;
             batch.entries = entries;
@@ -62,7 +72,7 @@ impl JournalReader {
                 Some((first, reader)) => (*first, reader),
                 None => {
                     let Some((first, path)) = self.journal.segment_holding(self.next) else { break };
-                    self.segment = Some((first, SegmentReader::open(&path, 0)?));
+                    self.segment = Some((first, self.open_segment(first, &path)?));
                     continue;
                 }
             };
@@ -98,18 +108,33 @@ impl JournalReader {
                         );
                     }
                 }
-                Step::End => match self.journal.segment_after(first) {
-                    Some((after, path)) => {
-                        // Records missing at the end of a segment were lost to damage.
-                        batch.damaged += after.saturating_sub(self.next);
-                        self.next = self.next.max(after);
-                        self.segment = Some((after, SegmentReader::open(&path, 0)?));
+                Step::End => {
+                    // The end this reader knew of; the segment may have grown since.
+                    let end = self.journal.readable_end(first);
+                    if end > reader.limit() {
+                        reader.set_limit(end);
+                        continue;
                     }
-                    // The live segment, with the last record being written: read it next time.
-                    None => break,
-                },
+                    match self.journal.segment_after(first) {
+                        Some((after, path)) => {
+                            // Records missing at the end of a segment were lost to damage.
+                            batch.damaged += after.saturating_sub(self.next);
+                            self.next = self.next.max(after);
+                            self.segment = Some((after, self.open_segment(after, &path)?));
+                        }
+                        // The live segment, with the last record being written: read it next time.
+                        None => break,
+                    }
+                }
             }
         }
         Ok(batch)
+    }
+
+    /// A segment's file, to be read no further than what is published of it.
+    fn open_segment(&self, first: u64, path: &std::path::Path) -> io::Result<SegmentReader> {
+        let mut reader = SegmentReader::open(path, 0)?;
+        reader.set_limit(self.journal.readable_end(first));
+        Ok(reader)
     }
 }

@@ -63,6 +63,9 @@ pub struct SegmentReader {
     /// The last read met the end of the file; cleared by each [`Self::next`],
     /// since a live segment grows.
     exhausted: bool,
+    /// Nothing at or past this offset is read: the end of what the writer
+    /// has published (bytes past it may be a failed append being taken back).
+    limit: u64,
 }
 
 impl SegmentReader {
@@ -73,7 +76,17 @@ impl SegmentReader {
             buffered: Bytes::new(),
             file_position: 0,
             exhausted: false,
+            limit: u64::MAX,
         })
+    }
+
+    /// Reads nothing at or past `limit` from now on.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit;
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
     }
 
     /// Offset of the next record to read.
@@ -119,8 +132,12 @@ impl SegmentReader {
             // into a new buffer, after the (small) unread rest of the last one.
             // read_to_end fills the buffer's spare capacity without zeroing it first.
             let have = self.buffered.len();
-            let want = (needed - have).max(READ_CHUNK);
             let at = self.offset + have as u64;
+            let readable = self.limit.saturating_sub(at);
+            if readable == 0 {
+                return Ok(false);
+            }
+            let want = ((needed - have).max(READ_CHUNK) as u64).min(readable) as usize;
             if self.file_position != at {
                 self.file.seek(SeekFrom::Start(at))?;
                 self.file_position = at;

@@ -68,6 +68,15 @@ pub trait Sink: Send + 'static {
     fn linger(&self) -> std::time::Duration {
         std::time::Duration::from_millis(1)
     }
+
+    /// True for a sink that saves its position as part of each delivery (the
+    /// fleet stats, in the same Redis script as the counts): it is handed only
+    /// records that are fdatasynced, so a power loss never leaves its position
+    /// ahead of the journal. (Other sinks save theirs through the runner, which
+    /// waits for the fdatasync itself.)
+    fn delivers_durable_only(&self) -> bool {
+        false
+    }
 }
 
 /// Where a sink's position in the journal is kept.
@@ -319,8 +328,8 @@ impl SinkSet {
         let journal = &self.journal;
         let (saved, keeper) = match sink.progress() {
             Progress::Cursor => {
-                let path = cursor::path(journal.dir(), name);
-                (cursor::load(&path)?, runner::PositionKeeper::cursor(path, self.cursor_interval))
+                let (file, saved) = cursor::CursorFile::open(&cursor::path(journal.dir(), name))?;
+                (saved, runner::PositionKeeper::cursor(file, self.cursor_interval))
             }
             Progress::WithState { restored, save_interval } => {
                 (restored, runner::PositionKeeper::with_state(save_interval))
@@ -329,13 +338,17 @@ impl SinkSet {
         let end = journal.written() + 1;
         let start = match saved {
             Some(next) if next > end => {
+                // Records the sink had passed are gone (a power loss with sync = "os" before
+                // positions waited for the fdatasync, or a replaced journal directory). New
+                // records must not reuse their numbers: the sink would skip or recount them.
                 tracing::warn!(
                     sink = name,
                     saved = next,
                     journal_end = end,
-                    "sink position is past the journal's end (was the journal directory replaced?): starting at its oldest record"
+                    "sink position is past the journal's end (records lost, or the journal directory replaced): new records are numbered from the position on"
                 );
-                journal.oldest()
+                journal.advance_to(next)?;
+                next
             }
             Some(next) => next,
             None => journal.oldest(),

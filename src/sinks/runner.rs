@@ -4,10 +4,9 @@
 //! waits for more. The same loop serves every sink.
 
 use super::{Command, Entry, Sink, SinkError, SinkState, SinkStatus};
-use crate::journal::{Consumer, Journal, JournalReader, cursor};
+use crate::journal::{Consumer, Journal, JournalReader, cursor::CursorFile};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -39,7 +38,11 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
         if stop_at.is_some_and(|stop_at| Instant::now() >= stop_at) {
             break;
         }
-        let batch = match work.reader.read(work.batch_size) {
+        // A sink that keeps its position with its deliveries is handed durable
+        // records only: its position must never be ahead of the disk.
+        let written = work.journal.written();
+        let through = if sink.delivers_durable_only() { work.journal.synced() } else { written };
+        let batch = match work.reader.read_through(work.batch_size, through) {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::error!(sink = name, %error, "cannot read the journal; retrying");
@@ -68,13 +71,23 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
             work.status.position.store(work.reader.next_seq(), Ordering::Release);
             work.status.oldest_pending_us.store(0, Ordering::Release);
             keeper.save_if_due(&mut sink, &work).await;
+            let next = work.reader.next_seq();
             if stop_at.is_some() {
+                if through < written && work.journal.sync_through(written).await.is_ok() {
+                    continue; // the rest is durable now: deliver it
+                }
                 // The server has stopped, so nothing more will be written: drained.
                 break;
             }
-            let next = work.reader.next_seq();
+            let more = async {
+                if through < written || sink.delivers_durable_only() {
+                    work.journal.synced_through(next).await
+                } else {
+                    work.journal.written_through(next).await
+                }
+            };
             tokio::select! {
-                () = work.journal.written_through(next) => {}
+                () = more => {}
                 changed = work.commands.changed() => {
                     if changed.is_err() {
                         break; // the sink set is gone: see `stop_requested`
@@ -252,15 +265,15 @@ fn micros(time: SystemTime) -> i64 {
 
 /// Saves a sink's position: in its cursor file, or with its state.
 pub(super) struct PositionKeeper {
-    cursor_file: Option<PathBuf>,
+    cursor_file: Option<CursorFile>,
     interval: Duration,
     saved: Option<u64>,
     saved_at: Instant,
 }
 
 impl PositionKeeper {
-    pub fn cursor(path: PathBuf, interval: Duration) -> Self {
-        PositionKeeper { cursor_file: Some(path), interval, saved: None, saved_at: Instant::now() }
+    pub fn cursor(file: CursorFile, interval: Duration) -> Self {
+        PositionKeeper { cursor_file: Some(file), interval, saved: None, saved_at: Instant::now() }
     }
 
     pub fn with_state(interval: Duration) -> Self {
@@ -282,17 +295,24 @@ impl PositionKeeper {
     }
 
     /// Saves the delivered position now (if it moved); the journal may then
-    /// delete what every sink has passed.
+    /// delete what every sink has passed. Only once every record before it
+    /// is fdatasynced: after a power loss no saved position is ahead of what
+    /// the journal holds, so no sequence number it passed is given out again.
     async fn save<S: Sink>(&mut self, sink: &mut S, work: &Work) {
         let next = work.status.position();
         self.saved_at = Instant::now();
         if self.saved == Some(next) {
             return;
         }
-        let saved = match &self.cursor_file {
-            Some(path) => cursor::save(path, next).map_err(|error| format!("{}: {error}", path.display())),
+        let durable =
+            work.journal.sync_through(next.saturating_sub(1)).await.map_err(|error| error.to_string());
+        let saved = match (durable, &mut self.cursor_file) {
+            (Err(error), _) => Err(error),
+            (Ok(()), Some(file)) => {
+                file.save(next).map_err(|error| format!("{}: {error}", file.path().display()))
+            }
             // A panic in the sink's own save is caught like one in `deliver`.
-            None => match AssertUnwindSafe(sink.save(next)).catch_unwind().await {
+            (Ok(()), None) => match AssertUnwindSafe(sink.save(next)).catch_unwind().await {
                 Ok(saved) => saved.map_err(|error| error.message),
                 Err(panic) => Err(format!("sink panicked while saving: {}", panic_reason(&*panic))),
             },

@@ -11,7 +11,7 @@
 
 use super::MessageStats;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"OIMSTATS";
@@ -40,16 +40,7 @@ pub fn write(path: &Path, stats: &MessageStats, next_seq: u64) -> io::Result<()>
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     bytes.extend_from_slice(&next_seq.to_le_bytes());
     let bytes = postcard::to_extend(stats, bytes).map_err(io::Error::other)?;
-    let directory = path.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(directory)?;
-    let temporary = path.with_extension("snapshot-tmp");
-    let mut file = fs::File::create(&temporary)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temporary, path)?;
-    // The rename itself is durable only once the directory is.
-    fs::File::open(directory)?.sync_all()
+    crate::journal::cursor::write_atomically(path, &bytes)
 }
 
 /// Reads the snapshot at `path`. Err only when a bad snapshot could not be

@@ -158,6 +158,11 @@ impl Sink for FleetSink {
     }
 
     /// The position lives in Redis with the counts, and is read from there.
+    /// The position moves in Redis with each batch's counts.
+    fn delivers_durable_only(&self) -> bool {
+        true
+    }
+
     fn progress(&self) -> Progress {
         Progress::WithState { restored: None, save_interval: std::time::Duration::from_secs(1) }
     }
