@@ -38,9 +38,16 @@ pub struct JournalSettings {
     #[serde(with = "humantime_serde")]
     pub sync_interval: Duration,
     /// A segment file is closed and a new one started past this size.
+    #[serde(deserialize_with = "byte_size")]
     pub segment_bytes: u64,
     /// The journal's size limit.
+    #[serde(deserialize_with = "byte_size")]
     pub max_bytes: u64,
+    /// Disk space held in reserve (`<dir>/RESERVE`) and given back when the
+    /// disk is full, so positions and snapshots can still be saved and the
+    /// journal can recover; 0 for none.
+    #[serde(deserialize_with = "byte_size")]
+    pub reserve_bytes: u64,
     /// What happens when a sink is so far behind that the journal reaches `max_bytes`.
     pub when_full: WhenFull,
     /// How often a sink's position is saved while it works (and always when it stops).
@@ -148,6 +155,7 @@ pub struct ServerSettings {
     /// Refuse callbacks that carry no operation id (else one is generated).
     pub require_operation_id: bool,
     /// Largest request body accepted, in bytes.
+    #[serde(deserialize_with = "byte_size_usize")]
     pub max_body_bytes: usize,
     /// Every request is answered within this time.
     #[serde(with = "humantime_serde")]
@@ -167,6 +175,7 @@ pub struct ServerSettings {
     /// Requests handled at once; beyond it, an immediate 503.
     pub max_in_flight: usize,
     /// Largest request head, in bytes.
+    #[serde(deserialize_with = "byte_size_usize")]
     pub max_header_bytes: usize,
     /// Most header fields in an HTTP/1 request head (431 past it).
     pub max_headers: usize,
@@ -421,6 +430,50 @@ named_choices!(WhenFull { Skip => "skip", Refuse => "refuse" });
 named_choices!(StatsBackend { Memory => "memory", Redis => "redis" });
 named_choices!(LogFormat { Auto => "auto", Json => "json", Pretty => "pretty" });
 
+/// A size in bytes: a whole number (`67108864`), or one with a unit
+/// (`"64MiB"`, `"1 GiB"`, `"512KB"`; KiB/MiB/GiB/TiB are powers of 1024,
+/// KB/MB/GB/TB of 1000, B is bytes).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let invalid = || {
+        format!("{text:?} is not a size: use a number of bytes or one like \"64MiB\", \"1GiB\", \"512KB\"")
+    };
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(invalid()),
+    };
+    number.checked_mul(multiplier).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+fn byte_size<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(deserializer)? {
+        Size::Bytes(bytes) => Ok(bytes),
+        Size::Text(text) => parse_byte_size(&text).map_err(serde::de::Error::custom),
+    }
+}
+
+fn byte_size_usize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let bytes = byte_size(deserializer)?;
+    usize::try_from(bytes).map_err(|_| serde::de::Error::custom(format!("{bytes} is too large")))
+}
+
 /// `host:port`: an IP address, or a host name (its first IPv4 address, else
 /// its first address), like `0.0.0.0:10006` or `localhost:10006`.
 pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
@@ -599,6 +652,7 @@ impl Settings {
             ("sinks.redis_stream.batch_size", self.sinks.redis_stream.batch_size as u64, 1, 100_000),
             ("journal.segment_bytes", self.journal.segment_bytes, 1024 * 1024, 1024 * 1024 * 1024),
             ("journal.max_bytes", self.journal.max_bytes, 2 * 1024 * 1024, 1 << 50),
+            ("journal.reserve_bytes", self.journal.reserve_bytes, 0, 1 << 30),
         ];
         for (key, value, min, max) in counts {
             if !(min..=max).contains(&value) {
@@ -830,6 +884,30 @@ mod tests {
                 "{level}"
             );
         }
+    }
+
+    #[test]
+    fn sizes_take_units_as_well_as_numbers() {
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("OPENIM_CALLBACK__JOURNAL__SEGMENT_BYTES", "64MiB"),
+                ("OPENIM_CALLBACK__JOURNAL__MAX_BYTES", "2 GiB"),
+                ("OPENIM_CALLBACK__SERVER__MAX_BODY_BYTES", "1048576"),
+                ("OPENIM_CALLBACK__JOURNAL__RESERVE_BYTES", "512KB"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.journal.segment_bytes, 64 << 20);
+        assert_eq!(settings.journal.max_bytes, 2 << 30);
+        assert_eq!(settings.server.max_body_bytes, 1 << 20);
+        assert_eq!(settings.journal.reserve_bytes, 512_000);
+        let bad = Settings::load(None, env(&[("OPENIM_CALLBACK__JOURNAL__SEGMENT_BYTES", "64 furlongs")]))
+            .unwrap_err();
+        assert!(
+            bad.to_string().contains("journal.segment_bytes") && bad.to_string().contains("64MiB"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -15,10 +15,15 @@ pub async fn healthz() -> Response {
     error::success()
 }
 
-/// Ready: serving, and no local sink (log, stats) is failing. A sink whose
+/// Ready: serving, the journal takes records, and no local sink (log, stats) is failing. A sink whose
 /// remote target is down shows as degraded in `/stats` instead: the journal
 /// holds its records until the target is back.
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    // A journal that cannot take a record (a full disk, a failed fdatasync, the
+    // journal full with when_full = "refuse") means every callback gets 503.
+    if let Some(detail) = state.journal.write_blocked() {
+        return probe_answer(ApiError::JournalWriteFailed { detail }.into_response());
+    }
     match state.sinks.iter().find(|sink| sink.is_failing()) {
         None => error::success(),
         Some(failing) => {

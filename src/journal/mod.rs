@@ -152,6 +152,9 @@ pub struct Journal {
     /// Why the last append failed, until one succeeds (`/readyz` reports it).
     append_blocked: Mutex<Option<String>>,
     blocked: AtomicBool,
+    /// The disk filled up and the reserve was given back: appends wait until
+    /// there is room to take it again.
+    reserve_released: AtomicBool,
     /// First sequence number still in the journal.
     oldest: AtomicU64,
     appended: Notify,
@@ -246,6 +249,7 @@ impl Journal {
             sync_failed: AtomicBool::new(false),
             append_blocked: Mutex::new(None),
             blocked: AtomicBool::new(false),
+            reserve_released: AtomicBool::new(false),
             oldest: AtomicU64::new(oldest),
             appended: Notify::new(),
             synced_notify: Notify::new(),
@@ -263,6 +267,10 @@ impl Journal {
             id,
             _lock: lock,
         });
+        if let Err(error) = make_reserve(&journal.dir, settings.reserve_bytes) {
+            tracing::warn!(dir = %journal.dir.display(), %error, bytes = settings.reserve_bytes,
+                "cannot set disk space aside (journal.reserve_bytes): a full disk may need a hand to recover");
+        }
         let syncing = Arc::clone(&journal);
         let thread = std::thread::Builder::new()
             .name("journal-sync".into())
@@ -300,6 +308,17 @@ impl Journal {
         record: &NewRecord<'_>,
         message: Option<&Arc<ReceivedMessage>>,
     ) -> Result<u64, AppendError> {
+        if self.reserve_released.load(Ordering::Acquire) && !self.take_back_reserve() {
+            let error = AppendError::Io(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "the journal's disk is full: callbacks are refused until {} bytes are free there",
+                    self.settings.reserve_bytes + FREE_TO_RESUME
+                ),
+            ));
+            self.append_failed(&error);
+            return Err(error);
+        }
         // The body's checksum, the costly part, is taken outside the lock.
         let body_crc = crc32c::crc32c(record.body);
         let frame_len = (record::FRAME_HEADER_LEN + record.payload_len()) as u64;
@@ -347,7 +366,46 @@ impl Journal {
         if !matches!(error, AppendError::Full { .. }) {
             self.append_failures.fetch_add(1, Ordering::Relaxed);
         }
+        if let AppendError::Io(io_error) = error
+            && io_error.kind() == io::ErrorKind::StorageFull
+        {
+            self.give_back_reserve();
+        }
         self.set_blocked(Some(error.to_string()));
+    }
+
+    /// The disk is full: the reserve is deleted so that positions and the
+    /// stats snapshot can still be saved (and segments then deleted), and no
+    /// record is appended until it can be taken again.
+    fn give_back_reserve(&self) {
+        if self.settings.reserve_bytes == 0 || self.reserve_released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match std::fs::remove_file(self.dir.join(RESERVE_FILE)) {
+            Ok(()) => tracing::warn!(dir = %self.dir.display(), bytes = self.settings.reserve_bytes,
+                "the journal's disk is full: gave back its reserve so positions can be saved; callbacks get 503 until there is room again"),
+            Err(error) => tracing::warn!(dir = %self.dir.display(), %error,
+                "the journal's disk is full, and its reserve could not be given back"),
+        }
+    }
+
+    /// Takes the reserve again once the disk has room for it and some more; true when taken.
+    fn take_back_reserve(&self) -> bool {
+        let needed = self.settings.reserve_bytes + FREE_TO_RESUME;
+        if !free_bytes(&self.dir).is_ok_and(|free| free >= needed) {
+            return false;
+        }
+        match make_reserve(&self.dir, self.settings.reserve_bytes) {
+            Ok(()) => {
+                self.reserve_released.store(false, Ordering::Release);
+                tracing::info!(dir = %self.dir.display(), "the journal's disk has room again: taking callbacks");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(dir = %self.dir.display(), %error, "cannot take the disk reserve back yet");
+                false
+            }
+        }
     }
 
     fn set_blocked(&self, why: Option<String>) {
@@ -368,6 +426,9 @@ impl Journal {
             return None;
         }
         let why = self.append_blocked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()?;
+        if self.reserve_released.load(Ordering::Acquire) && !self.take_back_reserve() {
+            return Some(why);
+        }
         self.release();
         let room = {
             let writer = self.lock_writer();
@@ -787,6 +848,37 @@ fn delete_files(paths: Vec<PathBuf>) {
             tracing::error!(segment = %path.display(), %error, "cannot delete a journal segment");
         }
     }
+}
+
+/// The disk-space reserve's file name, in the journal's directory.
+const RESERVE_FILE: &str = "RESERVE";
+
+/// Writes the reserve (real bytes, not a sparse file, so the space is taken)
+/// unless it is there already at its size; removes it when `bytes` is 0.
+fn make_reserve(dir: &Path, bytes: u64) -> io::Result<()> {
+    let path = dir.join(RESERVE_FILE);
+    if bytes == 0 {
+        return match std::fs::remove_file(&path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        };
+    }
+    if std::fs::metadata(&path).is_ok_and(|found| found.len() == bytes) {
+        return Ok(());
+    }
+    let mut file = File::create(&path)?;
+    let zeros = vec![0u8; 1024 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let chunk = left.min(zeros.len() as u64) as usize;
+        if let Err(error) = file.write_all(&zeros[..chunk]) {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(error);
+        }
+        left -= chunk as u64;
+    }
+    file.sync_data()
 }
 
 /// Bytes free for an unprivileged writer on the filesystem holding `dir`.
