@@ -155,6 +155,8 @@ pub struct Journal {
     /// The disk filled up and the reserve was given back: appends wait until
     /// there is room to take it again.
     reserve_released: AtomicBool,
+    /// See [`Journal::fail_next_fdatasync`].
+    injected_sync_failure: AtomicBool,
     /// First sequence number still in the journal.
     oldest: AtomicU64,
     appended: Notify,
@@ -250,6 +252,7 @@ impl Journal {
             append_blocked: Mutex::new(None),
             blocked: AtomicBool::new(false),
             reserve_released: AtomicBool::new(false),
+            injected_sync_failure: AtomicBool::new(false),
             oldest: AtomicU64::new(oldest),
             appended: Notify::new(),
             synced_notify: Notify::new(),
@@ -634,6 +637,13 @@ impl Journal {
         }
     }
 
+    /// Makes the next fdatasync fail as a disk's writeback error would. For
+    /// tests: no disk on a test machine can be told to fail one on demand.
+    #[doc(hidden)]
+    pub fn fail_next_fdatasync(&self) {
+        self.injected_sync_failure.store(true, Ordering::Release);
+    }
+
     /// Stops the sync thread after a last fdatasync. Appends after this are not synced.
     pub fn close(&self) {
         self.closing.store(true, Ordering::Release);
@@ -750,7 +760,11 @@ impl Journal {
             return;
         }
         let started = Instant::now();
-        let closed_synced = closed.iter().try_for_each(|file| file.sync_data());
+        let closed_synced = if self.injected_sync_failure.swap(false, Ordering::AcqRel) {
+            Err(io::Error::other("Input/output error (injected)"))
+        } else {
+            closed.iter().try_for_each(|file| file.sync_data())
+        };
         let synced = closed_synced
             .and_then(|()| if closed.is_empty() { Ok(()) } else { sync_dir_entry(&self.dir) })
             .and_then(|()| live.sync_data());

@@ -10,6 +10,7 @@ mod hardening;
 mod helpers;
 mod journal;
 mod journal_binary;
+mod journal_faults;
 mod log_records;
 mod properties;
 mod redis_stream;

@@ -1,0 +1,167 @@
+//! The journal's faults, in process: a failed fdatasync, bytes of a failed
+//! append that a lagging reader must not see, deleted segments a reader keeps
+//! open, and positions saved ahead of what is on the disk.
+
+use crate::helpers::{RecordingSink, TestReceiver, packet, settings, wait_until};
+use openim_callback_receiver::journal::{Journal, NewRecord, cursor};
+use openim_callback_receiver::message::OperationId;
+use std::io::Write;
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_failed_fdatasync_fails_its_request_and_stops_appends_instead_of_being_retried() {
+    let receiver = TestReceiver::start_with(settings(&[("JOURNAL__SYNC", "always")]), |_| {}).await;
+    receiver.post_packet("op-before", &packet("a", "b", 101)).await.assert_accepted();
+    // Linux reports a writeback error once: a retried fdatasync would "succeed" over lost data.
+    receiver.journal.fail_next_fdatasync();
+    let failed = receiver.post_packet("op-lost", &packet("a", "c", 101)).await;
+    failed.assert_rejected(503, 5034);
+    assert!(failed.body["errDlt"].as_str().unwrap().contains("fdatasync failed"), "{:?}", failed.body);
+    // No more records on this journal until a restart, and readiness says why.
+    receiver.post_packet("op-after", &packet("a", "d", 101)).await.assert_rejected(503, 5034);
+    let ready = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert!(body["errDlt"].as_str().unwrap().contains("until the receiver restarts"), "{body}");
+    assert_eq!(receiver.get_json("/stats").await["requests"]["accepted"], 1);
+}
+
+/// Writes one record's frame as the journal does (for bytes a failed append left).
+fn frame_bytes(seq: u64, body: &[u8]) -> Vec<u8> {
+    let id = OperationId { value: "op".into(), generated: false };
+    let record = NewRecord { received_at: std::time::SystemTime::now(), operation_id: &id, body };
+    let mut bytes = record.encode_head(seq, crc32c::crc32c(body));
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+#[tokio::test]
+async fn a_lagging_reader_never_reads_the_bytes_of_an_append_being_taken_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(&[("JOURNAL__DIR", dir.path().to_str().unwrap())]);
+    let journal = Journal::open(&settings.journal).unwrap();
+    let id = OperationId { value: "op".into(), generated: false };
+    let body = packet("a", "b", 101).to_string();
+    let append = |journal: &Journal| {
+        let record =
+            NewRecord { received_at: std::time::SystemTime::now(), operation_id: &id, body: body.as_bytes() };
+        journal.append_record(&record, None).unwrap()
+    };
+    append(&journal);
+    // Half of a next record in the file, past what the journal published: the state while a
+    // failed append (a full disk) is being taken back.
+    let segment = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|extension| extension == "seg"))
+        .unwrap();
+    let partial = frame_bytes(2, b"{\"stale\":true}");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap()
+        .write_all(&partial[..partial.len() / 2])
+        .unwrap();
+    // A reader behind the in-memory tail reads the file.
+    let mut reader = journal.reader(1);
+    let batch = reader.read(100).unwrap();
+    assert_eq!((batch.entries.len(), batch.damaged), (1, 0));
+    assert_eq!(reader.read(100).unwrap().damaged, 0, "nothing read past the published end");
+    let length = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(length - (partial.len() / 2) as u64)
+        .unwrap();
+    append(&journal);
+    let batch = reader.read(100).unwrap();
+    assert_eq!(
+        (batch.entries.iter().map(|entry| entry.seq).collect::<Vec<_>>(), batch.damaged),
+        (vec![2], 0)
+    );
+    journal.close();
+}
+
+/// Files this process holds open that were deleted, under `dir`.
+fn deleted_files_held_open(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|target| target.starts_with(&dir) && target.ends_with("(deleted)"))
+        .collect()
+}
+
+#[tokio::test]
+async fn readers_that_keep_up_let_go_of_deleted_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(&[
+        ("JOURNAL__DIR", dir.path().to_str().unwrap()),
+        ("JOURNAL__SEGMENT_BYTES", "1MiB"),
+        ("JOURNAL__CURSOR_INTERVAL", "10ms"),
+    ]);
+    let first = TestReceiver::start_with(settings.clone(), |_| {}).await;
+    first.post_packet("op-first", &packet("a", "b", 101)).await.assert_accepted();
+    first.stop().await;
+    // A sink added now starts at the oldest record: it reads the first segment's file,
+    // then keeps up from memory while the segments behind it are deleted.
+    let (late, _) = RecordingSink::new("late");
+    let receiver = TestReceiver::start_with(settings, |sinks| sinks.spawn(late, 64).unwrap()).await;
+    receiver.sink_report("late", |report| report["handled"] == 1).await;
+    for index in 0..800 {
+        let mut message = packet("a", "b", 101);
+        message["serverMsgID"] = format!("srv-{index}").into();
+        message["content"] = "x".repeat(4096).into();
+        receiver.post_packet("op", &message).await.assert_accepted();
+    }
+    receiver.caught_up("late", 801).await;
+    wait_until(Duration::from_secs(60), async || {
+        let stats = receiver.get_json("/stats").await;
+        if stats["journal"]["oldest_seq"].as_u64() > Some(300) {
+            Ok(())
+        } else {
+            Err(format!("segments not deleted yet: oldest {}", stats["journal"]["oldest_seq"]))
+        }
+    })
+    .await;
+    // The next read by each sink lets go of what its last read from a file had open.
+    receiver.post_packet("op-last", &packet("a", "b", 101)).await.assert_accepted();
+    receiver.caught_up("late", 802).await;
+    assert_eq!(deleted_files_held_open(dir.path()), Vec::<String>::new(), "deleted segments still open");
+    receiver.stop().await;
+}
+
+#[tokio::test]
+async fn a_position_is_never_saved_ahead_of_what_is_fdatasynced() {
+    let dir = tempfile::tempdir().unwrap();
+    // With sync = "os" and an hour between fdatasyncs, only the saves themselves make records durable.
+    let (sink, _) = RecordingSink::new("recorder");
+    let receiver = TestReceiver::start_with(
+        settings(&[
+            ("JOURNAL__DIR", dir.path().to_str().unwrap()),
+            ("JOURNAL__SYNC_INTERVAL", "1h"),
+            ("JOURNAL__CURSOR_INTERVAL", "20ms"),
+        ]),
+        |sinks| sinks.spawn(sink, 64).unwrap(),
+    )
+    .await;
+    for index in 0..20 {
+        receiver
+            .post_packet(&format!("op-{index}"), &packet("a", &format!("b{index}"), 101))
+            .await
+            .assert_accepted();
+        let saved = cursor::load(&cursor::path(dir.path(), "recorder")).unwrap().unwrap_or(1);
+        let synced = receiver.journal.synced();
+        assert!(saved <= synced + 1, "position {saved} saved with only {synced} fdatasynced");
+    }
+    receiver.sink_report("recorder", |report| report["handled"] == 20).await;
+    wait_until(Duration::from_secs(60), async || {
+        let saved = cursor::load(&cursor::path(dir.path(), "recorder")).unwrap();
+        if saved == Some(21) { Ok(()) } else { Err(format!("saved {saved:?}")) }
+    })
+    .await;
+    assert!(receiver.journal.synced() >= 20, "the save made what it covers durable first");
+    receiver.stop().await;
+}
