@@ -18,14 +18,14 @@ struct Received {
 
 /// A downstream on 127.0.0.1:0 that answers 500 to its first `failures`
 /// requests, then 200, and keeps every request that got a 200.
-struct Downstream {
-    url: String,
+pub(crate) struct Downstream {
+    pub url: String,
     accepted: Arc<Mutex<Vec<Received>>>,
     attempts: Arc<Mutex<u32>>,
 }
 
 impl Downstream {
-    async fn start(failures: u32) -> Self {
+    pub(crate) async fn start(failures: u32) -> Self {
         Self::answering(
             move |attempt, _| {
                 if attempt <= failures { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK }
@@ -73,7 +73,7 @@ impl Downstream {
     }
 
     /// Each serverMsgID (Idempotency-Key) taken, in the order taken.
-    fn keys(&self) -> Vec<String> {
+    pub(crate) fn keys(&self) -> Vec<String> {
         let accepted = self.accepted.lock().unwrap();
         accepted
             .iter()

@@ -425,6 +425,8 @@ impl TcpProxy {
                 let mut cut_now = cuts.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    // Without it, a body in several segments waits out delayed ACKs (40 ms each).
+                    let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                         _ = cut_now.changed() => {}

@@ -3,6 +3,7 @@
 mod binary;
 mod callback;
 mod deadline;
+mod disk;
 mod errors;
 mod fleet;
 mod forward;
