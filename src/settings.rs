@@ -379,6 +379,9 @@ pub struct SqlSinkSettings {
     /// How long getting a connection may take before a delivery fails (and is retried).
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// How long one batch's statements may take before the delivery fails (and is retried).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -626,6 +629,7 @@ impl Settings {
             ("journal.sync_interval", self.journal.sync_interval, HOUR),
             ("journal.cursor_interval", self.journal.cursor_interval, HOUR),
             ("sinks.sql.connect_timeout", self.sinks.sql.connect_timeout, HOUR),
+            ("sinks.sql.timeout", self.sinks.sql.timeout, HOUR),
             ("sinks.redis_stream.timeout", self.sinks.redis_stream.timeout, HOUR),
             ("stats.fleet_refresh", self.stats.fleet_refresh, HOUR),
             ("stats.redis_timeout", self.stats.redis_timeout, HOUR),

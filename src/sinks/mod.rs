@@ -77,6 +77,14 @@ pub trait Sink: Send + 'static {
     fn delivers_durable_only(&self) -> bool {
         false
     }
+
+    /// The longest one delivery may take before the runner gives up on it
+    /// and retries the batch (a target that stopped answering mid-request
+    /// must show as failing, not hang as `running`). None: the sink bounds
+    /// its own calls (the relay's and Redis's timeouts).
+    fn attempt_timeout(&self) -> Option<(Duration, &'static str)> {
+        None
+    }
 }
 
 /// Where a sink's position in the journal is kept.

@@ -169,7 +169,16 @@ async fn deliver_with_retries<S: Sink>(
     let name = sink.name();
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let attempt = AssertUnwindSafe(sink.deliver(batch)).catch_unwind();
+        let limit = sink.attempt_timeout();
+        let attempt = AssertUnwindSafe(async {
+            let delivery = sink.deliver(batch);
+            let Some((limit, key)) = limit else { return delivery.await };
+            tokio::time::timeout(limit, delivery).await.unwrap_or_else(|_| {
+                let limit = humantime::format_duration(limit);
+                Err(SinkError::transient(format!("no answer within {key} ({limit}): the target stalled")))
+            })
+        })
+        .catch_unwind();
         let outcome = tokio::select! {
             outcome = attempt => outcome,
             () = stop_requested(commands) => return Delivery::Stopped,

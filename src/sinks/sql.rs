@@ -23,6 +23,7 @@ const MYSQL_ROWS_PER_STATEMENT: usize = 1000;
 pub struct SqlSink {
     database: Database,
     table: String,
+    timeout: std::time::Duration,
     /// The table exists (created by this sink, or found).
     migrated: bool,
 }
@@ -64,7 +65,7 @@ impl SqlSink {
                 .map_err(|error| SinkError::permanent(format!("sinks.sql.url: {error}")))?;
             Database::MySql(pool)
         };
-        Ok(SqlSink { database, table: settings.table.clone(), migrated: false })
+        Ok(SqlSink { database, table: settings.table.clone(), timeout: settings.timeout, migrated: false })
     }
 
     /// Creates the table and its indexes if missing (never alters or drops).
@@ -375,6 +376,10 @@ impl Sink for SqlSink {
             Err(error) if is_refused_data(&error) => Err(SinkError::permanent(error.to_string())),
             Err(error) => Err(self.transient(error).await),
         }
+    }
+
+    fn attempt_timeout(&self) -> Option<(std::time::Duration, &'static str)> {
+        Some((self.timeout, "sinks.sql.timeout"))
     }
 
     /// The database being down is its own outage, not this host's: `/stats`

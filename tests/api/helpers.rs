@@ -400,51 +400,74 @@ pub fn skip(why: &str) {
 }
 
 /// A TCP proxy the test controls, between the receiver and a service: while
-/// cut, it closes every connection and refuses new ones.
+/// cut, it closes every connection and refuses new ones; while stalled, it
+/// keeps every connection open and forwards nothing (a network blackhole).
 pub struct TcpProxy {
     pub address: SocketAddr,
-    cut: Arc<std::sync::atomic::AtomicBool>,
-    generation: Arc<tokio::sync::watch::Sender<u64>>,
+    mode: Arc<tokio::sync::watch::Sender<ProxyMode>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProxyMode {
+    Forward,
+    Cut,
+    Stall,
 }
 
 impl TcpProxy {
     pub async fn start(target: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let generation = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let mode = Arc::new(tokio::sync::watch::Sender::new(ProxyMode::Forward));
         let target = target.to_owned();
-        let (cut_flag, cuts) = (Arc::clone(&cut), Arc::clone(&generation));
+        let modes = Arc::clone(&mode);
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else { return };
-                if cut_flag.load(std::sync::atomic::Ordering::Acquire) {
-                    continue; // dropped: the connection is closed at once
-                }
+                let mut watching = modes.subscribe();
                 let target = target.clone();
-                let mut cut_now = cuts.subscribe();
                 tokio::spawn(async move {
+                    let mode = *watching.borrow_and_update();
+                    match mode {
+                        ProxyMode::Cut => return, // dropped: the connection is closed at once
+                        // Held open, silent, until the mode changes; then closed.
+                        ProxyMode::Stall => {
+                            let _ = watching.changed().await;
+                            return;
+                        }
+                        ProxyMode::Forward => {}
+                    }
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
                     // Without it, a body in several segments waits out delayed ACKs (40 ms each).
                     let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_now.changed() => {}
+                        _ = watching.changed() => {
+                            let stalled = *watching.borrow_and_update() == ProxyMode::Stall;
+                            if stalled {
+                                let _ = watching.changed().await;
+                            }
+                        }
                     }
                 });
             }
         });
-        TcpProxy { address, cut, generation }
+        TcpProxy { address, mode }
     }
 
     /// Closes every open connection and refuses new ones until [`Self::restore`].
     pub fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::Release);
-        self.generation.send_modify(|generation| *generation += 1);
+        self.mode.send_replace(ProxyMode::Cut);
+    }
+
+    /// Stops forwarding: connections stay open and nothing comes back, until
+    /// [`Self::restore`] closes them.
+    pub fn stall(&self) {
+        self.mode.send_replace(ProxyMode::Stall);
     }
 
     pub fn restore(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::Release);
+        self.mode.send_replace(ProxyMode::Forward);
     }
 }
 

@@ -446,3 +446,36 @@ async fn replicas_creating_the_postgresql_table_at_one_moment_archive_every_row(
         drop_table(&url, &table).await;
     }
 }
+
+#[tokio::test]
+async fn a_database_that_stops_answering_mid_insert_fails_the_attempt_instead_of_hanging() {
+    let Some(url) = postgres().await else { return };
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let proxied = url.replace("127.0.0.1:5432", &proxy.address.to_string());
+    let table = unique_table("stalled");
+    let receiver =
+        TestReceiver::start_with(sql_settings(&proxied, &table, &[("SINKS__SQL__TIMEOUT", "1s")]), |_| {})
+            .await;
+    receiver.post_packet("op-0", &packet("a", "b", 101)).await.assert_accepted();
+    receiver.caught_up("sql", 1).await;
+    // A blackhole: the pooled connections stay open and nothing answers.
+    proxy.stall();
+    for index in 1..4 {
+        receiver
+            .post_packet(&format!("op-{index}"), &packet("a", &format!("b{index}"), 101))
+            .await
+            .assert_accepted();
+    }
+    let stalled = receiver
+        .sink_report("sql", |report| {
+            report["state"] == "degraded"
+                && report["last_error"].as_str().is_some_and(|error| error.contains("sinks.sql.timeout"))
+        })
+        .await;
+    assert_eq!(stalled["lag_records"], 3, "{stalled}");
+    proxy.restore();
+    receiver.caught_up("sql", 4).await;
+    assert_eq!(postgres_rows(&url, &table).await.len(), 4);
+    assert!(receiver.stop().await.is_clean());
+    drop_table(&url, &table).await;
+}
