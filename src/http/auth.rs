@@ -18,13 +18,19 @@ use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use subtle::ConstantTimeEq;
 
-/// Paths that stay open with a token set: the container's probes.
+/// Paths that stay open with a token set: the container's probes. They also
+/// answer a peer on loopback whatever `auth.allow_ips` says: the image's
+/// HEALTHCHECK and a kubelet's exec probe run there, and an orchestrator that
+/// never sees the receiver healthy never starts OpenIM after it.
 const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 pub async fn check_caller(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let auth = &state.settings.auth;
-    if !auth.allow_ips.is_empty() {
-        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    let probe = OPEN_PATHS.contains(&request.uri().path());
+    // The peer itself, not a forwarded address: a proxy on loopback is not the probe.
+    let local_probe = probe && peer.is_some_and(|peer| peer.is_loopback());
+    if !auth.allow_ips.is_empty() && !local_probe {
         let caller =
             peer.map(|peer| client_address(peer, request.headers(), &state.settings.server.trusted_proxies));
         if !caller.is_some_and(|ip| auth.allow_ips.iter().any(|range| range.contains(&ip))) {
@@ -32,7 +38,7 @@ pub async fn check_caller(State(state): State<AppState>, mut request: Request, n
         }
     }
     let token = auth.token.expose();
-    if !token.is_empty() && !OPEN_PATHS.contains(&request.uri().path()) {
+    if !token.is_empty() && !probe {
         match strip_token(request.uri(), state.settings.callback_base(), token) {
             Some(stripped) => *request.uri_mut() = stripped,
             None if credentials_match(request.headers(), token) => {}
@@ -101,9 +107,12 @@ fn credentials_match(headers: &HeaderMap, token: &str) -> bool {
     let Some(value) = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()) else {
         return false;
     };
-    let presented = if let Some(bearer) = value.strip_prefix("Bearer ") {
-        bearer.trim().as_bytes().to_vec()
-    } else if let Some(basic) = value.strip_prefix("Basic ") {
+    // Scheme names are case-insensitive (RFC 9110, 11.1): "bearer" is "Bearer".
+    let (scheme, credentials) = value.trim_start().split_once(' ').unwrap_or((value, ""));
+    let presented = if scheme.eq_ignore_ascii_case("Bearer") {
+        credentials.trim().as_bytes().to_vec()
+    } else if scheme.eq_ignore_ascii_case("Basic") {
+        let basic = credentials;
         use base64::Engine;
         let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else {
             return false;
@@ -147,6 +156,25 @@ mod tests {
         assert_eq!(stripped("/callbackExample/0123456789abcdeX/c", base), None);
         assert_eq!(stripped("/callbackExample/c", base), None);
         assert_eq!(stripped("/elsewhere/0123456789abcdef/c", base), None);
+    }
+
+    #[test]
+    fn scheme_names_match_in_any_case() {
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("any:{TOKEN}"));
+        for value in [
+            format!("Bearer {TOKEN}"),
+            format!("bearer {TOKEN}"),
+            format!("BEARER  {TOKEN}"),
+            format!("basic {basic}"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            assert!(credentials_match(&headers, TOKEN), "{value}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, format!("Token {TOKEN}").parse().unwrap());
+        assert!(!credentials_match(&headers, TOKEN));
     }
 
     #[test]

@@ -487,3 +487,20 @@ async fn every_refused_callback_is_logged_at_warn_within_a_rate_limit() {
     assert!(not_logged > 0, "a flood of 60 within a second or two is limited");
     assert!(refusals.len() <= 20 * 8, "{}", refusals.len());
 }
+
+#[tokio::test]
+async fn the_image_healthcheck_passes_with_an_allowlist_that_leaves_out_loopback() {
+    let workdir = tempfile::tempdir().unwrap();
+    let allow = [("OPENIM_CALLBACK__AUTH__ALLOW_IPS", "172.18.0.0/16")];
+    let mut binary = RunningBinary::start(workdir.path(), &allow).await;
+    let healthy = Command::new(BINARY)
+        .arg("healthcheck")
+        .env_clear()
+        .env("OPENIM_CALLBACK__SERVER__LISTEN", binary.address.to_string())
+        .envs(allow)
+        .status()
+        .await
+        .unwrap();
+    assert!(healthy.success(), "OpenIM's depends_on: service_healthy waits for this");
+    assert_eq!(binary.terminate().await.code(), Some(0));
+}

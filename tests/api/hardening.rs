@@ -311,6 +311,37 @@ mod auth {
     }
 
     #[tokio::test]
+    async fn the_health_probes_answer_loopback_whatever_the_allowlist_says() {
+        // openim-docker's network, as an operator sets it: the image's HEALTHCHECK runs on loopback.
+        let receiver =
+            TestReceiver::start_with(settings(&[("AUTH__ALLOW_IPS", "172.18.0.0/16")]), |_| {}).await;
+        for probe in ["/healthz", "/readyz"] {
+            let answer = receiver.client.get(receiver.url(probe)).send().await.unwrap();
+            assert_eq!(answer.status(), 200, "{probe}");
+        }
+        // Everything else keeps to the allowlist, /metrics included: add Prometheus's address to it.
+        for path in ["/metrics", "/stats"] {
+            let answer = receiver.client.get(receiver.url(path)).send().await.unwrap();
+            assert_eq!(answer.status(), 403, "{path}");
+        }
+        receiver.post_packet("op", &packet("a", "b", 101)).await.assert_rejected(403, 4030);
+        // A loopback proxy's forwarded caller is not a local probe.
+        let behind_proxy = TestReceiver::start_with(
+            settings(&[("AUTH__ALLOW_IPS", "172.18.0.0/16"), ("SERVER__TRUSTED_PROXIES", "127.0.0.1")]),
+            |_| {},
+        )
+        .await;
+        let forwarded = behind_proxy
+            .client
+            .get(behind_proxy.url("/healthz"))
+            .header("X-Forwarded-For", "203.0.113.7")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forwarded.status(), 200, "the peer is loopback: probes are about the peer");
+    }
+
+    #[tokio::test]
     async fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
         let behind_proxy = TestReceiver::start_with(
             settings(&[("AUTH__ALLOW_IPS", "10.0.0.0/8"), ("SERVER__TRUSTED_PROXIES", "127.0.0.1")]),
