@@ -302,6 +302,16 @@ impl prometheus_client::collector::Collector for StateCollector {
                 (vec![("outcome", Cow::Borrowed(outcome))], ConstCounter::new(count))
             }),
         )?;
+        family(
+            &mut encoder,
+            "other_requests_refused",
+            "Refused requests that could not be callbacks (not a POST: browsers, scanners, bad queries), by reason",
+            MetricType::Counter,
+            Rejection::ALL.iter().map(|rejection| {
+                let count = ConstCounter::new(requests.other_refused(*rejection));
+                (vec![("reason", Cow::Borrowed(rejection.as_str()))], count)
+            }),
+        )?;
         let sink_label = |sink: &crate::sinks::SinkStatus| vec![("sink", Cow::Borrowed(sink.name()))];
         family(
             &mut encoder,

@@ -112,6 +112,9 @@ pub struct RequestCounters {
     /// When the last accepted message arrived, in ms since the epoch (0: none yet).
     last_accepted_ms: AtomicI64,
     rejected: [AtomicU64; Rejection::ALL.len()],
+    /// Requests that could not be callbacks (not a POST: a browser's favicon,
+    /// a scanner, a bad query to /stats/daily), refused; by reason.
+    other_refused: [AtomicU64; Rejection::ALL.len()],
     unknown_commands: Mutex<HashMap<String, u64>>,
 }
 
@@ -132,6 +135,7 @@ impl RequestCounters {
             accepted: AtomicU64::new(0),
             last_accepted_ms: AtomicI64::new(0),
             rejected: std::array::from_fn(|_| AtomicU64::new(0)),
+            other_refused: std::array::from_fn(|_| AtomicU64::new(0)),
             unknown_commands: Mutex::new(HashMap::new()),
         }
     }
@@ -175,6 +179,15 @@ impl RequestCounters {
         self.rejected[rejection as usize].load(Ordering::Relaxed)
     }
 
+    /// Counts a refused request that could not have been a callback.
+    pub(crate) fn count_other_refused(&self, rejection: Rejection) {
+        self.other_refused[rejection as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn other_refused(&self, rejection: Rejection) -> u64 {
+        self.other_refused[rejection as usize].load(Ordering::Relaxed)
+    }
+
     pub fn unknown_commands(&self) -> HashMap<String, u64> {
         self.unknown_commands.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
@@ -206,6 +219,8 @@ pub fn app(state: AppState) -> Router {
     if !base.is_empty() {
         callbacks = callbacks.route("/", get(status_page::page).fallback(method_not_allowed));
     }
+    // Browsers ask for it whatever the page says.
+    callbacks = callbacks.route("/favicon.ico", get(status_page::favicon).fallback(method_not_allowed));
     for separator in ["/", "//"] {
         callbacks = callbacks
             .route(&format!("{base}{separator}{AFTER_SEND_SINGLE_MSG_COMMAND}"), callback())

@@ -64,6 +64,8 @@ struct RequestReport {
     in_flight: usize,
     accepted: u64,
     rejected: BTreeMap<&'static str, u64>,
+    /// Refused requests that could not be callbacks (not a POST), by reason.
+    other_refused: BTreeMap<&'static str, u64>,
     /// Requests for other webhook commands, by command.
     unknown_commands: BTreeMap<String, u64>,
     /// Refusals not logged at WARN because of the rate limit (20 lines a second).
@@ -99,6 +101,11 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
     let rejected = Rejection::ALL
         .iter()
         .map(|rejection| (rejection.as_str(), requests.rejected(*rejection)))
+        .filter(|(_, count)| *count > 0)
+        .collect();
+    let other_refused = Rejection::ALL
+        .iter()
+        .map(|rejection| (rejection.as_str(), requests.other_refused(*rejection)))
         .filter(|(_, count)| *count > 0)
         .collect();
     let sinks = state
@@ -137,6 +144,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
             in_flight: state.in_flight(),
             accepted: requests.accepted(),
             rejected,
+            other_refused,
             unknown_commands: requests.unknown_commands().into_iter().collect(),
             refusals_not_logged: state.refusals.not_logged(),
             last_accepted_at: requests.last_accepted_ms(),

@@ -54,6 +54,9 @@ where
             auth::client_address(info.0.ip(), request.headers(), &state.settings.server.trusted_proxies)
         });
         let operation_id = request.headers().get("operationid").cloned();
+        // Only a POST can be a callback (OpenIM sends nothing else): other refused
+        // requests are counted apart, and not logged as callbacks lost.
+        let could_be_callback = request.method() == axum::http::Method::POST;
         let answered = self.inner.call(request);
         Box::pin(async move {
             let Ok(answer) = answered.await;
@@ -69,11 +72,21 @@ where
                 );
                 response = ApiError::DeadlineExceeded { deadline_ms: limit.as_millis() }.into_response();
             }
-            if let Some(outcome) = response.extensions_mut().remove::<Outcome>() {
-                state.requests.count(outcome);
-                if let Outcome::Rejected(rejection) = outcome {
-                    response.extensions_mut().insert(refusals::Refused { rejection, operation_id, client });
+            match response.extensions_mut().remove::<Outcome>() {
+                Some(Outcome::Rejected(rejection)) if !could_be_callback => {
+                    state.requests.count_other_refused(rejection);
                 }
+                Some(outcome) => {
+                    state.requests.count(outcome);
+                    if let Outcome::Rejected(rejection) = outcome {
+                        response.extensions_mut().insert(refusals::Refused {
+                            rejection,
+                            operation_id,
+                            client,
+                        });
+                    }
+                }
+                None => {}
             }
             Ok(response)
         })

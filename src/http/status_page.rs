@@ -12,6 +12,15 @@ const PAGE: &str = include_str!("status_page.html");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
      style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'";
 
+/// The page's icon (it links the same one inline, so a browser that reads the
+/// page asks for nothing; this answers one that asks anyway).
+const FAVICON: &str = include_str!("favicon.svg");
+
+pub async fn favicon() -> Response {
+    ([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "max-age=86400")], FAVICON)
+        .into_response()
+}
+
 pub async fn page() -> Response {
     (
         [

@@ -291,25 +291,33 @@ async fn every_bad_request_gets_its_status_code_and_a_pointer_to_the_cause() {
     // Nothing refused reached a sink, every refusal was counted, and the server is fine.
     let stats = receiver.get_json("/stats").await;
     assert_eq!(stats["messages"]["total"], 0);
-    let rejected: u64 =
-        stats["requests"]["rejected"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
-    assert_eq!(rejected, cases.len() as u64);
+    let sum = |counts: &serde_json::Value| -> u64 {
+        counts.as_object().unwrap().values().map(|count| count.as_u64().unwrap()).sum()
+    };
+    // Only a POST can be a callback; the others are refused and counted apart.
+    let posts = cases.iter().filter(|case| case.method == Method::POST).count() as u64;
+    assert_eq!(sum(&stats["requests"]["rejected"]), posts);
+    assert_eq!(sum(&stats["requests"]["other_refused"]), cases.len() as u64 - posts);
     assert_eq!(stats["requests"]["rejected"]["invalid_json"], 29);
     assert_eq!(stats["requests"]["unknown_commands"]["callbackBeforeSendSingleMsgCommand"], 2);
     let clipped = format!("callbackX{}", "y".repeat(55));
     assert_eq!(stats["requests"]["unknown_commands"][&clipped], 1, "kept as its first 64 characters");
     assert!(stats.to_string().len() < 20_000, "the long name is not kept whole");
-    // A stats query with a bad date is a refusal too.
+    // A stats query with a bad date is refused with the envelope, counted apart from callbacks.
     let bad_date = receiver.client.get(receiver.url("/stats/daily?from=yesterday")).send().await.unwrap();
     Answer::read(bad_date).await.assert_rejected(400, 4009);
     // /metrics counts every refusal by its reason, as /stats does.
     let stats = receiver.get_json("/stats").await;
     let metrics = receiver.client.get(receiver.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let rejected = stats["requests"]["rejected"].as_object().unwrap();
-    assert_eq!(rejected["invalid_query"], 1);
-    for (reason, count) in rejected {
-        let series = format!("openim_callback_requests_total{{outcome=\"{reason}\"}} {count}");
-        assert!(metrics.contains(&series), "{series} not in /metrics");
+    assert_eq!(stats["requests"]["other_refused"]["invalid_query"], 1);
+    for (counts, metric, label) in [
+        ("rejected", "requests_total", "outcome"),
+        ("other_refused", "other_requests_refused_total", "reason"),
+    ] {
+        for (reason, count) in stats["requests"][counts].as_object().unwrap() {
+            let series = format!("openim_callback_{metric}{{{label}=\"{reason}\"}} {count}");
+            assert!(metrics.contains(&series), "{series} not in /metrics");
+        }
     }
     receiver.post_packet("op-good", &packet("a", "b", 101)).await.assert_accepted();
 }

@@ -294,7 +294,8 @@ mod auth {
             .json()
             .await
             .unwrap();
-        assert_eq!(stats["requests"]["rejected"]["unauthorized"], 5, "three URLs, a wrong bearer, /stats");
+        assert_eq!(stats["requests"]["rejected"]["unauthorized"], 4, "three URLs, a wrong bearer");
+        assert_eq!(stats["requests"]["other_refused"]["unauthorized"], 1, "/stats: not a callback");
     }
 
     #[tokio::test]
@@ -478,11 +479,11 @@ mod layers {
     use crate::helpers::settings;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
-    use axum::routing::get;
+    use axum::routing::post;
     use tower::ServiceExt;
 
     async fn answer(router: axum::Router, path: &str) -> (StatusCode, serde_json::Value) {
-        let request = Request::get(path).body(Body::empty()).unwrap();
+        let request = Request::post(path).body(Body::empty()).unwrap();
         let response = router.oneshot(request).await.unwrap();
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
@@ -501,8 +502,8 @@ mod layers {
         let receiver = openim_callback_receiver::Receiver::from_settings(settings).unwrap();
         let state = receiver.state().clone();
         let routes = axum::Router::new()
-            .route("/boom", get(boom))
-            .route("/hang", get(std::future::pending::<&'static str>));
+            .route("/boom", post(boom))
+            .route("/hang", post(std::future::pending::<&'static str>));
         let router = openim_callback_receiver::http::with_layers(routes, state.clone());
 
         let (status, envelope) = answer(router.clone(), "/boom").await;
@@ -521,4 +522,41 @@ mod layers {
             1
         );
     }
+}
+
+#[tokio::test]
+async fn requests_that_cannot_be_callbacks_are_not_counted_or_logged_as_refused_callbacks() {
+    let receiver = TestReceiver::start().await;
+    for path in [
+        "/favicon.ico",
+        "/wp-login.php",
+        "/stats/daily?from=bad",
+        "/callbackExample/callbackAfterSendSingleMsgCommand",
+    ] {
+        let _ = receiver.client.get(receiver.url(path)).send().await.unwrap();
+    }
+    let favicon = receiver.client.get(receiver.url("/favicon.ico")).send().await.unwrap();
+    assert_eq!(
+        (favicon.status().as_u16(), favicon.headers()["content-type"].to_str().unwrap()),
+        (200, "image/svg+xml")
+    );
+    // A POST to a wrong path may be OpenIM misconfigured: that one is a refused callback.
+    let misdirected = receiver
+        .post("/wrong/callbackAfterSendSingleMsgCommand", "op", packet("a", "b", 101).to_string())
+        .await;
+    misdirected.assert_rejected(404, 4040);
+    let stats = receiver.get_json("/stats").await;
+    assert_eq!(stats["requests"]["rejected"], serde_json::json!({"not_found": 1}), "{}", stats["requests"]);
+    assert_eq!(
+        stats["requests"]["other_refused"],
+        serde_json::json!({"not_found": 1, "invalid_query": 1, "method_not_allowed": 1}),
+        "{}",
+        stats["requests"]
+    );
+    let metrics = crate::helpers::http_get(receiver.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"openim_callback_other_requests_refused_total{reason="not_found"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"openim_callback_requests_total{outcome="not_found"} 1"#));
 }
