@@ -233,24 +233,15 @@ impl Secret {
 }
 
 impl Secret {
-    /// What may be shown: nothing of a token; of a URL (`scheme://user:password@host/…`)
-    /// everything but the password, so `--print-config` still says where it points.
+    /// What may be shown: nothing of a token; of a URL everything but its
+    /// secrets, so `--print-config`, logs and `/stats` still say where it points.
     pub fn shown(&self) -> std::borrow::Cow<'_, str> {
-        let value = &self.0;
-        if value.is_empty() {
+        if self.0.is_empty() {
             return "".into();
         }
-        let Some((scheme, rest)) = value.split_once("://") else { return REDACTED.into() };
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        match authority.rsplit_once('@') {
-            // No credentials in the URL: nothing to hide.
-            None => value.as_str().into(),
-            Some((user_info, host)) => {
-                let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
-                let hidden =
-                    if user_info.contains(':') { format!("{user}:{REDACTED}") } else { user.to_owned() };
-                format!("{scheme}://{hidden}@{host}{path}").into()
-            }
+        match shown_url(&self.0) {
+            Some(shown) => shown,
+            None => REDACTED.into(),
         }
     }
 
@@ -270,6 +261,46 @@ impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.shown())
     }
+}
+
+/// Query parameters that hold a secret in database and Redis URLs
+/// (`?password=`, PostgreSQL's `sslpassword`, a `token`), compared ignoring case.
+const SECRET_PARAMETERS: [&str; 6] = ["password", "pass", "pwd", "sslpassword", "token", "secret"];
+
+/// A URL (`scheme://user:password@host/…?password=…`) with its password and
+/// secret query parameters replaced by [`REDACTED`]; None when `text` is no URL.
+pub fn shown_url(text: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let (scheme, rest) = text.split_once("://")?;
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let (authority, path) = before_query.split_at(before_query.find('/').unwrap_or(before_query.len()));
+    let (authority, hid_user_info) = match authority.rsplit_once('@') {
+        Some((user_info, host)) if user_info.contains(':') => {
+            let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
+            (format!("{user}:{REDACTED}@{host}"), true)
+        }
+        _ => (authority.to_owned(), false),
+    };
+    let mut hid_parameter = false;
+    let query = query.map(|query| {
+        let parameters = query.split('&').map(|parameter| {
+            let name = parameter.split('=').next().unwrap_or_default();
+            if SECRET_PARAMETERS.iter().any(|secret| name.eq_ignore_ascii_case(secret)) {
+                hid_parameter = true;
+                format!("{name}={REDACTED}")
+            } else {
+                parameter.to_owned()
+            }
+        });
+        parameters.collect::<Vec<_>>().join("&")
+    });
+    if !hid_user_info && !hid_parameter {
+        return Some(text.into());
+    }
+    let query = query.map(|query| format!("?{query}")).unwrap_or_default();
+    Some(format!("{scheme}://{authority}{path}{query}").into())
 }
 
 /// CIDR ranges or plain addresses (a plain address is its own /32 or /128).
@@ -339,8 +370,8 @@ pub struct RedisStreamSinkSettings {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardTarget {
-    /// Where every message is POSTed.
-    pub url: String,
+    /// Where every message is POSTed; credentials in it are never shown.
+    pub url: Secret,
     /// Signs each request the Standard Webhooks way when set (`whsec_<base64>` or plain text).
     pub secret: Secret,
     /// No answer within this is a failed attempt.
@@ -355,7 +386,7 @@ pub struct ForwardTarget {
 impl Default for ForwardTarget {
     fn default() -> Self {
         ForwardTarget {
-            url: String::new(),
+            url: Secret::default(),
             secret: Secret::default(),
             timeout: Duration::from_secs(10),
             concurrency: 2,
@@ -750,8 +781,17 @@ impl Settings {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
                 return fail(&format!("sinks.forward.{name}"), "a target's name is letters, digits, _ and -");
             }
-            if !(target.url.starts_with("http://") || target.url.starts_with("https://")) {
+            let url = target.url.expose();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return fail(&key("url"), "must start with http:// or https://");
+            }
+            if let Some(encoded) = target.secret.expose().strip_prefix("whsec_")
+                && base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).is_err()
+            {
+                return fail(
+                    &key("secret"),
+                    "a whsec_ secret is base64 after the prefix, and this one does not decode",
+                );
             }
             if target.timeout.is_zero() || target.timeout > HOUR {
                 return fail(&key("timeout"), "must be longer than 0s and at most 1h");
@@ -990,10 +1030,19 @@ mod tests {
         )
         .unwrap();
         let crm = &settings.sinks.forward["crm"];
-        assert_eq!((crm.url.as_str(), crm.concurrency, crm.batch_size), ("http://127.0.0.1:9/hook", 1, 100));
+        assert_eq!((crm.url.expose(), crm.concurrency, crm.batch_size), ("http://127.0.0.1:9/hook", 1, 100));
         let bad = Settings::load(None, env(&[("OPENIM_CALLBACK__SINKS__FORWARD__CRM__URL", "ftp://x")]))
             .unwrap_err();
         assert!(bad.to_string().contains("sinks.forward.crm.url"), "{bad}");
+        let undecodable = Settings::load(
+            None,
+            env(&[
+                ("OPENIM_CALLBACK__SINKS__FORWARD__CRM__URL", "http://127.0.0.1:9/hook"),
+                ("OPENIM_CALLBACK__SINKS__FORWARD__CRM__SECRET", "whsec_not*base64!"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(undecodable.to_string().contains("sinks.forward.crm.secret"), "{undecodable}");
     }
 
     #[test]
@@ -1007,6 +1056,14 @@ mod tests {
             format!("redis://:{REDACTED}@127.0.0.1:6379/0")
         );
         assert_eq!(Secret::new("plain-token-0123456789").shown(), REDACTED);
+        assert_eq!(
+            Secret::new("postgres://app@db/archive?sslmode=disable&password=s3cret&PWD=x").shown(),
+            format!("postgres://app@db/archive?sslmode=disable&password={REDACTED}&PWD={REDACTED}")
+        );
+        assert_eq!(
+            shown_url("https://bot:hunter2@hooks.example/in?token=abc").unwrap(),
+            format!("https://bot:{REDACTED}@hooks.example/in?token={REDACTED}")
+        );
         let placeholder = format!("postgres://app:{REDACTED}@db/archive");
         let refused =
             Settings::load(None, env(&[("OPENIM_CALLBACK__SINKS__SQL__URL", &placeholder)])).unwrap_err();

@@ -24,6 +24,8 @@ use std::time::SystemTime;
 pub struct ForwardSink {
     name: &'static str,
     url: String,
+    /// The URL as logs and `/stats` may show it (no credentials).
+    shown_url: String,
     /// The HMAC key, when requests are signed.
     signing_key: Option<Vec<u8>>,
     concurrency: usize,
@@ -47,7 +49,8 @@ impl ForwardSink {
         Ok(ForwardSink {
             // Sink names live as long as the process; there is one per configured target.
             name: Box::leak(format!("forward.{name}").into_boxed_str()),
-            url: target.url.clone(),
+            url: target.url.expose().to_owned(),
+            shown_url: target.url.shown().into_owned(),
             signing_key,
             concurrency: target.concurrency,
             client,
@@ -76,14 +79,16 @@ impl ForwardSink {
         }
         let answer = request.body(message.raw.clone()).send().await.map_err(|error| {
             // A request that cannot even be built fails the same way on every retry.
-            let text = with_causes(&error);
-            if error.is_builder() { SinkError::permanent(text) } else { SinkError::transient(text) }
+            let permanent = error.is_builder();
+            // reqwest's text names the URL, credentials and all: ours names it without them.
+            let text = format!("{}: {}", self.shown_url, with_causes(&error.without_url()));
+            if permanent { SinkError::permanent(text) } else { SinkError::transient(text) }
         })?;
         let status = answer.status();
         if status.is_success() {
             return Ok(entry.seq);
         }
-        let error = format!("{} answered {status}", self.url);
+        let error = format!("{} answered {status}", self.shown_url);
         Err(if refuses_for_good(status) { SinkError::permanent(error) } else { SinkError::transient(error) })
     }
 }
@@ -134,13 +139,14 @@ fn idempotency_key(entry: &Entry) -> String {
     if server_msg_id.is_empty() { format!("journal-{}", entry.seq) } else { server_msg_id.clone() }
 }
 
-/// Standard Webhooks: a secret `whsec_<base64>` is the base64 of the key;
-/// any other secret is the key's bytes as written.
+/// Standard Webhooks: a secret `whsec_<base64>` is the base64 of the key
+/// (the settings refuse one that does not decode); any other secret is the
+/// key's bytes as written.
 fn signing_key(secret: &str) -> Vec<u8> {
-    secret
-        .strip_prefix("whsec_")
-        .and_then(|encoded| BASE64.decode(encoded).ok())
-        .unwrap_or_else(|| secret.as_bytes().to_vec())
+    match secret.strip_prefix("whsec_").map(|encoded| BASE64.decode(encoded)) {
+        Some(Ok(key)) => key,
+        _ => secret.as_bytes().to_vec(),
+    }
 }
 
 /// base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")).

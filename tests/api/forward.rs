@@ -244,3 +244,17 @@ async fn an_operation_id_that_cannot_be_a_header_is_sent_percent_encoded() {
     assert_eq!(body["operationID"], "bad\u{1}id", "the body as it arrived");
     assert_eq!(accepted[1].headers["operationid"], "op-after");
 }
+
+#[tokio::test]
+async fn a_relay_urls_credentials_never_show_in_stats() {
+    // Nothing listens there: the error names the URL, without its password or token.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let url = format!("http://bot:hunter2@{closed}/hook?token=t0ps3cret");
+    let receiver = TestReceiver::start_with(settings(&[("SINKS__FORWARD__CRM__URL", &url)]), |_| {}).await;
+    receiver.post_packet("op", &packet("a", "b", 101)).await.assert_accepted();
+    let report = receiver.sink_report("forward.crm", |report| !report["last_error"].is_null()).await;
+    let error = report["last_error"].as_str().unwrap();
+    assert!(error.contains(&format!("http://bot:<redacted>@{closed}/hook?token=<redacted>")), "{error}");
+    let everything = receiver.get_json("/stats").await.to_string();
+    assert!(!everything.contains("hunter2") && !everything.contains("t0ps3cret"), "{everything}");
+}
