@@ -1,7 +1,7 @@
 //! Command line: parse arguments, load settings, start telemetry, run.
 
 use clap::{Parser, Subcommand};
-use openim_callback_receiver::settings::{EnvSource, Settings};
+use openim_callback_receiver::settings::{self, EnvSource, Settings};
 use openim_callback_receiver::{Receiver, healthcheck, shutdown_signal, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +69,15 @@ fn main() -> ExitCode {
         Err(error) => return refuse_to_start(format!("cannot listen on {listen}: {error}")),
     };
     let _telemetry = telemetry::init(&settings.telemetry);
+    for variable in
+        settings::ignored_variables(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()))
+    {
+        tracing::warn!(
+            variable,
+            "this environment variable sets nothing: settings are OPENIM_CALLBACK__<SECTION>__<KEY> \
+             (two underscores after OPENIM_CALLBACK and between the parts), like OPENIM_CALLBACK__SERVER__LISTEN"
+        );
+    }
     // Every connection is a file descriptor: lift the soft limit (often 1024)
     // to the hard limit, so server.max_connections is what bounds them.
     match rlimit::increase_nofile_limit(u64::MAX) {

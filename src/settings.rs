@@ -584,6 +584,27 @@ impl Sources<'_> {
     }
 }
 
+/// Variables named like ours that set nothing: the settings take
+/// `OPENIM_CALLBACK__SECTION__KEY` (two underscores after the prefix), and an
+/// unknown key there stops start-up; `OPENIM_CALLBACK_SERVER_LISTEN` (one
+/// underscore) would otherwise be ignored without a word.
+pub fn ignored_variables(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    /// Read by the command line (`--config`) and by the test suite.
+    const OTHER_USES: [&str; 2] = ["OPENIM_CALLBACK_CONFIG", "OPENIM_CALLBACK_REQUIRE_SERVICES"];
+    let mut ignored: Vec<String> = names
+        .into_iter()
+        .filter(|name| {
+            let upper = name.to_ascii_uppercase();
+            upper.starts_with(ENV_PREFIX)
+                && !upper.starts_with(&format!("{ENV_PREFIX}__"))
+                && !OTHER_USES.contains(&upper.as_str())
+                && !upper.starts_with("OPENIM_CALLBACK_TEST_")
+        })
+        .collect();
+    ignored.sort();
+    ignored
+}
+
 /// Where the environment layer comes from: the process, or a map given by a test.
 pub enum EnvSource {
     Process,
@@ -951,6 +972,22 @@ mod tests {
         assert!(
             bad.to_string().contains("journal.segment_bytes") && bad.to_string().contains("64MiB"),
             "{bad}"
+        );
+    }
+
+    #[test]
+    fn variables_that_set_nothing_are_named() {
+        let names = [
+            "OPENIM_CALLBACK_SERVER_LISTEN",
+            "OPENIM_CALLBACK__SERVER__LISTEN",
+            "OPENIM_CALLBACK_CONFIG",
+            "OPENIMCALLBACK",
+            "OPENIM_CALLBACKS__X",
+            "PATH",
+        ];
+        assert_eq!(
+            ignored_variables(names.map(String::from)),
+            vec!["OPENIM_CALLBACKS__X".to_owned(), "OPENIM_CALLBACK_SERVER_LISTEN".to_owned()]
         );
     }
 

@@ -504,3 +504,18 @@ async fn the_image_healthcheck_passes_with_an_allowlist_that_leaves_out_loopback
     assert!(healthy.success(), "OpenIM's depends_on: service_healthy waits for this");
     assert_eq!(binary.terminate().await.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_variable_with_one_underscore_too_few_is_named_at_start() {
+    let workdir = tempfile::tempdir().unwrap();
+    let mut binary =
+        RunningBinary::start(workdir.path(), &[("OPENIM_CALLBACK_SERVER_LISTEN", "0.0.0.0:10999")]).await;
+    assert_eq!(binary.terminate().await.code(), Some(0));
+    let lines = binary.lines.await.unwrap();
+    let warning = lines
+        .iter()
+        .find(|line| line["variable"] == "OPENIM_CALLBACK_SERVER_LISTEN")
+        .expect("a warning naming the variable");
+    assert_eq!(warning["level"], "WARN");
+    assert!(warning["message"].as_str().unwrap().contains("OPENIM_CALLBACK__SERVER__LISTEN"), "{warning}");
+}
