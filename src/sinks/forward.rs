@@ -162,6 +162,10 @@ impl Sink for ForwardSink {
         self.name
     }
 
+    fn describe(&self) -> String {
+        format!("every message POSTed to {}", self.shown_url)
+    }
+
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
         let pending: Vec<&Entry> = batch.iter().filter(|entry| !self.taken.contains(&entry.seq)).collect();
         // `buffered` sends up to `concurrency` at once and yields in order. At the

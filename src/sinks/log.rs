@@ -118,6 +118,10 @@ impl Sink for LogSink {
         "log"
     }
 
+    fn describe(&self) -> String {
+        "one record per message, to stdout".to_owned()
+    }
+
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
         for entry in batch {
             self.write_record(&entry.message)

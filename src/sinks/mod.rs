@@ -39,6 +39,19 @@ pub trait Sink: Send + 'static {
     /// Stable short name, used in settings, logs, cursor files, `/stats` and `/metrics`.
     fn name(&self) -> &'static str;
 
+    /// What the sink writes to, as the start-up line says it (never a secret).
+    fn describe(&self) -> String {
+        self.name().to_owned()
+    }
+
+    /// Tries the target once, when the sink starts and before any message
+    /// arrives, so that a wrong URL or password shows at once (in the log,
+    /// `/stats` and the status page), not at the first message. A permanent
+    /// error names what to check.
+    fn check(&mut self) -> impl Future<Output = Result<(), SinkError>> {
+        async { Ok(()) }
+    }
+
     /// Takes a batch. `Ok`: every entry is done. `Err`: none counts as done;
     /// [`SinkError::retry`] says whether the runner tries the batch again.
     fn deliver(&mut self, batch: &[Entry]) -> impl Future<Output = Result<(), SinkError>>;

@@ -30,8 +30,22 @@ pub(crate) fn connect_lazily(
     ConnectionManager::new_lazy_with_config(client, config).map_err(|error| format!("{key}: {error}"))
 }
 
+/// One round trip; a refused password or an unknown database is an error no retry mends.
+pub(crate) async fn ping(connection: &mut ConnectionManager) -> Result<(), SinkError> {
+    let answer: Result<String, redis::RedisError> = redis::cmd("PING").query_async(connection).await;
+    match answer {
+        Ok(_) => Ok(()),
+        Err(error) if matches!(error.kind(), redis::ErrorKind::AuthenticationFailed) => {
+            Err(SinkError::permanent(format!("redis: {error}: check the password in the URL")))
+        }
+        Err(error) => Err(SinkError::transient(format!("redis: {error}"))),
+    }
+}
+
 pub struct RedisStreamSink {
     connection: ConnectionManager,
+    /// `sinks.redis_stream.url` as it may be shown.
+    shown_url: String,
     stream: String,
     max_len: u64,
 }
@@ -41,13 +55,26 @@ impl RedisStreamSink {
     pub fn new(settings: &RedisStreamSinkSettings) -> Result<Self, SinkError> {
         let connection = connect_lazily(&settings.url, settings.timeout, "sinks.redis_stream.url")
             .map_err(SinkError::permanent)?;
-        Ok(RedisStreamSink { connection, stream: settings.stream.clone(), max_len: settings.max_len })
+        Ok(RedisStreamSink {
+            connection,
+            shown_url: settings.url.shown().into_owned(),
+            stream: settings.stream.clone(),
+            max_len: settings.max_len,
+        })
     }
 }
 
 impl Sink for RedisStreamSink {
     fn name(&self) -> &'static str {
         "redis_stream"
+    }
+
+    fn describe(&self) -> String {
+        format!("stream {} at {}", self.stream, self.shown_url)
+    }
+
+    async fn check(&mut self) -> Result<(), SinkError> {
+        ping(&mut self.connection).await
     }
 
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {

@@ -29,6 +29,7 @@ pub(super) struct Work {
 
 pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: PositionKeeper) {
     let name = sink.name();
+    announce(&mut sink, &work.status).await;
     loop {
         let command = *work.commands.borrow_and_update();
         let stop_at = match command {
@@ -116,6 +117,43 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
     }
     keeper.save(&mut sink, &work).await;
     work.status.set_state(SinkState::Stopped);
+}
+
+/// The sink's start-up line: where it writes, and whether it could reach it.
+async fn announce<S: Sink>(sink: &mut S, status: &SinkStatus) {
+    let (name, target) = (sink.name(), sink.describe());
+    let checked = match sink.attempt_timeout() {
+        Some((limit, key)) => tokio::time::timeout(limit, sink.check()).await.unwrap_or_else(|_| {
+            Err(SinkError::transient(format!(
+                "no answer within {key} ({})",
+                humantime::format_duration(limit)
+            )))
+        }),
+        None => sink.check().await,
+    };
+    match checked {
+        Ok(()) => tracing::info!(sink = name, target, "sink started"),
+        Err(SinkError { message, retry: false }) => {
+            tracing::error!(
+                sink = name,
+                target,
+                error = message,
+                "sink started, but its target refuses it: fix its settings (messages wait in the journal meanwhile)"
+            );
+            status.set_last_error(message);
+            status.set_state(SinkState::Retrying);
+        }
+        Err(SinkError { message, retry: true }) => {
+            tracing::warn!(
+                sink = name,
+                target,
+                error = message,
+                "sink started, but cannot reach its target yet: messages wait in the journal until it can"
+            );
+            status.set_last_error(message);
+            status.set_state(SinkState::Retrying);
+        }
+    }
 }
 
 /// Delivers `batch`, retrying while the sink asks for it. A batch the sink

@@ -22,6 +22,8 @@ const MYSQL_ROWS_PER_STATEMENT: usize = 1000;
 
 pub struct SqlSink {
     database: Database,
+    /// `sinks.sql.url` as it may be shown.
+    shown_url: String,
     table: String,
     timeout: std::time::Duration,
     /// The table exists (created by this sink, or found).
@@ -65,7 +67,13 @@ impl SqlSink {
                 .map_err(|error| SinkError::permanent(format!("sinks.sql.url: {error}")))?;
             Database::MySql(pool)
         };
-        Ok(SqlSink { database, table: settings.table.clone(), timeout: settings.timeout, migrated: false })
+        Ok(SqlSink {
+            database,
+            shown_url: settings.url.shown().into_owned(),
+            table: settings.table.clone(),
+            timeout: settings.timeout,
+            migrated: false,
+        })
     }
 
     /// Creates the table and its indexes if missing (never alters or drops).
@@ -357,6 +365,24 @@ async fn why_no_connection<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> String 
 impl Sink for SqlSink {
     fn name(&self) -> &'static str {
         "sql"
+    }
+
+    fn describe(&self) -> String {
+        format!("table {} at {}", self.table, self.shown_url)
+    }
+
+    /// Connects and creates the table if it is missing, at start.
+    async fn check(&mut self) -> Result<(), SinkError> {
+        match self.migrate().await {
+            Ok(()) => Ok(()),
+            // The server answered, and said no: a wrong user, password or database.
+            Err(sqlx::Error::Database(error)) => Err(SinkError::permanent(format!(
+                "the database refused: {error}; check the user, password and database name in sinks.sql.url, \
+                 and that the user may create the table {}",
+                self.table
+            ))),
+            Err(error) => Err(self.transient(error).await),
+        }
     }
 
     /// Inserts the batch's rows in one statement. A row the database refuses

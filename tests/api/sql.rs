@@ -479,3 +479,35 @@ async fn a_database_that_stops_answering_mid_insert_fails_the_attempt_instead_of
     assert!(receiver.stop().await.is_clean());
     drop_table(&url, &table).await;
 }
+
+#[tokio::test]
+async fn a_database_that_does_not_exist_is_named_at_start_before_any_message() {
+    let Some(url) = postgres().await else { return };
+    let missing = format!("{}/no_such_database_here", url.rsplit_once('/').unwrap().0);
+    let workdir = tempfile::tempdir().unwrap();
+    let env = [
+        ("OPENIM_CALLBACK__SINKS__SQL__ENABLED", "true"),
+        ("OPENIM_CALLBACK__SINKS__SQL__URL", missing.as_str()),
+    ];
+    let mut binary = crate::binary::RunningBinary::start(workdir.path(), &env).await;
+    let sql = crate::helpers::wait_until(Duration::from_secs(30), async || {
+        let stats = crate::binary::stats_of(binary.address).await;
+        let sql = stats["sinks"]["sql"].clone();
+        if sql["last_error"].is_string() { Ok(sql) } else { Err(format!("{sql}")) }
+    })
+    .await;
+    assert_eq!(sql["state"], "degraded", "{sql}");
+    let error = sql["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("no_such_database_here")
+            && error.contains("check the user, password and database name"),
+        "{error}"
+    );
+    assert_eq!(binary.terminate().await.code(), Some(0), "no message was waiting for it");
+    let lines = binary.lines.await.unwrap();
+    let started = |sink: &str, level: &str| {
+        lines.iter().any(|line| line["sink"] == sink && line["level"] == level && line["target"] != "message")
+    };
+    assert!(started("sql", "ERROR"), "one ERROR line for the sql sink");
+    assert!(started("log", "INFO") && started("stats", "INFO"), "a start-up line per sink");
+}

@@ -379,6 +379,13 @@ impl Sink for StatsSink {
         "stats"
     }
 
+    fn describe(&self) -> String {
+        match &self.snapshot_path {
+            Some(path) => format!("counts in memory, saved to {}", path.display()),
+            None => "counts in memory, not saved (stats.snapshot_path is empty)".to_owned(),
+        }
+    }
+
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
         let handle = &self.stats;
         // Histograms first: whoever sees a message counted sees it observed too.

@@ -105,6 +105,14 @@ impl Sink for FleetSink {
         "stats"
     }
 
+    fn describe(&self) -> String {
+        format!("fleet counts in Redis under {} as replica {}", self.keys.prefix, self.replica)
+    }
+
+    async fn check(&mut self) -> Result<(), SinkError> {
+        crate::sinks::redis_stream::ping(&mut self.connection).await
+    }
+
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
         let position = match self.position.clone() {
             Some(position) => position,
