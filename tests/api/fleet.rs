@@ -19,13 +19,13 @@ async fn redis() -> Option<String> {
 }
 
 /// A key prefix of this test's own; its keys are deleted when it is dropped.
-struct Fleet {
+pub(crate) struct Fleet {
     url: String,
-    prefix: String,
+    pub prefix: String,
 }
 
 impl Fleet {
-    fn new(url: &str) -> Self {
+    pub(crate) fn new(url: &str) -> Self {
         Fleet { url: url.to_owned(), prefix: format!("{}:", unique_table("fleet")) }
     }
 

@@ -213,11 +213,12 @@ async fn the_grafana_dashboard_queries_only_exposed_metrics() {
             .await;
     let fleet = match &redis_url {
         Some(url) => {
-            let prefix = format!("{}:", crate::helpers::unique_table("dashboard"));
+            // Its keys are deleted when the test is done with it.
+            let keys = crate::fleet::Fleet::new(url);
             let overrides = [
                 ("STATS__BACKEND", "redis"),
                 ("STATS__REDIS_URL", url.as_str()),
-                ("STATS__KEY_PREFIX", prefix.as_str()),
+                ("STATS__KEY_PREFIX", keys.prefix.as_str()),
                 ("STATS__FLEET_REFRESH", "10ms"),
             ];
             let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
