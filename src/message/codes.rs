@@ -17,10 +17,14 @@ macro_rules! protocol_code {
         pub struct $type(pub i32);
 
         impl $type {
+            /// Where counts keep the codes past the most they keep by number.
+            pub const OTHER: $type = $type(i32::MIN);
+
             /// The protocol's name for this code, if it is one OpenIM defines.
             pub fn name(self) -> Option<&'static str> {
                 match self.0 {
                     $($value => Some($name),)*
+                    i32::MIN => Some("other"),
                     _ => None,
                 }
             }

@@ -95,7 +95,7 @@ pub fn parse_date(text: &str) -> Option<i64> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DayCounts {
     messages: u64,
-    by_content_type: HashMap<ContentType, u64>,
+    pub(super) by_content_type: HashMap<ContentType, u64>,
     senders: Distinct,
     receivers: Distinct,
     people: Distinct,
@@ -111,7 +111,7 @@ pub struct Identities {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DailyWindows {
-    days: BTreeMap<i64, DayCounts>,
+    pub(super) days: BTreeMap<i64, DayCounts>,
     out_of_window: u64,
 }
 
@@ -143,7 +143,7 @@ impl DailyWindows {
         }
         let counts = self.days.entry(day).or_default();
         counts.messages += 1;
-        *counts.by_content_type.entry(content_type).or_default() += 1;
+        super::count_code(&mut counts.by_content_type, content_type, ContentType::OTHER);
         counts.senders.insert(who.sender);
         counts.receivers.insert(who.receiver);
         counts.people.insert(who.sender);

@@ -51,11 +51,12 @@ impl MessageStats {
     /// Counts one message, received at `received_at`, into the totals, its day and its minute.
     pub fn record(&mut self, packet: &AfterSendSingleMsg, received_at: SystemTime, calendar: &Calendar) {
         self.total += 1;
-        *self.by_content_type.entry(packet.content_type).or_default() += 1;
-        *self.by_platform.entry(packet.sender_platform_id).or_default() += 1;
-        *self.by_msg_from.entry(packet.msg_from).or_default() += 1;
-        *self.by_session_type.entry(packet.session_type).or_default() += 1;
-        *self.by_status.entry(packet.status).or_default() += 1;
+        use crate::message::{ContentType, MsgFrom, MsgStatus, Platform, SessionType};
+        count_code(&mut self.by_content_type, packet.content_type, ContentType::OTHER);
+        count_code(&mut self.by_platform, packet.sender_platform_id, Platform::OTHER);
+        count_code(&mut self.by_msg_from, packet.msg_from, MsgFrom::OTHER);
+        count_code(&mut self.by_session_type, packet.session_type, SessionType::OTHER);
+        count_code(&mut self.by_status, packet.status, MsgStatus::OTHER);
         let (sender, receiver) = (hash_of(&packet.send_id), hash_of(&packet.recv_id));
         self.senders.insert(sender);
         self.receivers.insert(receiver);
@@ -118,6 +119,21 @@ impl MessageStats {
 
 fn labelled<K: Eq + Hash>(counts: &HashMap<K, u64>, label: impl Fn(&K) -> String) -> BTreeMap<String, u64> {
     fold_unknown_codes(counts.iter().map(|(code, count)| (label(code), *count)).collect())
+}
+
+/// Distinct codes counted by number, per field (OpenIM defines about 60
+/// content types); a code past them is counted as `other`, so a caller
+/// inventing codes cannot grow the counts, or the snapshot, without bound.
+pub const MAX_KEPT_CODES: usize = 256;
+
+/// Counts one `code`, or `other` once [`MAX_KEPT_CODES`] distinct codes are kept.
+pub(crate) fn count_code<K: Copy + Eq + Hash>(counts: &mut HashMap<K, u64>, code: K, other: K) {
+    if let Some(count) = counts.get_mut(&code) {
+        *count += 1;
+        return;
+    }
+    let key = if counts.len() < MAX_KEPT_CODES { code } else { other };
+    *counts.entry(key).or_default() += 1;
 }
 
 /// Unknown codes shown by their number, per field; the rest of them count as `other`.
@@ -435,6 +451,22 @@ mod tests {
         assert_eq!(folded["other"], 1 + 2 + 3 + 4, "the four least frequent");
         assert_eq!(folded["9020"], 20);
         assert_eq!(folded["text"], 5);
+    }
+
+    #[test]
+    fn invented_codes_past_the_kept_ones_are_counted_as_other_not_kept() {
+        let mut stats = MessageStats::default();
+        let (now, calendar) = (SystemTime::now(), Calendar::default());
+        let today_ms = epoch_ms(now);
+        for code in 0..60_000 {
+            stats.record(&packet("a", "b", 10_000 + code, today_ms), now, &calendar);
+        }
+        assert_eq!(stats.by_content_type.len(), MAX_KEPT_CODES + 1, "kept: the first codes and other");
+        assert_eq!(stats.by_content_type.values().sum::<u64>(), 60_000, "every message still counted");
+        let day = stats.daily.days.values().next().unwrap();
+        assert_eq!(day.by_content_type.len(), MAX_KEPT_CODES + 1, "per day too");
+        let report = stats.report(now);
+        assert_eq!(report.messages.by_content_type["other"], 60_000 - MAX_UNKNOWN_CODES as u64);
     }
 
     #[test]
