@@ -22,7 +22,7 @@ mod reader;
 pub mod record;
 pub mod segment;
 
-pub use reader::{JournalReader, ReadBatch};
+pub use reader::{JournalReader, MAX_BATCH_BYTES, ReadBatch};
 pub use record::{NewRecord, Record};
 
 use crate::message::ReceivedMessage;
@@ -588,7 +588,13 @@ impl Journal {
             return None;
         }
         let count = max.min((through + 1).saturating_sub(next) as usize);
-        let entries = recent.messages.iter().skip(skip).take(count).zip(next..);
+        let mut bytes = 0;
+        let entries = recent.messages.iter().skip(skip).take(count).zip(next..).take_while(|(message, _)| {
+            // At least one record, however large; then no more than the byte budget.
+            let within = bytes == 0 || bytes + message.raw.len() <= reader::MAX_BATCH_BYTES;
+            bytes += message.raw.len();
+            within
+        });
         Some(entries.map(|(message, seq)| Entry { seq, message: Arc::clone(message) }).collect())
     }
 

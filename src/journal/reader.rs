@@ -8,6 +8,11 @@ use crate::message::{AfterSendSingleMsg, ReceivedMessage};
 use std::io;
 use std::sync::Arc;
 
+/// A batch holds at most this many bytes of bodies (and at least one record):
+/// a batch of `batch_size` records of 4 MiB each would hold gigabytes in
+/// memory for every lagging sink.
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
 pub struct JournalReader {
     journal: Arc<Journal>,
     /// The next record to hand out.
@@ -67,7 +72,8 @@ impl JournalReader {
             return Ok(batch);
         }
         // Behind the in-memory tail: read the files, and parse again.
-        while batch.entries.len() < max && self.next <= written {
+        let mut bytes = 0;
+        while batch.entries.len() < max && self.next <= written && bytes < MAX_BATCH_BYTES {
             let (first, reader) = match &mut self.segment {
                 Some((first, reader)) => (*first, reader),
                 None => {
@@ -83,6 +89,7 @@ impl JournalReader {
                     self.next = record.seq + 1;
                     match AfterSendSingleMsg::from_json(&record.body) {
                         Ok(packet) => {
+                            bytes += record.body.len();
                             let message = ReceivedMessage {
                                 packet,
                                 raw: record.body,

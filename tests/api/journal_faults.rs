@@ -165,3 +165,33 @@ async fn a_position_is_never_saved_ahead_of_what_is_fdatasynced() {
     assert!(receiver.journal.synced() >= 20, "the save made what it covers durable first");
     receiver.stop().await;
 }
+
+#[tokio::test]
+async fn a_lagging_sinks_batch_is_bounded_in_bytes_as_well_as_in_records() {
+    use openim_callback_receiver::journal::MAX_BATCH_BYTES;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(&[("JOURNAL__DIR", dir.path().to_str().unwrap())]);
+    let journal = Journal::open(&settings.journal).unwrap();
+    let id = OperationId { value: "op".into(), generated: false };
+    let mut body = packet("a", "b", 101);
+    body["content"] = "x".repeat(3 * 1024 * 1024).into();
+    let body = body.to_string();
+    for _ in 0..10 {
+        let record =
+            NewRecord { received_at: std::time::SystemTime::now(), operation_id: &id, body: body.as_bytes() };
+        journal.append_record(&record, None).unwrap();
+    }
+    let mut reader = journal.reader(1);
+    let mut seqs = Vec::new();
+    loop {
+        let batch = reader.read(1024).unwrap();
+        if batch.entries.is_empty() {
+            break;
+        }
+        let bytes: usize = batch.entries.iter().map(|entry| entry.message.raw.len()).sum();
+        assert!(bytes <= MAX_BATCH_BYTES + body.len(), "a batch of {bytes} bytes");
+        seqs.extend(batch.entries.iter().map(|entry| entry.seq));
+    }
+    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
+    journal.close();
+}
