@@ -300,3 +300,37 @@ async fn two_receivers_sharing_a_replica_id_are_told_so_and_neither_counts_twice
     assert!(b.stop().await.is_clean());
     drop(a);
 }
+
+#[tokio::test]
+async fn a_batch_redis_cannot_take_whole_is_not_applied_in_part() {
+    let Some(url) = redis().await else { return };
+    let fleet = Fleet::new(&url);
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    // The per-minute counters come late in the script: make them the wrong type, so the
+    // batch's INCRBY would fail after its HINCRBYs and PFADDs had been applied.
+    let minute = now_ms() / 60_000;
+    for key in [minute, minute + 1].map(|minute| format!("{}minute:{minute}", fleet.prefix)) {
+        let _: () =
+            redis::cmd("HSET").arg(&key).arg("not").arg("a counter").query_async(&mut redis).await.unwrap();
+    }
+    let receiver = TestReceiver::start_with(replica_settings(&fleet, "replica-a", &url), |_| {}).await;
+    post_to(&receiver, 20, "refused").await;
+    let sink = receiver.sink_report("stats", |sink| sink["state"] == "degraded").await;
+    assert!(sink["last_error"].as_str().unwrap().contains("nothing of this batch was applied"), "{sink}");
+    for what in ["totals", "people", "cursors"] {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("{}{what}", fleet.prefix))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(!exists, "{what} was written by a batch that failed");
+    }
+    // Once the keys are fixed, the retried batch counts every message once.
+    for key in [minute, minute + 1].map(|minute| format!("{}minute:{minute}", fleet.prefix)) {
+        let _: () = redis::cmd("DEL").arg(&key).query_async(&mut redis).await.unwrap();
+    }
+    let after = fleet_total(receiver.address, 20).await;
+    assert_eq!(after["messages"]["total"], 20);
+    assert!(receiver.stop().await.is_clean());
+}

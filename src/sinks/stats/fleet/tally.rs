@@ -16,7 +16,34 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 pub const SCRIPT: &str = r#"
 local current = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 if current ~= ARGV[2] then return {0, current} end
+-- Redis does not undo a script's writes when a later command fails: check
+-- first that every key has the type its commands need, then write.
+local wanted = {H = 'hash', L = 'hash', G = 'hash', P = 'string', C = 'string'}
+local seen = {}
+local function check(key, kind)
+  if seen[key] then return nil end
+  seen[key] = true
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= kind then
+    return redis.error_reply('fleet key ' .. key .. ' is a ' .. found .. ', not a ' .. kind .. ': nothing of this batch was applied')
+  end
+end
+local refused = check(KEYS[1], 'hash') or check(KEYS[2], 'zset')
+if refused then return refused end
 local i = 5
+while i <= #ARGV do
+  local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
+  if op == 'E' then
+    i = i + 3
+  elseif wanted[op] == nil then
+    return redis.error_reply('unknown operation ' .. op)
+  else
+    refused = check(key, wanted[op])
+    if refused then return refused end
+    if op == 'P' then i = i + 3 + tonumber(ARGV[i + 2]) elseif op == 'C' then i = i + 3 else i = i + 4 end
+  end
+end
+i = 5
 while i <= #ARGV do
   local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
   if op == 'H' then
@@ -39,8 +66,6 @@ while i <= #ARGV do
   elseif op == 'E' then
     redis.call('EXPIREAT', key, ARGV[i + 2])
     i = i + 3
-  else
-    return redis.error_reply('unknown operation ' .. op)
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
