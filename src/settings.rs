@@ -239,6 +239,11 @@ impl Secret {
         if self.0.is_empty() {
             return "".into();
         }
+        // A Redis Cluster's nodes: `redis://…,redis://…`.
+        if self.0.matches("://").count() > 1 {
+            let nodes: Option<Vec<_>> = self.0.split(',').map(|node| shown_url(node.trim())).collect();
+            return nodes.map_or(REDACTED.into(), |nodes| nodes.join(",").into());
+        }
         match shown_url(&self.0) {
             Some(shown) => shown,
             None => REDACTED.into(),
@@ -745,12 +750,13 @@ impl Settings {
         }
         let stats = &self.stats;
         let redis_url = stats.redis_url.expose();
-        if stats.backend == StatsBackend::Redis
-            && !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://"))
-        {
+        let redis_node =
+            |node: &str| node.trim().starts_with("redis://") || node.trim().starts_with("rediss://");
+        if stats.backend == StatsBackend::Redis && !redis_url.split(',').all(redis_node) {
             return fail(
                 "stats.redis_url",
-                "with stats.backend = \"redis\", must start with redis:// or rediss://",
+                "with stats.backend = \"redis\", must be redis://host:port (or rediss://), or a Redis Cluster's \
+                 nodes separated by commas: redis://10.0.0.1:6379,redis://10.0.0.2:6379",
             );
         }
         let printable = |text: &str| text.chars().all(|c| c.is_ascii_graphic());
@@ -920,6 +926,21 @@ mod tests {
         assert!(!settings.to_toml().contains("pw-9f2"), "the password is never printed");
         assert!(settings.stats.snapshot_path().is_none(), "Redis holds the fleet's state, not a snapshot");
         assert!(!settings.stats.replica_name().is_empty(), "the host name by default");
+        let cluster = "redis://:pw-9f2@10.0.0.1:6379, redis://:pw-9f2@10.0.0.2:6379";
+        let settings = Settings::load(
+            None,
+            env(&[
+                ("OPENIM_CALLBACK__STATS__BACKEND", "redis"),
+                ("OPENIM_CALLBACK__STATS__REDIS_URL", cluster),
+            ]),
+        )
+        .unwrap();
+        assert!(!settings.to_toml().contains("pw-9f2"), "no node's password is printed");
+        let half = error(&[
+            ("OPENIM_CALLBACK__STATS__BACKEND", "redis"),
+            ("OPENIM_CALLBACK__STATS__REDIS_URL", "redis://10.0.0.1:6379,10.0.0.2:6379"),
+        ]);
+        assert!(half.contains("stats.redis_url"), "{half}");
     }
 
     #[test]

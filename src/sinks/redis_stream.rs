@@ -31,7 +31,7 @@ pub(crate) fn connect_lazily(
 }
 
 /// One round trip; a refused password or an unknown database is an error no retry mends.
-pub(crate) async fn ping(connection: &mut ConnectionManager) -> Result<(), SinkError> {
+pub(crate) async fn ping(connection: &mut impl redis::aio::ConnectionLike) -> Result<(), SinkError> {
     let answer: Result<String, redis::RedisError> = redis::cmd("PING").query_async(connection).await;
     match answer {
         Ok(_) => Ok(()),

@@ -172,11 +172,131 @@ async fn two_replicas_on_one_redis_both_answer_for_the_whole_fleet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_mid_load_and_restarted_counts_each_message_once() {
     let Some(url) = redis().await else { return };
-    let fleet = Fleet::new(&url);
+    killed_mid_load_and_restarted(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_replica_killed_mid_load_and_restarted_counts_each_message_once() {
+    let Some(cluster) = RedisCluster::start().await else { return };
+    killed_mid_load_and_restarted(&cluster.url()).await;
+    // Every key of the fleet is in one hash slot: the counting script is one atomic step.
+    let (mut slots, mut owners) = (HashSet::new(), 0);
+    for port in &cluster.ports {
+        let mut node =
+            redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut node).unwrap();
+        owners += usize::from(!keys.is_empty());
+        for key in keys {
+            let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key).query(&mut node).unwrap();
+            slots.insert(slot);
+        }
+    }
+    assert_eq!((slots.len(), owners), (1, 1), "the fleet's keys in one slot, on one node");
+}
+
+/// A three-node Redis Cluster of the test's own, from the machine's
+/// `redis-server` on free ports, stopped when dropped.
+struct RedisCluster {
+    ports: Vec<u16>,
+    nodes: Vec<tokio::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    async fn start() -> Option<Self> {
+        if std::process::Command::new("redis-server").arg("--version").output().is_err() {
+            crate::helpers::skip(
+                "no redis-server to start a Redis Cluster from (apt-get install redis-server)",
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // A node listens on its port and on port + 10000 (the cluster bus): both must be free.
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let port = fastrand::u16(20_000..30_000);
+            let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+            if !ports.contains(&port) && free(port) && free(port + 10_000) {
+                ports.push(port);
+            }
+        }
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                tokio::process::Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+                    .args([
+                        "--cluster-config-file",
+                        &format!("nodes-{port}.conf"),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
+                    .arg("--dir")
+                    .arg(dir.path())
+                    .stdout(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for port in &ports {
+            wait_until(Duration::from_secs(30), async || {
+                match tokio::net::TcpStream::connect(("127.0.0.1", *port)).await {
+                    Ok(_) => Ok(()),
+                    Err(error) => Err(format!("node {port}: {error}")),
+                }
+            })
+            .await;
+        }
+        let addresses: Vec<String> = ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        let created = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .unwrap();
+        assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+        let cluster = RedisCluster { ports, nodes, _dir: dir };
+        for port in &cluster.ports {
+            wait_until(Duration::from_secs(30), async || {
+                let info = tokio::process::Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .await
+                    .unwrap();
+                let info = String::from_utf8_lossy(&info.stdout).into_owned();
+                if info.contains("cluster_state:ok") { Ok(()) } else { Err(info) }
+            })
+            .await;
+        }
+        Some(cluster)
+    }
+
+    /// `stats.redis_url` for it: every node, separated by commas.
+    fn url(&self) -> String {
+        self.ports.iter().map(|port| format!("redis://127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.start_kill();
+        }
+    }
+}
+
+/// Two replicas under load; one SIGKILLed and restarted: every journal record
+/// of either is counted once, on the Redis (or Redis Cluster) at `url`.
+async fn killed_mid_load_and_restarted(url: &str) {
+    let fleet = Fleet::new(url);
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let env_a = fleet.env("replica-a", &url);
+    let env_a = fleet.env("replica-a", url);
     let mut a = RunningBinary::start(dir_a.path(), &env_a).await;
-    let mut b = RunningBinary::start(dir_b.path(), &fleet.env("replica-b", &url)).await;
+    let mut b = RunningBinary::start(dir_b.path(), &fleet.env("replica-b", url)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = crate::journal_binary::load(a.address, "kill-a", Arc::clone(&stop));
     clients.extend(crate::journal_binary::load(b.address, "kill-b", Arc::clone(&stop)));

@@ -26,6 +26,7 @@
 //! - `Pminute:<minutes since the epoch>`: messages that arrived in that
 //!   minute, kept for two hours.
 
+mod connection;
 mod sink;
 mod tally;
 mod view;
@@ -34,7 +35,7 @@ pub use sink::FleetSink;
 pub use view::{FleetStatus, FleetView};
 
 use crate::settings::StatsSettings;
-use redis::aio::ConnectionManager;
+use connection::FleetConnection;
 
 /// The distinct counts kept, in total and per day: (key suffix, what it holds).
 const DISTINCT: [&str; 4] = ["senders", "receivers", "people", "conversations"];
@@ -46,6 +47,15 @@ struct FleetKeys {
 }
 
 impl FleetKeys {
+    /// Under `stats.key_prefix`; in a Redis Cluster the prefix is a hash tag
+    /// (`{openim:stats:}totals`), so that every key is in one slot (unless the
+    /// prefix holds a hash tag of its own).
+    fn of(settings: &StatsSettings) -> Self {
+        let prefix = &settings.key_prefix;
+        let tagged = connection::is_cluster(settings.redis_url.expose()) && !prefix.contains('{');
+        FleetKeys { prefix: if tagged { format!("{{{prefix}}}") } else { prefix.clone() } }
+    }
+
     fn cursors(&self) -> String {
         format!("{}cursors", self.prefix)
     }
@@ -77,6 +87,6 @@ impl FleetKeys {
 }
 
 /// The fleet's Redis, connected on first use.
-fn connect(settings: &StatsSettings) -> Result<ConnectionManager, String> {
-    crate::sinks::redis_stream::connect_lazily(&settings.redis_url, settings.redis_timeout, "stats.redis_url")
+fn connect(settings: &StatsSettings) -> Result<FleetConnection, String> {
+    FleetConnection::lazily(settings)
 }

@@ -6,7 +6,6 @@ use super::{FleetKeys, connect};
 use crate::sinks::stats::daily::Calendar;
 use crate::sinks::stats::{StatsHandle, epoch_ms};
 use crate::sinks::{Entry, Progress, Sink, SinkError};
-use redis::aio::ConnectionManager;
 use std::time::SystemTime;
 
 /// This replica's position as Redis holds it.
@@ -35,7 +34,7 @@ impl Position {
 }
 
 pub struct FleetSink {
-    connection: ConnectionManager,
+    connection: super::FleetConnection,
     script: redis::Script,
     keys: FleetKeys,
     replica: String,
@@ -60,7 +59,7 @@ impl FleetSink {
         Ok(FleetSink {
             connection: connect(settings).map_err(SinkError::permanent)?,
             script: redis::Script::new(SCRIPT),
-            keys: FleetKeys { prefix: settings.key_prefix.clone() },
+            keys: FleetKeys::of(settings),
             replica: settings.replica_name(),
             journal_id: journal_id.to_owned(),
             calendar: settings.calendar(),

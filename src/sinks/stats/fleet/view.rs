@@ -6,7 +6,6 @@
 use super::{DISTINCT, FleetKeys, connect};
 use crate::sinks::stats::daily::{Calendar, DayReport, MS_PER_MINUTE, MinuteReport, RATE_MINUTES, date_text};
 use crate::sinks::stats::{MessageCounts, MessageReport, PeopleCounts, epoch_ms};
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -53,7 +52,7 @@ struct Cache {
 }
 
 pub struct FleetView {
-    connection: ConnectionManager,
+    connection: super::FleetConnection,
     keys: FleetKeys,
     replica: String,
     calendar: Calendar,
@@ -75,7 +74,7 @@ impl FleetView {
     pub fn new(settings: &crate::settings::StatsSettings) -> Result<Self, String> {
         Ok(FleetView {
             connection: connect(settings)?,
-            keys: FleetKeys { prefix: settings.key_prefix.clone() },
+            keys: FleetKeys::of(settings),
             replica: settings.replica_name(),
             calendar: settings.calendar(),
             refresh: settings.fleet_refresh,
