@@ -122,38 +122,40 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
 /// The sink's start-up line: where it writes, and whether it could reach it.
 async fn announce<S: Sink>(sink: &mut S, status: &SinkStatus) {
     let (name, target) = (sink.name(), sink.describe());
-    let checked = match sink.attempt_timeout() {
-        Some((limit, key)) => tokio::time::timeout(limit, sink.check()).await.unwrap_or_else(|_| {
-            Err(SinkError::transient(format!(
-                "no answer within {key} ({})",
-                humantime::format_duration(limit)
-            )))
-        }),
-        None => sink.check().await,
+    let limit = sink.attempt_timeout();
+    let Err(SinkError { message, retry }) = within(limit, sink.check()).await else {
+        tracing::info!(sink = name, target, "sink started");
+        return;
     };
-    match checked {
-        Ok(()) => tracing::info!(sink = name, target, "sink started"),
-        Err(SinkError { message, retry: false }) => {
-            tracing::error!(
-                sink = name,
-                target,
-                error = message,
-                "sink started, but its target refuses it: fix its settings (messages wait in the journal meanwhile)"
-            );
-            status.set_last_error(message);
-            status.set_state(SinkState::Retrying);
-        }
-        Err(SinkError { message, retry: true }) => {
-            tracing::warn!(
-                sink = name,
-                target,
-                error = message,
-                "sink started, but cannot reach its target yet: messages wait in the journal until it can"
-            );
-            status.set_last_error(message);
-            status.set_state(SinkState::Retrying);
-        }
+    if retry {
+        tracing::warn!(
+            sink = name,
+            target,
+            error = message,
+            "sink started, but cannot reach its target yet: messages wait in the journal until it can"
+        );
+    } else {
+        tracing::error!(
+            sink = name,
+            target,
+            error = message,
+            "sink started, but its target refuses it: fix its settings (messages wait in the journal meanwhile)"
+        );
     }
+    status.set_last_error(message);
+    status.set_state(SinkState::Retrying);
+}
+
+/// `attempt`, failed as transient once the sink's deadline for one call (if it has one) passes.
+async fn within(
+    limit: Option<(Duration, &'static str)>,
+    attempt: impl Future<Output = Result<(), SinkError>>,
+) -> Result<(), SinkError> {
+    let Some((limit, key)) = limit else { return attempt.await };
+    tokio::time::timeout(limit, attempt).await.unwrap_or_else(|_| {
+        let limit = humantime::format_duration(limit);
+        Err(SinkError::transient(format!("no answer within {key} ({limit}): the target stalled")))
+    })
 }
 
 /// Delivers `batch`, retrying while the sink asks for it. A batch the sink
@@ -208,15 +210,7 @@ async fn deliver_with_retries<S: Sink>(
     let mut backoff = FIRST_BACKOFF;
     loop {
         let limit = sink.attempt_timeout();
-        let attempt = AssertUnwindSafe(async {
-            let delivery = sink.deliver(batch);
-            let Some((limit, key)) = limit else { return delivery.await };
-            tokio::time::timeout(limit, delivery).await.unwrap_or_else(|_| {
-                let limit = humantime::format_duration(limit);
-                Err(SinkError::transient(format!("no answer within {key} ({limit}): the target stalled")))
-            })
-        })
-        .catch_unwind();
+        let attempt = AssertUnwindSafe(within(limit, sink.deliver(batch))).catch_unwind();
         let outcome = tokio::select! {
             outcome = attempt => outcome,
             () = stop_requested(commands) => return Delivery::Stopped,

@@ -244,15 +244,7 @@ async fn healthcheck_speaks_tls_when_the_receiver_does() {
         ("OPENIM_CALLBACK__SERVER__TLS__KEY_PATH", key.to_str().unwrap()),
     ];
     let mut binary = RunningBinary::start(workdir.path(), &tls).await;
-    let healthy = Command::new(BINARY)
-        .arg("healthcheck")
-        .env_clear()
-        .env("OPENIM_CALLBACK__SERVER__LISTEN", binary.address.to_string())
-        .envs(tls)
-        .status()
-        .await
-        .unwrap();
-    assert!(healthy.success());
+    assert!(healthcheck(binary.address, &tls).await.success());
     assert_eq!(binary.terminate().await.code(), Some(0));
 }
 
@@ -493,14 +485,7 @@ async fn the_image_healthcheck_passes_with_an_allowlist_that_leaves_out_loopback
     let workdir = tempfile::tempdir().unwrap();
     let allow = [("OPENIM_CALLBACK__AUTH__ALLOW_IPS", "172.18.0.0/16")];
     let mut binary = RunningBinary::start(workdir.path(), &allow).await;
-    let healthy = Command::new(BINARY)
-        .arg("healthcheck")
-        .env_clear()
-        .env("OPENIM_CALLBACK__SERVER__LISTEN", binary.address.to_string())
-        .envs(allow)
-        .status()
-        .await
-        .unwrap();
+    let healthy = healthcheck(binary.address, &allow).await;
     assert!(healthy.success(), "OpenIM's depends_on: service_healthy waits for this");
     assert_eq!(binary.terminate().await.code(), Some(0));
 }
@@ -518,4 +503,16 @@ async fn a_variable_with_one_underscore_too_few_is_named_at_start() {
         .expect("a warning naming the variable");
     assert_eq!(warning["level"], "WARN");
     assert!(warning["message"].as_str().unwrap().contains("OPENIM_CALLBACK__SERVER__LISTEN"), "{warning}");
+}
+
+/// Runs `openim-callback-receiver healthcheck` against `address` as the image's HEALTHCHECK does.
+async fn healthcheck(address: SocketAddr, env: &[(&str, &str)]) -> std::process::ExitStatus {
+    Command::new(BINARY)
+        .arg("healthcheck")
+        .env_clear()
+        .env("OPENIM_CALLBACK__SERVER__LISTEN", address.to_string())
+        .envs(env.iter().copied())
+        .status()
+        .await
+        .unwrap()
 }

@@ -35,19 +35,25 @@ fn frame_bytes(seq: u64, body: &[u8]) -> Vec<u8> {
     bytes
 }
 
+/// A journal of its own in `dir`, opened directly (no receiver, no sinks).
+fn journal_in(dir: &tempfile::TempDir) -> std::sync::Arc<Journal> {
+    Journal::open(&settings(&[("JOURNAL__DIR", dir.path().to_str().unwrap())]).journal).unwrap()
+}
+
+/// Appends `body` as a record, as the request path does; its sequence number.
+fn append(journal: &Journal, body: &str) -> u64 {
+    let id = OperationId { value: "op".into(), generated: false };
+    let record =
+        NewRecord { received_at: std::time::SystemTime::now(), operation_id: &id, body: body.as_bytes() };
+    journal.append_record(&record, None).unwrap()
+}
+
 #[tokio::test]
 async fn a_lagging_reader_never_reads_the_bytes_of_an_append_being_taken_back() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = settings(&[("JOURNAL__DIR", dir.path().to_str().unwrap())]);
-    let journal = Journal::open(&settings.journal).unwrap();
-    let id = OperationId { value: "op".into(), generated: false };
+    let journal = journal_in(&dir);
     let body = packet("a", "b", 101).to_string();
-    let append = |journal: &Journal| {
-        let record =
-            NewRecord { received_at: std::time::SystemTime::now(), operation_id: &id, body: body.as_bytes() };
-        journal.append_record(&record, None).unwrap()
-    };
-    append(&journal);
+    append(&journal, &body);
     // Half of a next record in the file, past what the journal published: the state while a
     // failed append (a full disk) is being taken back.
     let segment = std::fs::read_dir(dir.path())
@@ -74,7 +80,7 @@ async fn a_lagging_reader_never_reads_the_bytes_of_an_append_being_taken_back() 
         .unwrap()
         .set_len(length - (partial.len() / 2) as u64)
         .unwrap();
-    append(&journal);
+    append(&journal, &body);
     let batch = reader.read(100).unwrap();
     assert_eq!(
         (batch.entries.iter().map(|entry| entry.seq).collect::<Vec<_>>(), batch.damaged),
@@ -170,16 +176,12 @@ async fn a_position_is_never_saved_ahead_of_what_is_fdatasynced() {
 async fn a_lagging_sinks_batch_is_bounded_in_bytes_as_well_as_in_records() {
     use openim_callback_receiver::journal::MAX_BATCH_BYTES;
     let dir = tempfile::tempdir().unwrap();
-    let settings = settings(&[("JOURNAL__DIR", dir.path().to_str().unwrap())]);
-    let journal = Journal::open(&settings.journal).unwrap();
-    let id = OperationId { value: "op".into(), generated: false };
+    let journal = journal_in(&dir);
     let mut body = packet("a", "b", 101);
     body["content"] = "x".repeat(3 * 1024 * 1024).into();
     let body = body.to_string();
     for _ in 0..10 {
-        let record =
-            NewRecord { received_at: std::time::SystemTime::now(), operation_id: &id, body: body.as_bytes() };
-        journal.append_record(&record, None).unwrap();
+        append(&journal, &body);
     }
     let mut reader = journal.reader(1);
     let mut seqs = Vec::new();
