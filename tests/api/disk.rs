@@ -216,3 +216,40 @@ async fn a_disk_full_to_the_last_byte_is_reported_and_recovered_from() {
     assert_eq!((report["failed"].as_u64(), report["damaged"].as_u64()), (Some(0), Some(0)), "{report}");
     assert_eq!(binary.terminate().await.code(), Some(0));
 }
+
+/// Copies the directory tree at `from` into `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_journal_the_previous_release_wrote_is_read_and_upgraded_in_place() {
+    let workdir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/previous-release");
+    copy_tree(&fixture.join("data"), &workdir.path().join("data"));
+    let cursor = workdir.path().join("data/journal/cursors/log");
+    assert_eq!(std::fs::read_to_string(&cursor).unwrap().trim(), "4", "the old text cursor");
+
+    let mut binary = RunningBinary::start(workdir.path(), &[]).await;
+    assert_eq!(post(binary.address, "after-upgrade", 10).await["status"], 200);
+    let stats = wait_until(Duration::from_secs(60), async || {
+        let stats = stats_of(binary.address).await;
+        let caught_up = stats["sinks"].as_object().unwrap().values().all(|sink| sink["lag_records"] == 0);
+        if caught_up && stats["journal"]["last_seq"] == 6 { Ok(stats) } else { Err(format!("{stats}")) }
+    })
+    .await;
+    assert_eq!(binary.terminate().await.code(), Some(0));
+    let logged = logged_ids(&binary.lines.await.unwrap());
+    assert_eq!(logged, ["fixture-4", "fixture-5", "after-upgrade"], "the unread records, then the new one");
+    assert_eq!(stats["messages"]["total"], 6, "the snapshot's five, and the new one");
+    assert_eq!(std::fs::metadata(&cursor).unwrap().len(), 64, "rewritten in the new, fixed-size form");
+}
