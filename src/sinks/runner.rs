@@ -115,7 +115,7 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
             break;
         }
     }
-    keeper.save(&mut sink, &work).await;
+    keeper.save(&mut sink, &work, Finality::Final).await;
     work.status.set_state(SinkState::Stopped);
 }
 
@@ -304,6 +304,13 @@ fn micros(time: SystemTime) -> i64 {
     time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
 }
 
+/// Whether a save is the runner's last.
+#[derive(Clone, Copy)]
+enum Finality {
+    WhileRunning,
+    Final,
+}
+
 /// Saves a sink's position: in its cursor file, or with its state.
 pub(super) struct PositionKeeper {
     cursor_file: Option<CursorFile>,
@@ -331,16 +338,23 @@ impl PositionKeeper {
 
     async fn save_if_due<S: Sink>(&mut self, sink: &mut S, work: &Work) {
         if self.saved_at.elapsed() >= self.interval {
-            self.save(sink, work).await;
+            self.save(sink, work, Finality::WhileRunning).await;
         }
     }
 
     /// Saves the delivered position now (if it moved); the journal may then
-    /// delete what every sink has passed. Only once every record before it
-    /// is fdatasynced: after a power loss no saved position is ahead of what
-    /// the journal holds, so no sequence number it passed is given out again.
-    async fn save<S: Sink>(&mut self, sink: &mut S, work: &Work) {
-        let next = work.status.position();
+    /// delete what every sink has passed. Never past what is fdatasynced:
+    /// after a power loss no saved position is ahead of what the journal
+    /// holds, so no sequence number it passed is given out again. A cursor
+    /// saved while running stops at the last fdatasync (the sync thread's
+    /// next round moves it on; no extra fdatasync per save); a final one, and
+    /// a sink's own state, which includes every record it took, wait for one.
+    async fn save<S: Sink>(&mut self, sink: &mut S, work: &Work, finality: Finality) {
+        let delivered = work.status.position();
+        let next = match (&self.cursor_file, finality) {
+            (Some(_), Finality::WhileRunning) => delivered.min(work.journal.synced() + 1),
+            _ => delivered,
+        };
         self.saved_at = Instant::now();
         if self.saved == Some(next) {
             return;
