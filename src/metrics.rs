@@ -255,10 +255,18 @@ impl prometheus_client::collector::Collector for StateCollector {
                 MetricType::Gauge,
             )?)?;
         }
-        let ready = ConstGauge::new(i64::from(!state.sinks.iter().any(|sink| sink.is_failing())));
+        let writable = state.journal.write_blocked().is_none();
+        let journal_writable = ConstGauge::new(i64::from(writable));
+        journal_writable.encode(encoder.encode_descriptor(
+            "journal_writable",
+            "1 while the journal takes records, 0 while every callback gets 503 (a full disk, a failed fdatasync, the journal full)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let ready = ConstGauge::new(i64::from(writable && !state.sinks.iter().any(|sink| sink.is_failing())));
         ready.encode(encoder.encode_descriptor(
             "ready",
-            "1 while /readyz answers 200 (no local sink failing), else 0",
+            "1 while /readyz answers 200 (the journal takes records, no local sink failing), else 0",
             None,
             MetricType::Gauge,
         )?)?;

@@ -185,6 +185,8 @@ async fn a_disk_full_to_the_last_byte_is_reported_and_recovered_from() {
         "{refused}"
     );
     assert_eq!(readiness(address).await, 503, "a journal that cannot take writes is not ready");
+    let metrics = crate::binary::metrics_of(address).await;
+    assert!(metrics.contains("\nopenim_callback_journal_writable 0\n"), "for the alert");
     disk.fill_to_the_last_byte();
     assert_eq!(disk.free_bytes(), 0);
     assert_eq!(post(address, "while-full", 10).await["status"], 503);
