@@ -311,7 +311,8 @@ impl Journal {
         record: &NewRecord<'_>,
         message: Option<&Arc<ReceivedMessage>>,
     ) -> Result<u64, AppendError> {
-        if self.reserve_released.load(Ordering::Acquire) && !self.take_back_reserve() {
+        // The sync thread takes the reserve back once there is room (no 8 MiB write here).
+        if self.reserve_released.load(Ordering::Acquire) {
             let error = AppendError::Io(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
@@ -429,7 +430,7 @@ impl Journal {
             return None;
         }
         let why = self.append_blocked.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()?;
-        if self.reserve_released.load(Ordering::Acquire) && !self.take_back_reserve() {
+        if self.reserve_released.load(Ordering::Acquire) {
             return Some(why);
         }
         self.release();
@@ -724,17 +725,22 @@ impl Journal {
 
     /// The sync thread: fdatasync the live segment when asked ("always", group
     /// commit: every record written by then shares one fdatasync) or every
-    /// `journal.sync_interval` ("os").
+    /// `journal.sync_interval` ("os"); and, after the disk filled up, take the
+    /// reserve back once there is room again.
     fn sync_loop(&self) {
         let (wanted, condvar) = &self.sync_wanted;
         loop {
             let closing = {
                 let mut asked = wanted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 if !*asked && !self.closing.load(Ordering::Acquire) {
-                    let wait = match self.settings.sync {
+                    let mut wait = match self.settings.sync {
                         SyncMode::Always => Duration::from_secs(1),
                         SyncMode::Os => self.settings.sync_interval,
                     };
+                    if self.reserve_released.load(Ordering::Acquire) {
+                        // Looking for room again after a full disk: every second.
+                        wait = wait.min(Duration::from_secs(1));
+                    }
                     asked = condvar.wait_timeout(asked, wait).unwrap_or_else(|p| p.into_inner()).0;
                 }
                 *asked = false;
@@ -743,6 +749,9 @@ impl Journal {
             self.sync_now();
             if closing {
                 return;
+            }
+            if self.reserve_released.load(Ordering::Acquire) && self.take_back_reserve() {
+                self.set_blocked(None);
             }
         }
     }
