@@ -29,7 +29,9 @@ pub(super) struct Work {
 
 pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: PositionKeeper) {
     let name = sink.name();
-    announce(&mut sink, &work.status).await;
+    // While the start-up check fails and no message has come to show otherwise, the
+    // check is tried again (with backoff), so that a target that comes back shows so.
+    let mut recheck_in = (!announce(&mut sink, &work.status).await).then_some(FIRST_BACKOFF);
     loop {
         let command = *work.commands.borrow_and_update();
         let stop_at = match command {
@@ -80,8 +82,9 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
                 // The server has stopped, so nothing more will be written: drained.
                 break;
             }
+            let durable_only = sink.delivers_durable_only();
             let more = async {
-                if through < written || sink.delivers_durable_only() {
+                if through < written || durable_only {
                     work.journal.synced_through(next).await
                 } else {
                     work.journal.written_through(next).await
@@ -96,6 +99,9 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
                 }
                 // An idle sink still saves a position that moved, once it is due.
                 () = tokio::time::sleep(keeper.due_in(work.status.position())) => {}
+                () = tokio::time::sleep(recheck_in.unwrap_or_default()), if recheck_in.is_some() => {
+                    recheck_in = recheck(&mut sink, &work.status, recheck_in.unwrap_or_default()).await;
+                }
             }
             continue;
         }
@@ -106,6 +112,7 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
         if !deliver_until_done(&mut sink, &batch.entries, &work.status, &mut work.commands).await {
             break;
         }
+        recheck_in = None; // a delivery says more than a check
         work.status.position.store(next, Ordering::Release);
         keeper.save_if_due(&mut sink, &work).await;
         // Appends wake a waiting runner (a thread wake-up each); lingering
@@ -119,13 +126,14 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
     work.status.set_state(SinkState::Stopped);
 }
 
-/// The sink's start-up line: where it writes, and whether it could reach it.
-async fn announce<S: Sink>(sink: &mut S, status: &SinkStatus) {
+/// The sink's start-up line: where it writes, and whether it could reach it
+/// (the return value).
+async fn announce<S: Sink>(sink: &mut S, status: &SinkStatus) -> bool {
     let (name, target) = (sink.name(), sink.describe());
     let limit = sink.attempt_timeout();
     let Err(SinkError { message, retry }) = within(limit, sink.check()).await else {
         tracing::info!(sink = name, target, "sink started");
-        return;
+        return true;
     };
     if retry {
         tracing::warn!(
@@ -144,6 +152,23 @@ async fn announce<S: Sink>(sink: &mut S, status: &SinkStatus) {
     }
     status.set_last_error(message);
     status.set_state(SinkState::Retrying);
+    false
+}
+
+/// The start-up check once more, after a failed one; the wait before the next
+/// try, None once it passes.
+async fn recheck<S: Sink>(sink: &mut S, status: &SinkStatus, waited: Duration) -> Option<Duration> {
+    match within(sink.attempt_timeout(), sink.check()).await {
+        Ok(()) => {
+            tracing::info!(sink = sink.name(), target = sink.describe(), "sink reached its target");
+            status.set_state(SinkState::Running);
+            None
+        }
+        Err(error) => {
+            status.set_last_error(error.message);
+            Some((waited * 2).min(MAX_BACKOFF))
+        }
+    }
 }
 
 /// `attempt`, failed as transient once the sink's deadline for one call (if it has one) passes.

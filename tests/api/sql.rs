@@ -511,3 +511,25 @@ async fn a_database_that_does_not_exist_is_named_at_start_before_any_message() {
     assert!(started("sql", "ERROR"), "one ERROR line for the sql sink");
     assert!(started("log", "INFO") && started("stats", "INFO"), "a start-up line per sink");
 }
+
+#[tokio::test]
+async fn a_database_unreachable_at_start_shows_running_once_it_answers_before_any_message() {
+    let Some(url) = postgres().await else { return };
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    proxy.cut();
+    let proxied = url.replace("127.0.0.1:5432", &proxy.address.to_string());
+    let table = unique_table("recheck");
+    let receiver = TestReceiver::start_with(
+        sql_settings(&proxied, &table, &[("SINKS__SQL__CONNECT_TIMEOUT", "300ms")]),
+        |_| {},
+    )
+    .await;
+    let down = receiver.sink_report("sql", |report| report["state"] == "degraded").await;
+    assert!(down["last_error"].is_string(), "{down}");
+    proxy.restore();
+    // No message arrives, yet the sink says its target is back (the check is tried again).
+    let up = receiver.sink_report("sql", |report| report["state"] == "running").await;
+    assert_eq!(up["handled"], 0, "{up}");
+    assert!(receiver.stop().await.is_clean());
+    drop_table(&url, &table).await;
+}
