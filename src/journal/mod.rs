@@ -84,6 +84,18 @@ struct Writer {
     to_delete: Vec<PathBuf>,
     next_seq: u64,
     total_bytes: u64,
+    /// The next segment's file, made ahead by the sync thread (its name
+    /// already durable), so that a roll on the request path swaps files
+    /// instead of creating one: no metadata work waits on a slow disk there.
+    spare: Option<Spare>,
+    /// A spare was asked of the sync thread and has not come yet.
+    spare_asked: bool,
+}
+
+/// A segment made ahead, empty, to become the live one at record `segment.first_seq`.
+struct Spare {
+    segment: Segment,
+    file: Arc<File>,
 }
 
 /// One record as the sinks see it.
@@ -172,6 +184,8 @@ pub struct Journal {
     total_bytes: AtomicU64,
     segment_count: AtomicU64,
     append_failures: AtomicU64,
+    /// Rolls that had to create their segment on the request path (no spare ready).
+    rolls_without_spare: AtomicU64,
     /// Seconds each fdatasync took.
     pub fsync_seconds: Histogram,
     /// Names this journal (not its directory): a fresh one is made with the
@@ -242,6 +256,8 @@ impl Journal {
                 to_delete: Vec::new(),
                 next_seq,
                 total_bytes,
+                spare: None,
+                spare_asked: false,
             }),
             recent: Mutex::new(Recent { first_seq: next_seq, ..Recent::default() }),
             written: AtomicU64::new(written),
@@ -264,6 +280,7 @@ impl Journal {
             total_bytes: AtomicU64::new(total_bytes),
             segment_count: AtomicU64::new(segment_count),
             append_failures: AtomicU64::new(0),
+            rolls_without_spare: AtomicU64::new(0),
             fsync_seconds: Histogram::new([
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
             ]),
@@ -331,10 +348,13 @@ impl Journal {
             return Err(AppendError::SyncFailed(self.sync_failure().unwrap_or_default()));
         }
         let mut live_bytes = writer.segments.back().map_or(0, |live| live.bytes);
-        if live_bytes > 0 && live_bytes + frame_len > self.settings.segment_bytes {
+        if self.roll_due(&writer, live_bytes + frame_len) {
             self.roll(&mut writer).inspect_err(|error| self.append_failed(error))?;
             live_bytes = 0;
         }
+        let ask_for_spare =
+            writer.spare.is_none() && !writer.spare_asked && 2 * live_bytes >= self.settings.segment_bytes;
+        writer.spare_asked |= ask_for_spare;
         let seq = writer.next_seq;
         let head = record.encode_head(seq, body_crc);
         if let Err(error) = write_all_vectored(&writer.live, &head, record.body) {
@@ -360,7 +380,7 @@ impl Journal {
             self.set_blocked(None);
         }
         self.appended.notify_waiters();
-        if self.settings.sync == SyncMode::Always {
+        if self.settings.sync == SyncMode::Always || ask_for_spare {
             self.wake_sync_thread();
         }
         Ok(seq)
@@ -517,6 +537,10 @@ impl Journal {
         let mut writer = self.lock_writer();
         if next <= writer.next_seq {
             return Ok(());
+        }
+        // Named for a record now skipped (or for `next` itself, made again below).
+        if let Some(spare) = writer.spare.take() {
+            std::fs::remove_file(&spare.segment.path)?;
         }
         let segment = create_segment(&self.dir, next)?;
         sync_dir_entry(&self.dir)?;
@@ -683,18 +707,91 @@ impl Journal {
                 "journal full: dropping its oldest segment; sinks that had not read it skip it (journal.when_full = \"skip\")");
             self.forget(writer, dropped);
         }
-        // The sync thread syncs the old segment and the new name before it counts
-        // anything in them as synced (with "always", before their requests' 200s).
-        let segment = create_segment(&self.dir, writer.next_seq)?;
-        let old = std::mem::replace(
-            &mut writer.live,
-            Arc::new(OpenOptions::new().append(true).open(&segment.path)?),
-        );
+        // The sync thread syncs the old segment (and a new name made here) before it
+        // counts anything in them as synced (with "always", before their requests' 200s).
+        let (segment, file) = match writer.spare.take_if(|spare| spare.segment.first_seq == writer.next_seq) {
+            Some(spare) => (spare.segment, spare.file),
+            None => {
+                // Only when the sync thread could not make the spare in time (records
+                // grew, or came faster than it could): correct, just not as quick.
+                self.rolls_without_spare.fetch_add(1, Ordering::Relaxed);
+                let segment = create_segment(&self.dir, writer.next_seq)?;
+                let file = Arc::new(OpenOptions::new().append(true).open(&segment.path)?);
+                (segment, file)
+            }
+        };
+        writer.spare_asked = false;
+        let old = std::mem::replace(&mut writer.live, file);
         writer.closed_unsynced.push(old);
         writer.segments.push_back(segment);
         self.segment_count.store(writer.segments.len() as u64, Ordering::Relaxed);
         self.wake_sync_thread();
         Ok(())
+    }
+
+    /// A roll is due at the spare's first record, or when a record would take
+    /// the live segment past `journal.segment_bytes` while no spare is coming
+    /// (past twice that with one coming: a spare is worth waiting a little for).
+    fn roll_due(&self, writer: &Writer, live_bytes_after: u64) -> bool {
+        let frame_alone = writer.segments.back().is_none_or(|live| live.bytes == 0);
+        let limit = match &writer.spare {
+            Some(spare) if spare.segment.first_seq == writer.next_seq => return true,
+            Some(_) => 2 * self.settings.segment_bytes,
+            None => self.settings.segment_bytes,
+        };
+        !frame_alone && live_bytes_after > limit
+    }
+
+    /// The sync thread's part of a roll: once the live segment is half full,
+    /// make the next segment's file and sync its name, named for the record
+    /// at which the live segment will be about full (from its average record).
+    fn prepare_spare(&self) {
+        let first_seq = {
+            let writer = self.lock_writer();
+            let live = writer.segments.back().expect("a live segment");
+            let records = writer.next_seq - live.first_seq;
+            if writer.spare.is_some() || records == 0 || 2 * live.bytes < self.settings.segment_bytes {
+                return;
+            }
+            let average = live.bytes.div_ceil(records).max(1);
+            let room = self.settings.segment_bytes.saturating_sub(live.bytes);
+            writer.next_seq + (room / average).max(1)
+        };
+        let path = self.dir.join(segment::file_name(first_seq));
+        let made = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .and_then(|file| sync_dir_entry(&self.dir).map(|()| file));
+        let file = match made {
+            Ok(file) => Arc::new(file),
+            // A roll on the request path made this very segment meanwhile: it is the live one.
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return,
+            Err(error) => {
+                tracing::warn!(segment = %path.display(), %error, "cannot make the next journal segment ahead: the roll will make it");
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
+        };
+        let mut writer = self.lock_writer();
+        // A roll on the request path opens what exists: it may have taken this file meanwhile.
+        let in_use = writer.segments.iter().any(|segment| segment.first_seq == first_seq);
+        if first_seq >= writer.next_seq && !in_use {
+            writer.spare = Some(Spare { segment: Segment { first_seq, path, bytes: 0 }, file });
+            return;
+        }
+        drop(writer);
+        // Below the next record, no roll will ever want this name again.
+        if !in_use {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    /// Rolls that had to create their segment on the request path because the
+    /// sync thread had no spare ready (for tests and reports).
+    #[doc(hidden)]
+    pub fn rolls_without_spare(&self) -> u64 {
+        self.rolls_without_spare.load(Ordering::Relaxed)
     }
 
     /// Takes the segments below every sink's saved position (never the live
@@ -746,6 +843,10 @@ impl Journal {
                 *asked = false;
                 self.closing.load(Ordering::Acquire)
             };
+            if !closing {
+                // First, so a caller of `sync_through` finds a spare made if one was due.
+                self.prepare_spare();
+            }
             self.sync_now();
             if closing {
                 return;
@@ -859,6 +960,15 @@ fn recover(dir: &Path) -> io::Result<(Vec<FoundSegment>, DamageSet)> {
         }
         let next_seq = inventory.last_seq.map_or(first_seq, |last| last + 1).max(first_seq);
         found.push(FoundSegment { first_seq, path, bytes, next_seq });
+    }
+    // A spare the sync thread made ahead and no record reached: new records
+    // follow the last one written, not a gap readers would count as damage.
+    if let [.., before, last] = found.as_slice()
+        && last.bytes == 0
+        && last.first_seq > before.next_seq
+    {
+        std::fs::remove_file(&last.path)?;
+        found.pop();
     }
     Ok((found, damage))
 }

@@ -204,3 +204,70 @@ async fn a_lagging_sinks_batch_is_bounded_in_bytes_as_well_as_in_records() {
     assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
     journal.close();
 }
+
+/// A journal of 1 MiB segments in `dir`, opened directly.
+fn small_segments_in(dir: &tempfile::TempDir) -> std::sync::Arc<Journal> {
+    let settings = settings(&[
+        ("JOURNAL__DIR", dir.path().to_str().unwrap()),
+        ("JOURNAL__SEGMENT_BYTES", "1MiB"),
+        ("JOURNAL__MAX_BYTES", "64MiB"),
+    ]);
+    Journal::open(&settings.journal).unwrap()
+}
+
+/// A packet of about 10 KB: a hundred fill a 1 MiB segment.
+fn ten_kilobytes(index: usize) -> String {
+    let mut message = packet("a", "b", 101);
+    message["serverMsgID"] = format!("srv-{index}").into();
+    message["content"] = "x".repeat(10_000).into();
+    message.to_string()
+}
+
+#[tokio::test]
+async fn a_roll_swaps_in_the_segment_the_sync_thread_made_ahead_instead_of_creating_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = small_segments_in(&dir);
+    // A reader at the start keeps every segment.
+    let _reader_at_start = journal.register(1);
+    for index in 0..450 {
+        let seq = append(&journal, &ten_kilobytes(index));
+        // A sync round after each record: the sync thread has had its chance to make the spare.
+        journal.sync_through(seq).await.unwrap();
+    }
+    assert!(journal.report().segments >= 4, "{:?}", journal.report());
+    assert_eq!(journal.rolls_without_spare(), 0, "a roll created its segment on the request path");
+    // Every record is read back in order across the rolls, none reported damaged.
+    let mut reader = journal.reader(1);
+    let mut seqs = Vec::new();
+    loop {
+        let batch = reader.read(1024).unwrap();
+        assert_eq!((batch.damaged, batch.skipped), (0, None));
+        if batch.entries.is_empty() {
+            break;
+        }
+        seqs.extend(batch.entries.iter().map(|entry| entry.seq));
+    }
+    assert_eq!(seqs, (1..=450).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn a_spare_segment_left_by_a_stop_is_dropped_at_start_and_numbering_goes_on_without_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = small_segments_in(&dir);
+    let mut last = 0;
+    for index in 0..60 {
+        last = append(&journal, &ten_kilobytes(index));
+        journal.sync_through(last).await.unwrap();
+    }
+    let segments = openim_callback_receiver::journal::segment::list(dir.path()).unwrap();
+    assert_eq!(segments.len(), 2, "the live segment and the spare made ahead: {segments:?}");
+    journal.close();
+    drop(journal);
+
+    let journal = small_segments_in(&dir);
+    let segments = openim_callback_receiver::journal::segment::list(dir.path()).unwrap();
+    assert_eq!(segments.len(), 1, "the spare no record reached is gone: {segments:?}");
+    assert_eq!(append(&journal, &ten_kilobytes(60)), last + 1);
+    let batch = journal.reader(1).read(1024).unwrap();
+    assert_eq!((batch.entries.len(), batch.damaged), (61, 0));
+}
