@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::Request;
 use futures_util::FutureExt;
 use openim_callback_receiver::journal::Journal;
-use openim_callback_receiver::message::{AfterSendSingleMsg, OperationId, ReceivedMessage};
+use openim_callback_receiver::callbacks::{AFTER_SEND_SINGLE_MSG, OperationId, ReceivedMessage};
 use openim_callback_receiver::settings::{LogFormat, Settings};
 use openim_callback_receiver::sinks::stats::MessageStats;
 use openim_callback_receiver::sinks::stats::daily::Calendar;
@@ -39,17 +39,14 @@ fn main() {
     let _profiler = dhat::Profiler::builder().testing().build();
     for name in ["text.json", "picture.json", "rest-api-v3.0.json"] {
         let raw = std::fs::read(format!("{}/samples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        let per_decode = count(RUNS, || AfterSendSingleMsg::from_json(&raw).unwrap());
+        let per_decode = count(RUNS, || AFTER_SEND_SINGLE_MSG.parse(&raw).unwrap());
         println!("decode {name:<20} {per_decode:6.1} allocations");
     }
 
     let raw = std::fs::read(format!("{}/samples/text.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
-    let message = ReceivedMessage {
-        packet: AfterSendSingleMsg::from_json(&raw).unwrap(),
-        raw: raw.into(),
-        operation_id: OperationId { value: "bench".to_owned(), generated: false },
-        received_at: std::time::SystemTime::now(),
-    };
+    let operation_id = OperationId { value: "bench".to_owned(), generated: false };
+    let now = std::time::SystemTime::now();
+    let message = ReceivedMessage::parse(AFTER_SEND_SINGLE_MSG, raw.into(), operation_id, now).unwrap();
     let settings = Settings::defaults();
     let mut log = LogSink::new(&settings.sinks.log, LogFormat::Json, RecordWriter::new(std::io::sink()));
     let batch = [Entry { seq: 1, message: std::sync::Arc::new(message.clone()) }];
@@ -57,7 +54,7 @@ fn main() {
     println!("log record, text.json            {per_record:6.1} allocations");
     let calendar = Calendar::default();
     let mut stats = MessageStats::default();
-    let per_update = count(RUNS, || stats.record(&message.packet, message.received_at, &calendar));
+    let per_update = count(RUNS, || stats.record(message.message().unwrap(), message.received_at, &calendar));
     println!("stats update, known people       {per_update:6.1} allocations");
     let request = || {
         Request::post("/callbackExample/callbackAfterSendSingleMsgCommand")

@@ -10,7 +10,7 @@ use axum::http::Request;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use openim_callback_receiver::journal::Journal;
-use openim_callback_receiver::message::{AfterSendSingleMsg, OperationId, ReceivedMessage};
+use openim_callback_receiver::callbacks::{AFTER_SEND_SINGLE_MSG, OperationId, ReceivedMessage};
 use openim_callback_receiver::settings::{LogFormat, Settings};
 use openim_callback_receiver::sinks::stats::MessageStats;
 use openim_callback_receiver::sinks::stats::daily::Calendar;
@@ -28,12 +28,8 @@ fn sample(name: &str) -> Vec<u8> {
 }
 
 fn received(raw: Vec<u8>) -> ReceivedMessage {
-    ReceivedMessage {
-        packet: AfterSendSingleMsg::from_json(&raw).expect("the sample parses"),
-        raw: raw.into(),
-        operation_id: OperationId { value: "bench".to_owned(), generated: false },
-        received_at: SystemTime::now(),
-    }
+    let operation_id = OperationId { value: "bench".to_owned(), generated: false };
+    ReceivedMessage::parse(AFTER_SEND_SINGLE_MSG, raw.into(), operation_id, SystemTime::now()).expect("the sample parses")
 }
 
 fn decode(c: &mut Criterion) {
@@ -41,7 +37,7 @@ fn decode(c: &mut Criterion) {
     for name in SAMPLES {
         let raw = sample(name);
         group.throughput(Throughput::Bytes(raw.len() as u64));
-        group.bench_function(name, |b| b.iter(|| AfterSendSingleMsg::from_json(black_box(&raw)).unwrap()));
+        group.bench_function(name, |b| b.iter(|| AFTER_SEND_SINGLE_MSG.parse(black_box(&raw)).unwrap()));
     }
     group.finish();
 }
@@ -51,9 +47,9 @@ fn stats_update(c: &mut Criterion) {
     let (now, calendar) = (message.received_at, Calendar::default());
     let mut stats = MessageStats::default();
     c.bench_function("stats/record known people", |b| {
-        b.iter(|| stats.record(black_box(&message.packet), message.received_at, &calendar))
+        b.iter(|| stats.record(black_box(message.message().unwrap()), message.received_at, &calendar))
     });
-    let mut packet = message.packet.clone();
+    let mut packet = message.message().unwrap().clone();
     let mut stats = MessageStats::default();
     let mut next = 0u64;
     c.bench_function("stats/record new sender", |b| {

@@ -7,7 +7,7 @@
 //! cargo bench --bench stats_scale
 
 use futures_util::FutureExt;
-use openim_callback_receiver::message::{AfterSendSingleMsg, ContentType, OperationId, ReceivedMessage};
+use openim_callback_receiver::callbacks::{AFTER_SEND_SINGLE_MSG, Callback, ContentType, MessagePacket, OperationId, ReceivedMessage};
 use openim_callback_receiver::sinks::stats::daily::Calendar;
 use openim_callback_receiver::sinks::stats::{MessageStats, StatsHandle, StatsSink};
 use openim_callback_receiver::sinks::{Entry, Sink};
@@ -38,7 +38,7 @@ fn main() {
     let mut receivers = HashSet::new();
     let mut conversations = HashSet::new();
     let mut sink_bytes_during = 0;
-    let mut packet = AfterSendSingleMsg { content_type: ContentType(101), ..Default::default() };
+    let mut packet = MessagePacket { content_type: ContentType(101), ..Default::default() };
     // Message i: user i writes to user (i * 7919 + 1) mod USERS, on day i mod 31:
     // every user sends once, and every (sender, receiver) pair is new.
     for i in 0..USERS {
@@ -48,7 +48,8 @@ fn main() {
         packet.recv_id = format!("user-{receiver}");
         packet.create_time = (today_start - day * DAY_MS + 1_000) as i64;
         let message = ReceivedMessage {
-            packet: packet.clone(),
+            command: AFTER_SEND_SINGLE_MSG,
+            callback: Callback::Message(packet.clone()),
             raw: bytes::Bytes::new(),
             operation_id: OperationId { value: String::new(), generated: false },
             received_at: now,

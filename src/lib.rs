@@ -9,7 +9,7 @@
 pub mod healthcheck;
 pub mod http;
 pub mod journal;
-pub mod message;
+pub mod callbacks;
 pub mod metrics;
 pub mod server;
 pub mod settings;

@@ -20,11 +20,27 @@ pub const ENV_PREFIX: &str = "OPENIM_CALLBACK";
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub callbacks: CallbacksSettings,
     pub telemetry: TelemetrySettings,
     pub sinks: SinksSettings,
     pub auth: AuthSettings,
     pub stats: StatsSettings,
     pub journal: JournalSettings,
+}
+
+/// Which of OpenIM's callbacks are recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksSettings {
+    /// OpenIM's `webhooks.yml` keys (`afterSendSingleMsg`, …); a command not
+    /// listed is answered as an unknown one.
+    pub record: Vec<String>,
+}
+
+impl CallbacksSettings {
+    pub fn records(&self, command: &crate::callbacks::Command) -> bool {
+        self.record.iter().any(|key| key == command.key)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -386,6 +402,8 @@ pub struct ForwardTarget {
     pub concurrency: usize,
     /// Most messages taken from the journal at once.
     pub batch_size: usize,
+    /// POST to `<url>/<command>` (OpenIM v3.4.2+'s form) instead of `<url>`.
+    pub append_command: bool,
 }
 
 impl Default for ForwardTarget {
@@ -396,6 +414,7 @@ impl Default for ForwardTarget {
             timeout: Duration::from_secs(10),
             concurrency: 2,
             batch_size: 100,
+            append_command: false,
         }
     }
 }
@@ -638,7 +657,8 @@ impl Settings {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("server.trusted_proxies")
-            .with_list_parse_key("auth.allow_ips");
+            .with_list_parse_key("auth.allow_ips")
+            .with_list_parse_key("callbacks.record");
         let variables: Vec<String> = match &env {
             EnvSource::Process => std::env::vars().map(|(name, _)| name).collect(),
             EnvSource::Map(map) => map.keys().cloned().collect(),
@@ -666,6 +686,12 @@ impl Settings {
     /// Checks what types alone cannot say.
     fn validate(&self) -> Result<(), SettingsError> {
         let fail = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
+        if let Some(unknown) =
+            self.callbacks.record.iter().find(|key| crate::callbacks::Command::by_key(key).is_none())
+        {
+            let known: Vec<&str> = crate::callbacks::COMMANDS.iter().map(|command| command.key).collect();
+            return fail("callbacks.record", &format!("unknown callback {unknown:?}; known: {}", known.join(", ")));
+        }
         let base = &self.server.base_path;
         if !base.starts_with('/') {
             return fail("server.base_path", "must start with '/'");

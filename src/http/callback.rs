@@ -3,12 +3,9 @@
 
 use super::AppState;
 use super::error::{self, ApiError, Outcome};
-use super::extract::{AfterSendSingleMsgCommand, JsonContentType, OperationIdHeader};
+use super::extract::{CallbackCommand, JsonContentType, OperationIdHeader};
+use crate::callbacks::{Callback, Command, MAX_LOGGED_ID_CHARS, OperationId, ReceivedMessage, clip};
 use crate::journal::AppendError;
-use crate::message::{
-    AFTER_SEND_SINGLE_MSG_COMMAND, AfterSendSingleMsg, MAX_LOGGED_ID_CHARS, OperationId, ReceivedMessage,
-    clip,
-};
 use crate::settings::SyncMode;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -20,22 +17,27 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::time::Instant;
 
-/// `POST {base}/callbackAfterSendSingleMsgCommand` and `{base}?command=…`.
-/// Every callback that gets this far is timed for `/metrics`.
+/// `POST {base}/<command>` and `{base}?command=<command>`, for each recorded
+/// command. Every callback that gets this far is timed for `/metrics`.
 pub async fn receive(
     State(state): State<AppState>,
-    _command: AfterSendSingleMsgCommand,
+    CallbackCommand(command): CallbackCommand,
     _json: JsonContentType,
     OperationIdHeader(header_id): OperationIdHeader,
     request: Request,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let answer = accept(&state, header_id, request).await;
+    let answer = accept(&state, command, header_id, request).await;
     state.requests.request_duration.observe(started.elapsed().as_secs_f64());
     answer
 }
 
-async fn accept(state: &AppState, header_id: Option<String>, request: Request) -> Result<Response, ApiError> {
+async fn accept(
+    state: &AppState,
+    command: &'static Command,
+    header_id: Option<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let server = &state.settings.server;
     // Shed load past the limit at once, rather than queue without bound.
     let Ok(_in_flight) = state.in_flight.try_acquire() else {
@@ -45,12 +47,14 @@ async fn accept(state: &AppState, header_id: Option<String>, request: Request) -
     let raw = tokio::time::timeout_at(deadline, read_body(request, server.max_body_bytes)).await.map_err(
         |_elapsed| ApiError::DeadlineExceeded { deadline_ms: server.response_timeout.as_millis() },
     )??;
-    let packet = AfterSendSingleMsg::from_json(&raw).map_err(ApiError::InvalidPacket)?;
-    if !packet.callback_command.is_empty() && packet.callback_command != AFTER_SEND_SINGLE_MSG_COMMAND {
-        return Err(state.unknown_command(&packet.callback_command, "body's callbackCommand"));
+    let callback = command.parse(&raw).map_err(ApiError::InvalidPacket)?;
+    let named = callback.callback_command();
+    if !named.is_empty() && named != command.name {
+        return Err(state.unknown_command(named, "body's callbackCommand"));
     }
-    let operation_id = choose_operation_id(header_id, &packet, server.require_operation_id)?;
-    let message = Arc::new(ReceivedMessage { packet, raw, operation_id, received_at: SystemTime::now() });
+    let operation_id = choose_operation_id(header_id, &callback, server.require_operation_id)?;
+    let received_at = SystemTime::now();
+    let message = Arc::new(ReceivedMessage { command, callback, raw, operation_id, received_at });
     append_by(state, &message, deadline).await?;
     state.requests.count(Outcome::Accepted);
     state.requests.accepted_at(message.received_at);
@@ -151,12 +155,12 @@ async fn discard_rest(body: &mut Body, limit: usize) {
 /// Header first, then the body's `operationID`, then a generated one if allowed.
 fn choose_operation_id(
     header_id: Option<String>,
-    packet: &AfterSendSingleMsg,
+    callback: &Callback,
     required: bool,
 ) -> Result<OperationId, ApiError> {
     // Blank is no id, in the body as in the header.
     let from_body = || {
-        let id = packet.operation_id.trim();
+        let id = callback.operation_id().trim();
         (!id.is_empty()).then(|| id.to_owned())
     };
     match header_id.or_else(from_body) {

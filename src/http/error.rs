@@ -4,7 +4,7 @@
 //! BEFORE callbacks sharing our base URL a body that is not JSON blocks the
 //! user's message. So every answer, errors included, is the envelope.
 
-use crate::message::{AFTER_SEND_SINGLE_MSG_COMMAND, PacketError};
+use crate::callbacks::{AFTER_SEND_SINGLE_MSG, PacketError};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -159,11 +159,11 @@ impl Rejection {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// 400: the URL, query or body names another webhook command.
-    #[error("unknown command {command:?}: this receiver handles only {AFTER_SEND_SINGLE_MSG_COMMAND}")]
+    #[error("unknown command {command:?}: this receiver records only the commands callbacks.record lists")]
     UnknownCommand { command: String, source_of: &'static str },
     /// 400: neither the path nor `?command=` names a command.
     #[error(
-        "missing command: post to {{base}}/{AFTER_SEND_SINGLE_MSG_COMMAND} or {{base}}?command={AFTER_SEND_SINGLE_MSG_COMMAND}"
+        "missing command: post to {{base}}/<command> or {{base}}?command=<command>, e.g. {{base}}/{}", AFTER_SEND_SINGLE_MSG.name
     )]
     MissingCommand,
     /// 400: `?contenttype=` other than json.
@@ -188,7 +188,7 @@ pub enum ApiError {
     #[error("unsupported Content-Type {content_type:?}: send application/json")]
     UnsupportedMediaType { content_type: String },
     /// 404: nothing is served at this path.
-    #[error("no route for {path}: callbacks go to {base}/{AFTER_SEND_SINGLE_MSG_COMMAND}")]
+    #[error("no route for {path}: callbacks go to {base}/<command>, e.g. {base}/{}", AFTER_SEND_SINGLE_MSG.name)]
     NotFound { path: String, base: String },
     /// 405: the path exists for another method.
     #[error("method {method} not allowed here")]

@@ -3,48 +3,46 @@
 
 use super::AppState;
 use super::error::ApiError;
-use crate::message::AFTER_SEND_SINGLE_MSG_COMMAND;
+use crate::callbacks::Command;
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 
-/// The URL asks for `callbackAfterSendSingleMsgCommand`: in the path
-/// (`{base}/callbackAfterSendSingleMsgCommand`, OpenIM v3.4.2+), in the query
-/// (`{base}?command=…`, up to v3.4.0), or in both, agreeing. Checked on the
-/// raw URL: the callback routes are static, so axum extracts no path
-/// parameters on the hot path. Other query
-/// parameters are ignored (`key=` from OpenIM's main branch), except a
-/// `contenttype` other than json (the public document's `&contenttype=json`).
+/// The command the URL asks for, one `callbacks.record` lists: in the path
+/// (`{base}/<command>`, OpenIM v3.4.2+), in the query (`{base}?command=…`, up
+/// to v3.4.0), or in both, agreeing. Checked on the raw URL: the callback
+/// routes are static, so axum extracts no path parameters on the hot path.
+/// Other query parameters are ignored (`key=` from OpenIM's main branch),
+/// except a `contenttype` other than json (the public document's `&contenttype=json`).
 #[derive(Debug)]
-pub struct AfterSendSingleMsgCommand;
+pub struct CallbackCommand(pub &'static Command);
 
-impl FromRequestParts<AppState> for AfterSendSingleMsgCommand {
+impl FromRequestParts<AppState> for CallbackCommand {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let mut query_names_command = false;
+        let mut from_query = None;
         // form_urlencoded never fails: junk percent-encoding decodes leniently.
         for (key, value) in form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()) {
             match &*key {
-                "command" if value == AFTER_SEND_SINGLE_MSG_COMMAND => query_names_command = true,
-                "command" => return Err(state.unknown_command(&value, "query")),
+                "command" => match state.recorded_command(&value) {
+                    Some(command) => from_query = Some(command),
+                    None => return Err(state.unknown_command(&value, "query")),
+                },
                 "contenttype" if !value.eq_ignore_ascii_case("json") => {
                     return Err(ApiError::UnsupportedContentTypeParam { value: value.into_owned() });
                 }
                 _ => {}
             }
         }
-        // The router sends only {base}, {base}/ and {base}/callbackAfterSendSingleMsgCommand
-        // here; other commands in the path have a route of their own.
-        let path_names_command = parts
-            .uri
-            .path()
-            .strip_suffix(AFTER_SEND_SINGLE_MSG_COMMAND)
-            .is_some_and(|base| base.ends_with('/'));
-        if path_names_command || query_names_command {
-            Ok(AfterSendSingleMsgCommand)
-        } else {
-            Err(ApiError::MissingCommand)
+        // The router sends only {base}, {base}/ and {base}/<recorded command> here;
+        // other commands in the path have a route of their own.
+        let last = parts.uri.path().rsplit('/').next().unwrap_or_default();
+        let from_path = state.recorded_command(last);
+        match (from_path, from_query) {
+            (Some(path), Some(query)) if path != query => Err(state.unknown_command(query.name, "query")),
+            (Some(command), _) | (None, Some(command)) => Ok(CallbackCommand(command)),
+            (None, None) => Err(ApiError::MissingCommand),
         }
     }
 }

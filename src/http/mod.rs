@@ -10,7 +10,7 @@ mod settle;
 mod status_page;
 
 use crate::journal::Journal;
-use crate::message::AFTER_SEND_SINGLE_MSG_COMMAND;
+use crate::callbacks::{COMMANDS, Command};
 use crate::settings::Settings;
 use crate::sinks::{SinkStatus, StatsHandle};
 use axum::Router;
@@ -86,11 +86,16 @@ impl AppState {
         }))
     }
 
+    /// The command named `name`, when `callbacks.record` lists it.
+    fn recorded_command(&self, name: &str) -> Option<&'static Command> {
+        Command::by_name(name).filter(|command| self.settings.callbacks.records(command))
+    }
+
     /// The refusal for another webhook's command. OpenIM sends every enabled
     /// webhook to one base URL, so this is logged once per command, not per request.
     /// The name is kept, logged and answered cut to [`MAX_COMMAND_CHARS`].
     fn unknown_command(&self, command: &str, source_of: &'static str) -> ApiError {
-        let command = crate::message::clip(command, MAX_COMMAND_CHARS);
+        let command = crate::callbacks::clip(command, MAX_COMMAND_CHARS);
         if self.requests.count_unknown_command(command) {
             tracing::warn!(
                 command,
@@ -221,10 +226,14 @@ pub fn app(state: AppState) -> Router {
     }
     // Browsers ask for it whatever the page says.
     callbacks = callbacks.route("/favicon.ico", get(status_page::favicon).fallback(method_not_allowed));
+    let recorded = COMMANDS.iter().filter(|command| state.settings.callbacks.records(command));
+    for command in recorded {
+        for separator in ["/", "//"] {
+            callbacks = callbacks.route(&format!("{base}{separator}{}", command.name), callback());
+        }
+    }
     for separator in ["/", "//"] {
-        callbacks = callbacks
-            .route(&format!("{base}{separator}{AFTER_SEND_SINGLE_MSG_COMMAND}"), callback())
-            .route(&format!("{base}{separator}{{command}}"), other_command());
+        callbacks = callbacks.route(&format!("{base}{separator}{{command}}"), other_command());
     }
     let routes = callbacks
         .route("/healthz", get(probes::healthz).fallback(method_not_allowed))

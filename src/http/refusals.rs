@@ -10,7 +10,7 @@
 //! address through the router.
 
 use super::error::Rejection;
-use crate::message::{MAX_LOGGED_ID_CHARS, clip};
+use crate::callbacks::{MAX_LOGGED_ID_CHARS, clip};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

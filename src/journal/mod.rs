@@ -25,7 +25,7 @@ pub mod segment;
 pub use reader::{JournalReader, MAX_BATCH_BYTES, ReadBatch};
 pub use record::{NewRecord, Record};
 
-use crate::message::ReceivedMessage;
+use crate::callbacks::ReceivedMessage;
 
 use crate::settings::{JournalSettings, SyncMode, WhenFull};
 use prometheus_client::metrics::histogram::Histogram;
@@ -315,6 +315,7 @@ impl Journal {
     /// is in the OS (write(2) returned) when this returns; see [`Journal::durable`].
     pub fn append(&self, message: &Arc<ReceivedMessage>) -> Result<u64, AppendError> {
         let record = NewRecord {
+            kind: message.command.code,
             received_at: message.received_at,
             operation_id: &message.operation_id,
             body: &message.raw,

@@ -4,7 +4,7 @@
 
 use super::segment::{SegmentReader, Step};
 use super::{Entry, Journal};
-use crate::message::{AfterSendSingleMsg, ReceivedMessage};
+use crate::callbacks::{Command, ReceivedMessage};
 use std::io;
 use std::sync::Arc;
 
@@ -87,21 +87,24 @@ impl JournalReader {
                 Step::Record(record) => {
                     batch.damaged += record.seq - self.next;
                     self.next = record.seq + 1;
-                    match AfterSendSingleMsg::from_json(&record.body) {
-                        Ok(packet) => {
+                    // The kind says which command's body it is (a newer receiver's kind is unknown here).
+                    let parsed = match Command::by_code(record.kind) {
+                        Some(command) => {
+                            let body = record.body.clone();
+                            ReceivedMessage::parse(command, body, record.operation_id, record.received_at)
+                                .map_err(|error| error.to_string())
+                        }
+                        None => Err(format!("record kind {} is no command this receiver knows", record.kind)),
+                    };
+                    match parsed {
+                        Ok(message) => {
                             bytes += record.body.len();
-                            let message = ReceivedMessage {
-                                packet,
-                                raw: record.body,
-                                operation_id: record.operation_id,
-                                received_at: record.received_at,
-                            };
                             batch.entries.push(Entry { seq: record.seq, message: Arc::new(message) });
                         }
                         Err(error) => {
                             batch.unreadable += 1;
-                            tracing::error!(seq = record.seq, operationID = crate::message::clip(&record.operation_id.value, crate::message::MAX_LOGGED_ID_CHARS), %error,
-                                "journal record is not a packet this receiver reads: skipped");
+                            tracing::error!(seq = record.seq, kind = record.kind, %error,
+                                "journal record is not a callback this receiver reads: skipped");
                         }
                     }
                 }

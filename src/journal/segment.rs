@@ -211,7 +211,7 @@ pub fn take_inventory(path: &Path) -> io::Result<Inventory> {
 mod tests {
     use super::*;
     use crate::journal::record::NewRecord;
-    use crate::message::OperationId;
+    use crate::callbacks::OperationId;
     use std::io::Write;
 
     fn write_records(path: &Path, seqs: std::ops::RangeInclusive<u64>) -> Vec<u64> {
@@ -222,6 +222,7 @@ mod tests {
             let id = OperationId { value: format!("op-{seq}"), generated: false };
             let body = format!(r#"{{"n":{seq}}}"#);
             let new = NewRecord {
+                kind: 0,
                 received_at: std::time::SystemTime::now(),
                 operation_id: &id,
                 body: body.as_bytes(),

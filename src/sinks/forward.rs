@@ -4,7 +4,9 @@
 //!
 //! A target gets the original body, `Content-Type: application/json;
 //! charset=utf-8` (what OpenIM always sends), the `operationID` header and an
-//! `Idempotency-Key` (the serverMsgID), so it can drop a repeat. With a
+//! `Idempotency-Key` (the serverMsgID), so it can drop a repeat, and the
+//! callback's command in `X-OpenIM-Callback-Command` (with `append_command`,
+//! in the path too, as OpenIM sends it: a stock business server can sit behind). With a
 //! `secret`, each request is signed the Standard Webhooks way: `webhook-id`,
 //! `webhook-timestamp`, and `webhook-signature: v1,<base64 HMAC-SHA256 of
 //! "id.timestamp.body">`. A 2xx answer is delivered; anything else, or no
@@ -21,6 +23,9 @@ use sha2::Sha256;
 use std::collections::HashSet;
 use std::time::SystemTime;
 
+/// Names the callback's command on every relayed request.
+pub const COMMAND_HEADER: &str = "X-OpenIM-Callback-Command";
+
 pub struct ForwardSink {
     name: &'static str,
     url: String,
@@ -29,6 +34,8 @@ pub struct ForwardSink {
     /// The HMAC key, when requests are signed.
     signing_key: Option<Vec<u8>>,
     concurrency: usize,
+    /// POST to `<url>/<command>`, as OpenIM v3.4.2+ does.
+    append_command: bool,
     client: reqwest::Client,
     /// Records of the batch being retried that the target already took: a
     /// retry sends only the others.
@@ -53,6 +60,7 @@ impl ForwardSink {
             shown_url: target.url.shown().into_owned(),
             signing_key,
             concurrency: target.concurrency,
+            append_command: target.append_command,
             client,
             taken: HashSet::new(),
         })
@@ -61,11 +69,14 @@ impl ForwardSink {
     async fn post(&self, entry: &Entry) -> Result<u64, SinkError> {
         let message = &entry.message;
         let key = header_text(&idempotency_key(entry)).into_owned();
+        let command = message.command.name;
+        let url = if self.append_command { format!("{}/{command}", self.url) } else { self.url.clone() };
         let mut request = self
             .client
-            .post(&self.url)
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json; charset=utf-8")
             .header("operationID", header_text(&message.operation_id.value).as_ref())
+            .header(COMMAND_HEADER, command)
             .header("Idempotency-Key", key.as_str());
         if let Some(signing_key) = &self.signing_key {
             let timestamp =
@@ -132,11 +143,14 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The key a target deduplicates by: the serverMsgID, or for a packet
-/// without one (OpenIM always sends it) the journal's own record number.
+/// The key a target deduplicates by (see [`ReceivedMessage::idempotency_key`]),
+/// or for a packet without a serverMsgID (OpenIM always sends one) the
+/// journal's own record number.
+///
+/// [`ReceivedMessage::idempotency_key`]: crate::callbacks::ReceivedMessage::idempotency_key
 fn idempotency_key(entry: &Entry) -> String {
-    let server_msg_id = &entry.message.packet.server_msg_id;
-    if server_msg_id.is_empty() { format!("journal-{}", entry.seq) } else { server_msg_id.clone() }
+    let key = entry.message.idempotency_key();
+    if key.is_empty() { format!("journal-{}", entry.seq) } else { key }
 }
 
 /// Standard Webhooks: a secret `whsec_<base64>` is the base64 of the key
@@ -163,7 +177,8 @@ impl Sink for ForwardSink {
     }
 
     fn describe(&self) -> String {
-        format!("every message POSTed to {}", self.shown_url)
+        let path = if self.append_command { "/<command>" } else { "" };
+        format!("every recorded callback POSTed to {}{path}", self.shown_url)
     }
 
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {

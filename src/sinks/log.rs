@@ -1,4 +1,6 @@
-//! The log sink: one structured record per message, target `message`.
+//! The log sink: one structured record per callback, target `message`: a
+//! message's fields (with `groupID` for a group, `seq` once OpenIM knows it),
+//! or a revoke's (`conversationID`, `seq`, `userID`), each naming its command.
 //!
 //! Records are written on this sink's thread into a buffer that goes out
 //! after each batch, with blocking writes: a slow stdout slows this sink
@@ -13,15 +15,23 @@
 //! own formatter, as a tracing event.
 
 use super::{Entry, Sink, SinkError};
-use crate::message::ReceivedMessage;
+use crate::callbacks::{Callback, MessagePacket, ReceivedMessage, RevokePacket, Role};
 use crate::settings::{LogFormat, LogSinkSettings};
 use crate::telemetry::{self, MESSAGE_TARGET, RecordWriter};
 use serde::Serialize;
 use std::io::Write;
 use tracing::Dispatch;
 
-/// The event's message, in both formats.
-const RECORD_MESSAGE: &str = "single chat message";
+/// The event's message, in both formats: what the callback says happened.
+fn record_message(message: &ReceivedMessage, packet: &MessagePacket) -> &'static str {
+    match (message.command.role, packet.is_group()) {
+        (Role::Sent, false) => "single chat message",
+        (Role::Sent, true) => "group chat message",
+        _ => "message saved to database",
+    }
+}
+
+const REVOKE_MESSAGE: &str = "message revoked";
 
 pub struct LogSink {
     format: RecordFormat,
@@ -63,6 +73,8 @@ struct Record<'a> {
     level: &'static str,
     target: &'static str,
     message: &'static str,
+    #[serde(rename = "callbackCommand")]
+    callback_command: &'static str,
     #[serde(rename = "operationID")]
     operation_id: &'a str,
     #[serde(rename = "operationIDGenerated", skip_serializing_if = "is_false")]
@@ -73,8 +85,12 @@ struct Record<'a> {
     client_msg_id: &'a str,
     #[serde(rename = "sendID")]
     send_id: &'a str,
-    #[serde(rename = "recvID")]
+    #[serde(rename = "recvID", skip_serializing_if = "str::is_empty")]
     recv_id: &'a str,
+    #[serde(rename = "groupID", skip_serializing_if = "str::is_empty")]
+    group_id: &'a str,
+    #[serde(skip_serializing_if = "is_zero")]
+    seq: u32,
     #[serde(rename = "senderPlatformID")]
     sender_platform_id: i32,
     #[serde(rename = "senderPlatform")]
@@ -100,8 +116,32 @@ struct Record<'a> {
     content_truncated: bool,
 }
 
+/// A revoke's record.
+#[derive(Serialize)]
+struct RevokeRecord<'a> {
+    timestamp: Timestamp,
+    level: &'static str,
+    target: &'static str,
+    message: &'static str,
+    #[serde(rename = "callbackCommand")]
+    callback_command: &'static str,
+    #[serde(rename = "operationID")]
+    operation_id: &'a str,
+    #[serde(rename = "operationIDGenerated", skip_serializing_if = "is_false")]
+    operation_id_generated: bool,
+    #[serde(rename = "conversationID")]
+    conversation_id: &'a str,
+    seq: i64,
+    #[serde(rename = "userID")]
+    user_id: &'a str,
+}
+
 fn is_false(value: &bool) -> bool {
     !value
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// Now, as RFC 3339 in UTC with microseconds, like tracing's timestamps.
@@ -135,7 +175,10 @@ impl Sink for LogSink {
 
 impl LogSink {
     fn write_record(&mut self, message: &ReceivedMessage) -> std::io::Result<()> {
-        let packet = &message.packet;
+        let packet = match &message.callback {
+            Callback::Message(packet) => packet,
+            Callback::Revoke(revoke) => return self.write_revoke(message, revoke),
+        };
         let (content, content_truncated) = if self.include_content {
             let (content, truncated) = truncate_chars(&packet.content, self.max_content_chars);
             (Some(content), truncated)
@@ -146,13 +189,16 @@ impl LogSink {
             timestamp: Timestamp(std::time::SystemTime::now()),
             level: "INFO",
             target: MESSAGE_TARGET,
-            message: RECORD_MESSAGE,
+            message: record_message(message, packet),
+            callback_command: message.command.name,
             operation_id: &message.operation_id.value,
             operation_id_generated: message.operation_id.generated,
             server_msg_id: &packet.server_msg_id,
             client_msg_id: &packet.client_msg_id,
             send_id: &packet.send_id,
             recv_id: &packet.recv_id,
+            group_id: &packet.group_id,
+            seq: packet.seq,
             sender_platform_id: packet.sender_platform_id.0,
             sender_platform: &packet.sender_platform_id.label(),
             content_type: packet.content_type.0,
@@ -174,9 +220,42 @@ impl LogSink {
             }
         }
     }
+
+    fn write_revoke(&mut self, message: &ReceivedMessage, revoke: &RevokePacket) -> std::io::Result<()> {
+        let record = RevokeRecord {
+            timestamp: Timestamp(std::time::SystemTime::now()),
+            level: "INFO",
+            target: MESSAGE_TARGET,
+            message: REVOKE_MESSAGE,
+            callback_command: message.command.name,
+            operation_id: &message.operation_id.value,
+            operation_id_generated: message.operation_id.generated,
+            conversation_id: &revoke.conversation_id,
+            seq: revoke.seq,
+            user_id: &revoke.user_id,
+        };
+        match &self.format {
+            RecordFormat::Json => write_json(&self.writer, &mut self.line, &record),
+            RecordFormat::Pretty(dispatch) => {
+                tracing::dispatcher::with_default(dispatch, || {
+                    tracing::info!(
+                        target: MESSAGE_TARGET,
+                        message = REVOKE_MESSAGE,
+                        "callbackCommand" = record.callback_command,
+                        "operationID" = record.operation_id,
+                        "operationIDGenerated" = record.operation_id_generated.then_some(true),
+                        "conversationID" = record.conversation_id,
+                        "seq" = record.seq,
+                        "userID" = record.user_id,
+                    );
+                });
+                Ok(())
+            }
+        }
+    }
 }
 
-fn write_json(writer: &RecordWriter, line: &mut Vec<u8>, record: &Record<'_>) -> std::io::Result<()> {
+fn write_json(writer: &RecordWriter, line: &mut Vec<u8>, record: &impl Serialize) -> std::io::Result<()> {
     line.clear();
     serde_json::to_writer(&mut *line, record)?;
     line.push(b'\n');
@@ -189,13 +268,16 @@ fn emit_event(record: &Record<'_>) {
     let at_user_list = serde_json::to_string(record.at_user_list).unwrap_or_default();
     tracing::info!(
         target: MESSAGE_TARGET,
-        message = RECORD_MESSAGE,
+        message = record.message,
+        "callbackCommand" = record.callback_command,
         "operationID" = record.operation_id,
         "operationIDGenerated" = record.operation_id_generated.then_some(true),
         "serverMsgID" = record.server_msg_id,
         "clientMsgID" = record.client_msg_id,
         "sendID" = record.send_id,
-        "recvID" = record.recv_id,
+        "recvID" = (!record.recv_id.is_empty()).then_some(record.recv_id),
+        "groupID" = (!record.group_id.is_empty()).then_some(record.group_id),
+        "seq" = (record.seq != 0).then_some(record.seq),
         "senderPlatformID" = record.sender_platform_id,
         "senderPlatform" = record.sender_platform,
         "contentType" = record.content_type,
@@ -217,7 +299,7 @@ fn truncate_chars(text: &str, max_chars: usize) -> (&str, bool) {
     if max_chars == 0 {
         return (text, false);
     }
-    let kept = crate::message::clip(text, max_chars);
+    let kept = crate::callbacks::clip(text, max_chars);
     (kept, kept.len() < text.len())
 }
 
@@ -236,7 +318,7 @@ mod tests {
 #[cfg(test)]
 mod format_tests {
     use super::*;
-    use crate::message::{AfterSendSingleMsg, OperationId};
+    use crate::callbacks::{AFTER_SEND_SINGLE_MSG, OperationId};
     use std::sync::{Arc, Mutex};
 
     #[derive(Clone, Default)]
@@ -258,7 +340,8 @@ mod format_tests {
         let mut sink = LogSink::new(&settings.sinks.log, format, RecordWriter::new(out.clone()));
         let raw = br#"{"sendID":"a","recvID":"b","contentType":101,"atUserList":["c"],"content":"hi"}"#;
         let message = ReceivedMessage {
-            packet: AfterSendSingleMsg::from_json(raw).unwrap(),
+            command: AFTER_SEND_SINGLE_MSG,
+            callback: AFTER_SEND_SINGLE_MSG.parse(raw).unwrap(),
             raw: bytes::Bytes::from_static(raw),
             operation_id: OperationId { value: "op-7".into(), generated: false },
             received_at: std::time::SystemTime::now(),

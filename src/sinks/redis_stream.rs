@@ -88,8 +88,10 @@ impl Sink for RedisStreamSink {
             }
             command
                 .arg("*")
+                .arg("callbackCommand")
+                .arg(message.command.name)
                 .arg("serverMsgID")
-                .arg(&message.packet.server_msg_id)
+                .arg(message.server_msg_id())
                 .arg("operationID")
                 .arg(&message.operation_id.value)
                 .arg("packet")

@@ -276,13 +276,14 @@ async fn deliver_with_retries<S: Sink>(
 /// A record the sink refused for good: counted as failed and logged, and the
 /// sink goes on with the records behind it.
 fn give_up(sink: &'static str, entry: &Entry, reason: &str, status: &SinkStatus) {
-    use crate::message::{MAX_LOGGED_ID_CHARS, clip};
+    use crate::callbacks::{MAX_LOGGED_ID_CHARS, clip};
     let message = &entry.message;
     status.failed.fetch_add(1, Ordering::Relaxed);
     tracing::error!(
         sink,
         seq = entry.seq,
-        serverMsgID = clip(&message.packet.server_msg_id, MAX_LOGGED_ID_CHARS),
+        callbackCommand = message.command.name,
+        serverMsgID = clip(message.server_msg_id(), MAX_LOGGED_ID_CHARS),
         operationID = clip(&message.operation_id.value, MAX_LOGGED_ID_CHARS),
         error = reason,
         "sink refused this record for good: it is not delivered to this sink; the records behind it go on"

@@ -6,19 +6,51 @@
 //! `ON CONFLICT DO NOTHING` / `ON DUPLICATE KEY UPDATE` (a no-op): a batch
 //! replayed after a crash or an outage never duplicates a row, and a row the
 //! database refuses (a value too long, a constraint) is refused loudly: the
-//! runner gives up that record alone, counted as `failed`. The table is created at the first
-//! delivery if it is missing, and never altered or dropped. While the
-//! database is down, deliveries fail as transient and the runner retries;
-//! the journal holds the messages meanwhile.
+//! runner gives up that record alone, counted as `failed`.
+//!
+//! By command: a message sent (single or group) inserts its row; saved to
+//! OpenIM's database sets the row's real `seq` (inserting the row if the
+//! after-send callback never came); a revoke marks the row it names by
+//! `(conversation_id, seq)` with `revoked_at` and `revoked_by`, or, while no
+//! row has that seq (released OpenIM sends seq 0 after send), is kept as a
+//! row of its own (`callback = 'afterRevokeMsg'`) that marks the message once
+//! its saved-to-database callback brings the seq.
+//!
+//! The table is created at the first delivery if it is missing; a table of
+//! an older release gains the new columns (`ADD COLUMN` only, nothing is
+//! dropped or rewritten but the new `conversation_id` of old rows). While
+//! the database is down, deliveries fail as transient and the runner
+//! retries; the journal holds the messages meanwhile.
 
 use super::{Entry, Sink, SinkError};
+use crate::callbacks::{AFTER_REVOKE_MSG, Callback, Role};
 use crate::settings::SqlSinkSettings;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::time::SystemTime;
 
-/// Rows per statement on MySQL (20 parameters a row, 65,535 at most a statement).
+/// Rows per statement on MySQL (25 parameters a row, 65,535 at most a statement).
 const MYSQL_ROWS_PER_STATEMENT: usize = 1000;
+
+/// Columns added since the first release, with their definitions per engine
+/// (PostgreSQL, MySQL): a table an older release created gains them.
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+    ("group_id", "TEXT NOT NULL DEFAULT ''", "VARCHAR(255) NOT NULL DEFAULT ''"),
+    ("conversation_id", "TEXT NOT NULL DEFAULT ''", "VARCHAR(255) NOT NULL DEFAULT ''"),
+    // Every row of an older release came from the single chat's callback.
+    ("callback", "TEXT NOT NULL DEFAULT 'afterSendSingleMsg'", "VARCHAR(64) NOT NULL DEFAULT 'afterSendSingleMsg'"),
+    ("revoked_at", "TIMESTAMPTZ NULL", "DATETIME(6) NULL"),
+    ("revoked_by", "TEXT NULL", "VARCHAR(255) NULL"),
+];
+
+/// What a batch of rows does when its key is there already.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnConflict {
+    /// A replay, or the message's saved-to-database row came first: nothing.
+    Keep,
+    /// Saved to OpenIM's database: the row takes the real seq.
+    SetSeq,
+}
 
 pub struct SqlSink {
     database: Database,
@@ -121,6 +153,32 @@ impl SqlSink {
                 for statement in &statements {
                     sqlx::query(statement).execute(&mut *transaction).await?;
                 }
+                let had_conversations = sqlx::query(
+                    "SELECT 1 FROM information_schema.columns
+                     WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'conversation_id'",
+                )
+                .bind(table)
+                .fetch_optional(&mut *transaction)
+                .await?
+                .is_some();
+                for (column, definition, _) in ADDED_COLUMNS {
+                    let statement = format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}");
+                    sqlx::query(&statement).execute(&mut *transaction).await?;
+                }
+                if !had_conversations {
+                    // Rows of an older release: single chats (and notifications), ids sorted byte-wise as Go does.
+                    let statement = format!(
+                        "UPDATE {table} SET conversation_id = CASE session_type WHEN 4 THEN 'sn_' ELSE 'si_' END ||
+                            CASE WHEN send_id COLLATE \"C\" <= recv_id COLLATE \"C\" THEN send_id || '_' || recv_id
+                            ELSE recv_id || '_' || send_id END
+                         WHERE conversation_id = '' AND session_type IN (1, 4)"
+                    );
+                    sqlx::query(&statement).execute(&mut *transaction).await?;
+                }
+                let statement = format!(
+                    "CREATE INDEX IF NOT EXISTS {table}_conversation_id ON {table} (conversation_id, create_time)"
+                );
+                sqlx::query(&statement).execute(&mut *transaction).await?;
                 transaction.commit().await?;
             }
             Database::MySql(pool) => {
@@ -151,6 +209,44 @@ impl SqlSink {
                     ) DEFAULT CHARSET = utf8mb4"
                 );
                 sqlx::query(&statement).execute(pool).await?;
+                let present: Vec<String> = sqlx::query_scalar(
+                    "SELECT CAST(column_name AS CHAR) FROM information_schema.columns
+                     WHERE table_schema = DATABASE() AND table_name = ?",
+                )
+                .bind(table)
+                .fetch_all(pool)
+                .await?;
+                let has = |column: &str| present.iter().any(|name| name.eq_ignore_ascii_case(column));
+                let had_conversations = has("conversation_id");
+                for (column, _, definition) in ADDED_COLUMNS {
+                    if !has(column) {
+                        let statement = format!("ALTER TABLE {table} ADD COLUMN {column} {definition}");
+                        sqlx::query(&statement).execute(pool).await?;
+                    }
+                }
+                if !had_conversations {
+                    let statement = format!(
+                        "UPDATE {table} SET conversation_id = CONCAT(IF(session_type = 4, 'sn_', 'si_'),
+                            IF(BINARY send_id <= BINARY recv_id, CONCAT(send_id, '_', recv_id),
+                            CONCAT(recv_id, '_', send_id)))
+                         WHERE conversation_id = '' AND session_type IN (1, 4)"
+                    );
+                    sqlx::query(&statement).execute(pool).await?;
+                }
+                let indexed: Option<i64> = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM information_schema.statistics
+                     WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ?",
+                )
+                .bind(table)
+                .bind(format!("{table}_conversation_id"))
+                .fetch_optional(pool)
+                .await?;
+                if indexed.unwrap_or(0) == 0 {
+                    let statement = format!(
+                        "CREATE INDEX {table}_conversation_id ON {table} (conversation_id, create_time)"
+                    );
+                    sqlx::query(&statement).execute(pool).await?;
+                }
             }
         }
         self.migrated = true;
@@ -167,28 +263,39 @@ impl SqlSink {
         SinkError::transient(message)
     }
 
-    async fn insert(&self, rows: &[Row]) -> Result<(), sqlx::Error> {
+    async fn insert(&self, rows: &[&Row], on_conflict: OnConflict) -> Result<(), sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let table = &self.table;
         match &self.database {
             Database::Postgres(pool) => {
-                let column = |pick: fn(&Row) -> String| rows.iter().map(pick).collect::<Vec<String>>();
-                let number = |pick: fn(&Row) -> i64| rows.iter().map(pick).collect::<Vec<i64>>();
+                let column = |pick: fn(&Row) -> String| rows.iter().map(|row| pick(row)).collect::<Vec<String>>();
+                let number = |pick: fn(&Row) -> i64| rows.iter().map(|row| pick(row)).collect::<Vec<i64>>();
+                let on_conflict = match on_conflict {
+                    OnConflict::Keep => "DO NOTHING",
+                    OnConflict::SetSeq => "DO UPDATE SET seq = EXCLUDED.seq",
+                };
                 let statement = format!(
                     "INSERT INTO {table} (server_msg_id, client_msg_id, send_id, recv_id, sender_platform_id,
                         sender_nickname, session_type, msg_from, content_type, status, create_time, send_time,
-                        seq, content, at_user_list, face_url, ex, operation_id, received_at, packet)
+                        seq, content, at_user_list, face_url, ex, operation_id, received_at, packet,
+                        group_id, conversation_id, callback, revoked_at, revoked_by)
                      SELECT r.server_msg_id, r.client_msg_id, r.send_id, r.recv_id, r.sender_platform_id::INTEGER,
                         r.sender_nickname, r.session_type::INTEGER, r.msg_from::INTEGER, r.content_type::INTEGER,
                         r.status::INTEGER, r.create_time, r.send_time, r.seq, r.content, r.at_user_list::JSONB,
-                        r.face_url, r.ex, r.operation_id, TIMESTAMPTZ 'epoch' + r.received_us * INTERVAL '1 microsecond', r.packet::JSONB
+                        r.face_url, r.ex, r.operation_id, TIMESTAMPTZ 'epoch' + r.received_us * INTERVAL '1 microsecond', r.packet::JSONB,
+                        r.group_id, r.conversation_id, r.callback,
+                        TIMESTAMPTZ 'epoch' + r.revoked_us * INTERVAL '1 microsecond', r.revoked_by
                      FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[],
                         $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
                         $13::BIGINT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::TEXT[],
-                        $19::BIGINT[], $20::TEXT[])
+                        $19::BIGINT[], $20::TEXT[], $21::TEXT[], $22::TEXT[], $23::TEXT[], $24::BIGINT[], $25::TEXT[])
                         AS r(server_msg_id, client_msg_id, send_id, recv_id, sender_platform_id, sender_nickname,
                         session_type, msg_from, content_type, status, create_time, send_time, seq, content,
-                        at_user_list, face_url, ex, operation_id, received_us, packet)
-                     ON CONFLICT (server_msg_id) DO NOTHING"
+                        at_user_list, face_url, ex, operation_id, received_us, packet,
+                        group_id, conversation_id, callback, revoked_us, revoked_by)
+                     ON CONFLICT (server_msg_id) {on_conflict}"
                 );
                 sqlx::query(&statement)
                     .bind(column(|r| r.server_msg_id.clone()))
@@ -211,6 +318,11 @@ impl SqlSink {
                     .bind(column(|r| r.operation_id.clone()))
                     .bind(number(|r| r.received_us))
                     .bind(column(|r| r.packet.clone()))
+                    .bind(column(|r| r.group_id.clone()))
+                    .bind(column(|r| r.conversation_id.clone()))
+                    .bind(column(|r| r.callback.to_owned()))
+                    .bind(rows.iter().map(|r| r.revoked_us).collect::<Vec<Option<i64>>>())
+                    .bind(rows.iter().map(|r| r.revoked_by.clone()).collect::<Vec<Option<String>>>())
                     .execute(pool)
                     .await?;
             }
@@ -220,7 +332,7 @@ impl SqlSink {
                         "INSERT INTO {table} (server_msg_id, client_msg_id, send_id, recv_id,
                             sender_platform_id, sender_nickname, session_type, msg_from, content_type, status,
                             create_time, send_time, seq, content, at_user_list, face_url, ex, operation_id,
-                            received_at, packet) "
+                            received_at, packet, group_id, conversation_id, callback, revoked_at, revoked_by) "
                     ));
                     builder.push_values(chunk, |mut values, row| {
                         values
@@ -246,12 +358,22 @@ impl SqlSink {
                             .push("TIMESTAMPADD(MICROSECOND, ")
                             .push_bind_unseparated(row.received_us)
                             .push_unseparated(", '1970-01-01 00:00:00')")
-                            .push_bind(&row.packet);
+                            .push_bind(&row.packet)
+                            .push_bind(&row.group_id)
+                            .push_bind(&row.conversation_id)
+                            .push_bind(row.callback)
+                            .push("TIMESTAMPADD(MICROSECOND, ")
+                            .push_bind_unseparated(row.revoked_us)
+                            .push_unseparated(", '1970-01-01 00:00:00')")
+                            .push_bind(&row.revoked_by);
                     });
                     // A repeat (a replay after a crash) changes nothing; unlike INSERT
                     // IGNORE, this keeps every other error an error, so a value too
                     // long for its column is refused loudly instead of cut short.
-                    builder.push(" ON DUPLICATE KEY UPDATE server_msg_id = server_msg_id");
+                    builder.push(match on_conflict {
+                        OnConflict::Keep => " ON DUPLICATE KEY UPDATE server_msg_id = server_msg_id",
+                        OnConflict::SetSeq => " ON DUPLICATE KEY UPDATE seq = VALUES(seq)",
+                    });
                     builder.build().execute(pool).await?;
                 }
             }
@@ -260,8 +382,131 @@ impl SqlSink {
     }
 }
 
-/// One message as its row's values.
+impl SqlSink {
+    /// Writes a batch's rows by what their callbacks say. Each step is
+    /// idempotent, so a batch replayed after a crash changes nothing more.
+    async fn write(&self, rows: &[Row]) -> Result<(), sqlx::Error> {
+        let of = |role: Role| rows.iter().filter(move |row| row.role == role).collect::<Vec<&Row>>();
+        self.insert(&of(Role::Sent), OnConflict::Keep).await?;
+        let mut saved = of(Role::Saved);
+        // OpenIM sends a save again when it retries its batch; PostgreSQL refuses
+        // one statement updating a row twice, so the last of each goes.
+        let mut seen = std::collections::HashSet::new();
+        saved.reverse();
+        saved.retain(|row| seen.insert(row.server_msg_id.as_str()));
+        saved.reverse();
+        self.insert(&saved, OnConflict::SetSeq).await?;
+        for revoke in of(Role::Revoked) {
+            if self.mark_revoked(revoke).await? == 0 {
+                self.insert(&[revoke], OnConflict::Keep).await?;
+            }
+        }
+        if !saved.is_empty() {
+            self.link_revokes(&saved).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks the message a revoke names; how many rows it marked.
+    async fn mark_revoked(&self, revoke: &Row) -> Result<u64, sqlx::Error> {
+        let table = &self.table;
+        let revoked_us = revoke.revoked_us.unwrap_or(revoke.received_us);
+        let revoked_by = revoke.revoked_by.clone().unwrap_or_default();
+        let marked = match &self.database {
+            Database::Postgres(pool) => {
+                let statement = format!(
+                    "UPDATE {table} SET revoked_at = TIMESTAMPTZ 'epoch' + $1 * INTERVAL '1 microsecond', revoked_by = $2
+                     WHERE conversation_id = $3 AND seq = $4 AND callback <> $5"
+                );
+                let query = sqlx::query(&statement).bind(revoked_us).bind(revoked_by);
+                let query = query.bind(&revoke.conversation_id).bind(revoke.seq).bind(AFTER_REVOKE_MSG.key);
+                query.execute(pool).await?.rows_affected()
+            }
+            Database::MySql(pool) => {
+                let statement = format!(
+                    "UPDATE {table} SET revoked_at = TIMESTAMPADD(MICROSECOND, ?, '1970-01-01 00:00:00'), revoked_by = ?
+                     WHERE conversation_id = ? AND seq = ? AND callback <> ?"
+                );
+                let query = sqlx::query(&statement).bind(revoked_us).bind(revoked_by);
+                let query = query.bind(&revoke.conversation_id).bind(revoke.seq).bind(AFTER_REVOKE_MSG.key);
+                query.execute(pool).await?.rows_affected()
+            }
+        };
+        if marked > 0 {
+            return Ok(marked);
+        }
+        // MySQL counts rows changed, not found: a replayed revoke finds its row marked already.
+        let statement = format!(
+            "SELECT COUNT(*) FROM {table} WHERE conversation_id = {} AND seq = {} AND callback <> {}",
+            self.parameter(1),
+            self.parameter(2),
+            self.parameter(3)
+        );
+        let found: i64 = match &self.database {
+            Database::Postgres(pool) => sqlx::query_scalar(&statement)
+                .bind(&revoke.conversation_id)
+                .bind(revoke.seq)
+                .bind(AFTER_REVOKE_MSG.key)
+                .fetch_one(pool)
+                .await?,
+            Database::MySql(pool) => sqlx::query_scalar(&statement)
+                .bind(&revoke.conversation_id)
+                .bind(revoke.seq)
+                .bind(AFTER_REVOKE_MSG.key)
+                .fetch_one(pool)
+                .await?,
+        };
+        Ok(found as u64)
+    }
+
+    /// The `index`th bind parameter as this database writes it.
+    fn parameter(&self, index: usize) -> String {
+        match self.database {
+            Database::Postgres(_) => format!("${index}"),
+            Database::MySql(_) => "?".to_owned(),
+        }
+    }
+
+    /// Marks the newly saved messages that a revoke kept on its own names.
+    async fn link_revokes(&self, saved: &[&Row]) -> Result<(), sqlx::Error> {
+        let table = &self.table;
+        let conversations: Vec<String> = saved.iter().map(|row| row.conversation_id.clone()).collect();
+        match &self.database {
+            Database::Postgres(pool) => {
+                let statement = format!(
+                    "UPDATE {table} AS m SET revoked_at = r.revoked_at, revoked_by = r.revoked_by
+                     FROM {table} AS r
+                     WHERE r.callback = $1 AND m.callback <> $1 AND m.revoked_at IS NULL
+                        AND r.conversation_id = m.conversation_id AND r.seq = m.seq
+                        AND m.conversation_id = ANY($2)"
+                );
+                sqlx::query(&statement).bind(AFTER_REVOKE_MSG.key).bind(conversations).execute(pool).await?;
+            }
+            Database::MySql(pool) => {
+                let mut builder = sqlx::QueryBuilder::<sqlx::MySql>::new(format!(
+                    "UPDATE {table} AS m JOIN {table} AS r
+                        ON r.conversation_id = m.conversation_id AND r.seq = m.seq
+                     SET m.revoked_at = r.revoked_at, m.revoked_by = r.revoked_by
+                     WHERE r.callback = "
+                ));
+                builder.push_bind(AFTER_REVOKE_MSG.key);
+                builder.push(" AND m.callback <> ").push_bind(AFTER_REVOKE_MSG.key);
+                builder.push(" AND m.revoked_at IS NULL AND m.conversation_id IN (");
+                let mut list = builder.separated(", ");
+                for conversation in &conversations {
+                    list.push_bind(conversation);
+                }
+                builder.push(")");
+                builder.build().execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One callback as its row's values.
 struct Row {
+    role: Role,
     server_msg_id: String,
     client_msg_id: String,
     send_id: String,
@@ -282,6 +527,12 @@ struct Row {
     operation_id: String,
     received_us: i64,
     packet: String,
+    group_id: String,
+    conversation_id: String,
+    /// The `webhooks.yml` key of the command that made the row.
+    callback: &'static str,
+    revoked_us: Option<i64>,
+    revoked_by: Option<String>,
 }
 
 impl Row {
@@ -289,19 +540,53 @@ impl Row {
     /// can; it becomes U+FFFD there (the other database keeps it).
     fn of(entry: &Entry, postgres: bool) -> Row {
         let message = &entry.message;
-        let packet = &message.packet;
         let text = |value: &str| if postgres { value.replace('\0', "\u{fffd}") } else { value.to_owned() };
         let raw = String::from_utf8_lossy(&message.raw);
         let raw = if postgres { raw.replace("\\u0000", "\\ufffd") } else { raw.into_owned() };
+        let received_us =
+            message.received_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
+        let packet = match &message.callback {
+            Callback::Message(packet) => packet,
+            // A revoke's own row, until its message's row has the seq it names.
+            Callback::Revoke(revoke) => {
+                return Row {
+                    role: Role::Revoked,
+                    server_msg_id: text(&message.idempotency_key()),
+                    client_msg_id: String::new(),
+                    send_id: String::new(),
+                    recv_id: String::new(),
+                    sender_platform_id: 0,
+                    sender_nickname: String::new(),
+                    session_type: 0,
+                    msg_from: 0,
+                    content_type: 0,
+                    status: 0,
+                    create_time: received_us / 1000,
+                    send_time: 0,
+                    seq: revoke.seq,
+                    content: String::new(),
+                    at_user_list: "[]".to_owned(),
+                    face_url: String::new(),
+                    ex: String::new(),
+                    operation_id: text(&message.operation_id.value),
+                    received_us,
+                    packet: raw,
+                    group_id: String::new(),
+                    conversation_id: text(&revoke.conversation_id),
+                    callback: message.command.key,
+                    revoked_us: Some(received_us),
+                    revoked_by: Some(text(&revoke.user_id)),
+                };
+            }
+        };
         // OpenIM always sets serverMsgID; a packet without one still gets a stable key.
         let server_msg_id = if packet.server_msg_id.is_empty() {
             format!("journal-{}-{}", entry.seq, message.operation_id.value)
         } else {
             text(&packet.server_msg_id)
         };
-        let received_us =
-            message.received_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
         Row {
+            role: message.command.role,
             server_msg_id,
             client_msg_id: text(&packet.client_msg_id),
             send_id: text(&packet.send_id),
@@ -322,6 +607,11 @@ impl Row {
             operation_id: text(&message.operation_id.value),
             received_us,
             packet: raw,
+            group_id: text(&packet.group_id),
+            conversation_id: text(&packet.conversation_id()),
+            callback: message.command.key,
+            revoked_us: None,
+            revoked_by: None,
         }
     }
 }
@@ -397,7 +687,7 @@ impl Sink for SqlSink {
         }
         let postgres = matches!(self.database, Database::Postgres(_));
         let rows: Vec<Row> = batch.iter().map(|entry| Row::of(entry, postgres)).collect();
-        match self.insert(&rows).await {
+        match self.write(&rows).await {
             Ok(()) => Ok(()),
             Err(error) if is_refused_data(&error) => Err(SinkError::permanent(error.to_string())),
             Err(error) => Err(self.transient(error).await),

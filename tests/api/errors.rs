@@ -74,7 +74,7 @@ pub fn cases() -> Vec<Case> {
         ),
         case("sendID of the wrong type", with("sendID", 42.into()), 400, 4006, "sendID"),
         case("missing contentType", r#"{"sendID":"a","recvID":"b"}"#, 400, 4006, "contentType"),
-        case("missing recvID", r#"{"sendID":"a","contentType":101}"#, 400, 4006, "recvID"),
+        case("missing recvID", r#"{"sendID":"a","contentType":101}"#, 400, 4007, "recvID"),
         case(
             "null contentType",
             r#"{"sendID":"a","recvID":"b","contentType":null}"#,
@@ -129,9 +129,19 @@ pub fn cases() -> Vec<Case> {
             )
         },
         Case {
-            path: "/callbackExample?command=callbackAfterSendGroupMsgCommand",
+            path: "/callbackExample?command=callbackBeforeSendGroupMsgCommand",
             ..case(
                 "another command in the query",
+                valid.clone(),
+                400,
+                4001,
+                "callbackBeforeSendGroupMsgCommand",
+            )
+        },
+        Case {
+            path: "/callbackExample/callbackAfterSendSingleMsgCommand?command=callbackAfterSendGroupMsgCommand",
+            ..case(
+                "path and query name two recorded commands",
                 valid.clone(),
                 400,
                 4001,
@@ -468,7 +478,7 @@ impl Sink for RefusesOddMessages {
         "refuses-odd"
     }
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
-        let last = batch[0].message.packet.send_id.bytes().last().unwrap_or(b'0');
+        let last = batch[0].message.message().unwrap().send_id.bytes().last().unwrap_or(b'0');
         if (last - b'0') % 2 == 1 { Err(SinkError::permanent("odd sender, on purpose")) } else { Ok(()) }
     }
 }

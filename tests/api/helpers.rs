@@ -354,7 +354,7 @@ impl Sink for RecordingSink {
             let _ = gate.wait_for(|open| *open).await;
         }
         let mut seen = self.seen.lock().unwrap();
-        seen.extend(batch.iter().map(|entry| entry.message.packet.server_msg_id.clone()));
+        seen.extend(batch.iter().map(|entry| entry.message.server_msg_id().to_owned()));
         Ok(())
     }
 }
@@ -504,7 +504,7 @@ impl Sink for FailsFirst {
             return Err(SinkError::transient("target down, on purpose"));
         }
         let mut seen = self.seen.lock().unwrap();
-        seen.extend(batch.iter().map(|entry| entry.message.packet.server_msg_id.clone()));
+        seen.extend(batch.iter().map(|entry| entry.message.server_msg_id().to_owned()));
         Ok(())
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::helpers::{RecordingSink, TestReceiver, packet, settings, wait_until};
 use openim_callback_receiver::journal::{Journal, NewRecord, cursor};
-use openim_callback_receiver::message::OperationId;
+use openim_callback_receiver::callbacks::OperationId;
 use std::io::Write;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ async fn a_failed_fdatasync_fails_its_request_and_stops_appends_instead_of_being
 /// Writes one record's frame as the journal does (for bytes a failed append left).
 fn frame_bytes(seq: u64, body: &[u8]) -> Vec<u8> {
     let id = OperationId { value: "op".into(), generated: false };
-    let record = NewRecord { received_at: std::time::SystemTime::now(), operation_id: &id, body };
+    let record = NewRecord { kind: 0, received_at: std::time::SystemTime::now(), operation_id: &id, body };
     let mut bytes = record.encode_head(seq, crc32c::crc32c(body));
     bytes.extend_from_slice(body);
     bytes
@@ -44,7 +44,7 @@ fn journal_in(dir: &tempfile::TempDir) -> std::sync::Arc<Journal> {
 fn append(journal: &Journal, body: &str) -> u64 {
     let id = OperationId { value: "op".into(), generated: false };
     let record =
-        NewRecord { received_at: std::time::SystemTime::now(), operation_id: &id, body: body.as_bytes() };
+        NewRecord { kind: 0, received_at: std::time::SystemTime::now(), operation_id: &id, body: body.as_bytes() };
     journal.append_record(&record, None).unwrap()
 }
 

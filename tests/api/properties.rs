@@ -2,8 +2,9 @@
 //! valid packet survives parse and the log record unchanged.
 
 use crate::helpers::CapturedLog;
-use openim_callback_receiver::message::{
-    AfterSendSingleMsg, ContentType, MsgFrom, MsgStatus, OperationId, Platform, ReceivedMessage, SessionType,
+use openim_callback_receiver::callbacks::{
+    AFTER_SEND_SINGLE_MSG, Callback, ContentType, MessagePacket, MsgFrom, MsgStatus, OperationId, Platform,
+    ReceivedMessage, SessionType,
 };
 use openim_callback_receiver::settings::{LogFormat, Settings};
 use openim_callback_receiver::sinks::{LogSink, Sink};
@@ -56,8 +57,8 @@ prop_compose! {
         at_user_list in prop::collection::vec(".{0,12}", 0..5),
         face_url in ".{0,40}",
         ex in ".{0,40}",
-    ) -> AfterSendSingleMsg {
-        AfterSendSingleMsg {
+    ) -> MessagePacket {
+        MessagePacket {
             send_id,
             callback_command: "callbackAfterSendSingleMsgCommand".to_owned(),
             server_msg_id,
@@ -77,6 +78,7 @@ prop_compose! {
             face_url,
             ex,
             recv_id,
+            group_id: String::new(),
         }
     }
 }
@@ -84,12 +86,12 @@ prop_compose! {
 proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
-        let _ = AfterSendSingleMsg::from_json(&bytes);
+        let _ = AFTER_SEND_SINGLE_MSG.parse(&bytes);
     }
 
     #[test]
     fn arbitrary_json_never_panics_the_decoder(value in json_value()) {
-        let _ = AfterSendSingleMsg::from_json(value.to_string().as_bytes());
+        let _ = AFTER_SEND_SINGLE_MSG.parse(value.to_string().as_bytes());
     }
 
     #[test]
@@ -106,14 +108,15 @@ proptest! {
             "seq": packet.seq, "atUserList": packet.at_user_list, "faceURL": packet.face_url,
             "ex": packet.ex, "recvID": packet.recv_id,
         })).unwrap();
-        let parsed = AfterSendSingleMsg::from_json(&raw).unwrap();
-        prop_assert_eq!(&parsed, &packet);
+        let parsed = AFTER_SEND_SINGLE_MSG.parse(&raw).unwrap();
+        prop_assert_eq!(&parsed, &Callback::Message(packet.clone()));
 
         let log = CapturedLog::default();
         let settings = Settings::defaults();
         let mut sink = LogSink::new(&settings.sinks.log, LogFormat::Json, log.record_writer());
         let message = ReceivedMessage {
-            packet: parsed,
+            command: AFTER_SEND_SINGLE_MSG,
+            callback: parsed,
             raw: raw.into(),
             operation_id: OperationId { value: "op".to_owned(), generated: false },
             received_at: std::time::SystemTime::now(),

@@ -3,7 +3,7 @@
 //! hour, for a rate chart.
 
 use super::distinct::Distinct;
-use crate::message::ContentType;
+use crate::callbacks::ContentType;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
@@ -105,7 +105,9 @@ pub struct DayCounts {
 /// The hashes a message is counted by.
 pub struct Identities {
     pub sender: u64,
-    pub receiver: u64,
+    /// None for a group's message: it has no one receiver.
+    pub receiver: Option<u64>,
+    /// The pair of people, or the group.
     pub conversation: u64,
 }
 
@@ -119,7 +121,7 @@ impl DailyWindows {
     /// Counts a message created at `create_ms`, received at `now_ms`. Days that
     /// fell out of the window are dropped; a message dated outside it (older
     /// than the window, or more than a day ahead of now) is only counted as
-    /// out-of-window.
+    /// out-of-window. The day it was counted in, if any.
     pub fn record(
         &mut self,
         content_type: ContentType,
@@ -127,7 +129,7 @@ impl DailyWindows {
         create_ms: i64,
         now_ms: i64,
         calendar: &Calendar,
-    ) {
+    ) -> Option<i64> {
         let today = calendar.day_of(now_ms);
         let oldest = today - i64::from(calendar.retention_days) + 1;
         while let Some(entry) = self.days.first_entry() {
@@ -139,24 +141,33 @@ impl DailyWindows {
         let day = calendar.day_of(create_ms);
         if day < oldest || day > today + 1 {
             self.out_of_window += 1;
-            return;
+            return None;
         }
         let counts = self.days.entry(day).or_default();
         counts.messages += 1;
         super::count_code(&mut counts.by_content_type, content_type, ContentType::OTHER);
         counts.senders.insert(who.sender);
-        counts.receivers.insert(who.receiver);
         counts.people.insert(who.sender);
-        counts.people.insert(who.receiver);
+        if let Some(receiver) = who.receiver {
+            counts.receivers.insert(receiver);
+            counts.people.insert(receiver);
+        }
         counts.conversations.insert(who.conversation);
+        Some(day)
+    }
+
+    /// True while `day` is one of the kept days.
+    pub fn keeps(&self, day: i64) -> bool {
+        self.days.contains_key(&day)
     }
 
     pub fn out_of_window(&self) -> u64 {
         self.out_of_window
     }
 
-    /// Days from `from` to `to` (inclusive, either open), newest first.
-    pub fn report(&self, from: Option<i64>, to: Option<i64>) -> Vec<DayReport> {
+    /// Days from `from` to `to` (inclusive, either open), newest first;
+    /// `groups` gives each day's distinct groups.
+    pub fn report(&self, from: Option<i64>, to: Option<i64>, groups: impl Fn(i64) -> u64) -> Vec<DayReport> {
         let Some(range) = day_range(from, to) else { return Vec::new() };
         self.days
             .range(range)
@@ -175,20 +186,9 @@ impl DailyWindows {
                     total: counts.people.count(),
                 },
                 conversations: counts.conversations.count(),
+                groups: groups(*day),
             })
             .collect()
-    }
-
-    pub fn heap_bytes(&self) -> usize {
-        self.days
-            .values()
-            .map(|day| {
-                [&day.senders, &day.receivers, &day.people, &day.conversations]
-                    .iter()
-                    .map(|d| d.heap_bytes())
-                    .sum::<usize>()
-            })
-            .sum()
     }
 }
 
@@ -208,7 +208,10 @@ pub struct DayReport {
     pub messages: u64,
     pub by_content_type: BTreeMap<String, u64>,
     pub people: super::PeopleCounts,
+    /// Single chats' pairs and groups.
     pub conversations: u64,
+    /// Groups that sent a message.
+    pub groups: u64,
 }
 
 /// Messages per minute of arrival, for the last [`RATE_MINUTES`] minutes.

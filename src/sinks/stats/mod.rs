@@ -9,9 +9,9 @@ pub mod fleet;
 pub mod snapshot;
 
 use super::{Entry, Progress, Sink, SinkError};
-use crate::message::AfterSendSingleMsg;
+use crate::callbacks::{Callback, MessagePacket, ReceivedMessage, Role};
 use daily::{Calendar, DailyWindows, DayReport, Identities, MinuteRates, MinuteReport};
-use distinct::{Distinct, hash_of, hash_of_pair};
+use distinct::{Distinct, hash_of, hash_of_group, hash_of_pair};
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -23,11 +23,11 @@ use std::time::SystemTime;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MessageStats {
     total: u64,
-    by_content_type: HashMap<crate::message::ContentType, u64>,
-    by_platform: HashMap<crate::message::Platform, u64>,
-    by_msg_from: HashMap<crate::message::MsgFrom, u64>,
-    by_session_type: HashMap<crate::message::SessionType, u64>,
-    by_status: HashMap<crate::message::MsgStatus, u64>,
+    by_content_type: HashMap<crate::callbacks::ContentType, u64>,
+    by_platform: HashMap<crate::callbacks::Platform, u64>,
+    by_msg_from: HashMap<crate::callbacks::MsgFrom, u64>,
+    by_session_type: HashMap<crate::callbacks::SessionType, u64>,
+    by_status: HashMap<crate::callbacks::MsgStatus, u64>,
     senders: Distinct,
     receivers: Distinct,
     /// Either role.
@@ -37,6 +37,21 @@ pub struct MessageStats {
     create_time: Option<(i64, i64)>,
     daily: DailyWindows,
     per_minute: MinuteRates,
+    /// Saved apart in the snapshot (see `snapshot`), after what older releases wrote.
+    #[serde(skip)]
+    pub(crate) kinds: KindCounts,
+}
+
+/// What came with group chats and the callbacks that are not messages sent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KindCounts {
+    groups: Distinct,
+    /// Per kept day (the days of `MessageStats::daily`).
+    groups_by_day: BTreeMap<i64, Distinct>,
+    /// afterMsgSaveDB callbacks: messages OpenIM wrote to its database.
+    saved_to_database: u64,
+    /// afterRevokeMsg callbacks.
+    revoked: u64,
 }
 
 /// Milliseconds since the epoch (negative before it).
@@ -48,25 +63,49 @@ pub(crate) fn epoch_ms(time: SystemTime) -> i64 {
 }
 
 impl MessageStats {
-    /// Counts one message, received at `received_at`, into the totals, its day and its minute.
-    pub fn record(&mut self, packet: &AfterSendSingleMsg, received_at: SystemTime, calendar: &Calendar) {
+    /// Counts one callback: a message sent into every count, a save or a
+    /// revoke under its own name only (the message was counted when sent).
+    pub fn record_callback(&mut self, message: &ReceivedMessage, calendar: &Calendar) {
+        match (message.command.role, &message.callback) {
+            (Role::Sent, Callback::Message(packet)) => self.record(packet, message.received_at, calendar),
+            (Role::Saved, _) => self.kinds.saved_to_database += 1,
+            (Role::Revoked, _) => self.kinds.revoked += 1,
+            (Role::Sent, Callback::Revoke(_)) => {}
+        }
+    }
+
+    /// Counts one message sent, received at `received_at`, into the totals, its day and its minute.
+    pub fn record(&mut self, packet: &MessagePacket, received_at: SystemTime, calendar: &Calendar) {
         self.total += 1;
-        use crate::message::{ContentType, MsgFrom, MsgStatus, Platform, SessionType};
+        use crate::callbacks::{ContentType, MsgFrom, MsgStatus, Platform, SessionType};
         count_code(&mut self.by_content_type, packet.content_type, ContentType::OTHER);
         count_code(&mut self.by_platform, packet.sender_platform_id, Platform::OTHER);
         count_code(&mut self.by_msg_from, packet.msg_from, MsgFrom::OTHER);
         count_code(&mut self.by_session_type, packet.session_type, SessionType::OTHER);
         count_code(&mut self.by_status, packet.status, MsgStatus::OTHER);
-        let (sender, receiver) = (hash_of(&packet.send_id), hash_of(&packet.recv_id));
+        let sender = hash_of(&packet.send_id);
         self.senders.insert(sender);
-        self.receivers.insert(receiver);
         self.people.insert(sender);
-        self.people.insert(receiver);
-        let conversation = hash_of_pair(&packet.send_id, &packet.recv_id);
+        let (receiver, conversation) = if packet.is_group() {
+            (None, hash_of_group(&packet.group_id))
+        } else {
+            let receiver = hash_of(&packet.recv_id);
+            self.receivers.insert(receiver);
+            self.people.insert(receiver);
+            (Some(receiver), hash_of_pair(&packet.send_id, &packet.recv_id))
+        };
         self.conversations.insert(conversation);
         let now_ms = epoch_ms(received_at);
         let who = Identities { sender, receiver, conversation };
-        self.daily.record(packet.content_type, &who, packet.create_time, now_ms, calendar);
+        let day = self.daily.record(packet.content_type, &who, packet.create_time, now_ms, calendar);
+        if packet.is_group() {
+            self.kinds.groups.insert(conversation);
+            if let Some(day) = day {
+                self.kinds.groups_by_day.entry(day).or_default().insert(conversation);
+                let daily = &self.daily;
+                self.kinds.groups_by_day.retain(|day, _| daily.keeps(*day));
+            }
+        }
         self.per_minute.record(now_ms);
         let at = packet.create_time;
         self.create_time = Some(match self.create_time {
@@ -91,9 +130,18 @@ impl MessageStats {
                 total: self.people.count(),
             },
             conversations: self.conversations.count(),
-            distinct_counts_exact: [&self.senders, &self.receivers, &self.people, &self.conversations]
-                .iter()
-                .all(|distinct| distinct.is_exact()),
+            groups: self.kinds.groups.count(),
+            saved_to_database: self.kinds.saved_to_database,
+            revoked: self.kinds.revoked,
+            distinct_counts_exact: [
+                &self.senders,
+                &self.receivers,
+                &self.people,
+                &self.conversations,
+                &self.kinds.groups,
+            ]
+            .iter()
+            .all(|distinct| distinct.is_exact()),
             earliest_create_time: self.create_time.map(|(earliest, _)| earliest),
             latest_create_time: self.create_time.map(|(_, latest)| latest),
             out_of_window: self.daily.out_of_window(),
@@ -102,18 +150,8 @@ impl MessageStats {
     }
 
     pub fn daily(&self, from: Option<i64>, to: Option<i64>) -> Vec<DayReport> {
-        self.daily.report(from, to)
-    }
-}
-
-impl MessageStats {
-    /// Heap bytes held by the distinct counters (the part that grows with traffic).
-    pub fn heap_bytes(&self) -> usize {
-        let totals: usize = [&self.senders, &self.receivers, &self.people, &self.conversations]
-            .iter()
-            .map(|d| d.heap_bytes())
-            .sum();
-        totals + self.daily.heap_bytes()
+        let groups = &self.kinds.groups_by_day;
+        self.daily.report(from, to, |day| groups.get(&day).map_or(0, Distinct::count))
     }
 }
 
@@ -166,8 +204,15 @@ pub fn fold_unknown_codes(mut counts: BTreeMap<String, u64>) -> BTreeMap<String,
 pub struct MessageReport {
     pub messages: MessageCounts,
     pub people: PeopleCounts,
-    /// Distinct unordered sendID/recvID pairs.
+    /// Distinct conversations: unordered sendID/recvID pairs, and groups.
     pub conversations: u64,
+    /// Distinct groups that sent a message.
+    pub groups: u64,
+    /// afterMsgSaveDB callbacks (the same messages as their after-send
+    /// callbacks: never added to `messages.total`).
+    pub saved_to_database: u64,
+    /// afterRevokeMsg callbacks.
+    pub revoked: u64,
     /// False once any distinct count is an estimate (past 10,000 items; within 1%).
     pub distinct_counts_exact: bool,
     /// Smallest and largest `createTime` seen, in ms since the epoch.
@@ -318,7 +363,10 @@ impl StatsHandle {
     /// Observes each message's delivery lag and size in the histograms.
     pub fn observe<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) {
         for entry in entries {
-            let (packet, received_at) = (&entry.message.packet, entry.message.received_at);
+            let received_at = entry.message.received_at;
+            let Some(packet) = entry.message.message().filter(|_| entry.message.command.role == Role::Sent) else {
+                continue;
+            };
             let sent_ms = if packet.send_time > 0 { packet.send_time } else { packet.create_time };
             if sent_ms > 0 {
                 let lag_ms = epoch_ms(received_at) - sent_ms;
@@ -408,7 +456,7 @@ impl Sink for StatsSink {
         handle.observe(batch);
         let mut stats = handle.lock();
         for entry in batch {
-            stats.record(&entry.message.packet, entry.message.received_at, &handle.calendar);
+            stats.record_callback(&entry.message, &handle.calendar);
         }
         Ok(())
     }
@@ -431,11 +479,11 @@ impl Sink for StatsSink {
 mod tests {
     use super::*;
 
-    fn packet(send: &str, recv: &str, content_type: i32, create_time: i64) -> AfterSendSingleMsg {
-        AfterSendSingleMsg {
+    fn packet(send: &str, recv: &str, content_type: i32, create_time: i64) -> MessagePacket {
+        MessagePacket {
             send_id: send.into(),
             recv_id: recv.into(),
-            content_type: crate::message::ContentType(content_type),
+            content_type: crate::callbacks::ContentType(content_type),
             create_time,
             ..Default::default()
         }

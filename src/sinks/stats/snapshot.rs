@@ -4,8 +4,11 @@
 //! renamed over the old one, and the directory fsynced. The file starts with
 //! a magic and a format version, then the journal position the state
 //! includes (the next record to count), then the state in postcard (a
-//! compact, specified serde format). Version 1, from before the journal, had
-//! no position. A snapshot that cannot be read is never
+//! compact, specified serde format), then (version 3 on) the counts of group
+//! chats, saves and revokes in postcard too: postcard has no optional fields,
+//! so what is new goes after what an older release wrote, and a version-2
+//! file reads with those counts at zero. Version 1, from before the journal,
+//! had no position. A snapshot that cannot be read is never
 //! overwritten: it is moved aside with a timestamp suffix, and counting
 //! starts empty.
 
@@ -16,7 +19,9 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"OIMSTATS";
 /// Bumped whenever the file's shape changes; unknown versions are moved aside.
-const FORMAT_VERSION: u32 = 2;
+const FORMAT_VERSION: u32 = 3;
+/// Counts without those of groups, saves and revokes.
+const FORMAT_VERSION_WITHOUT_KINDS: u32 = 2;
 /// Counts without a journal position, written before the journal existed.
 const FORMAT_VERSION_WITHOUT_POSITION: u32 = 1;
 
@@ -40,6 +45,7 @@ pub fn write(path: &Path, stats: &MessageStats, next_seq: u64) -> io::Result<()>
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     bytes.extend_from_slice(&next_seq.to_le_bytes());
     let bytes = postcard::to_extend(stats, bytes).map_err(io::Error::other)?;
+    let bytes = postcard::to_extend(&stats.kinds, bytes).map_err(io::Error::other)?;
     crate::journal::cursor::write_atomically(path, &bytes)
 }
 
@@ -60,15 +66,22 @@ pub fn restore(path: &Path) -> io::Result<Restored> {
 fn decode(bytes: &[u8]) -> Result<(MessageStats, Option<u64>), String> {
     let rest = bytes.strip_prefix(MAGIC).ok_or("not a stats snapshot (no magic)")?;
     let (version, rest) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
-    let (next_seq, state) = match u32::from_le_bytes(*version) {
-        FORMAT_VERSION => {
+    let version = u32::from_le_bytes(*version);
+    let (next_seq, state) = match version {
+        FORMAT_VERSION | FORMAT_VERSION_WITHOUT_KINDS => {
             let (next_seq, state) = rest.split_first_chunk::<8>().ok_or("truncated header")?;
             (Some(u64::from_le_bytes(*next_seq)), state)
         }
         FORMAT_VERSION_WITHOUT_POSITION => (None, rest),
         version => return Err(format!("format version {version}, this build reads {FORMAT_VERSION}")),
     };
-    let stats = postcard::from_bytes(state).map_err(|error| format!("corrupt: {error}"))?;
+    let corrupt = |error: postcard::Error| format!("corrupt: {error}");
+    if version != FORMAT_VERSION {
+        let stats = postcard::from_bytes(state).map_err(corrupt)?;
+        return Ok((stats, next_seq));
+    }
+    let (mut stats, kinds): (MessageStats, _) = postcard::take_from_bytes(state).map_err(corrupt)?;
+    stats.kinds = postcard::from_bytes(kinds).map_err(corrupt)?;
     Ok((stats, next_seq))
 }
 
@@ -91,20 +104,28 @@ fn move_aside(path: &Path, reason: String) -> io::Result<Restored> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::KindCounts;
     use super::*;
-    use crate::message::AfterSendSingleMsg;
+    use crate::callbacks::MessagePacket;
 
+    /// `messages` messages, every third of them a group's, and a revoke and a save.
     fn counted(messages: usize) -> MessageStats {
         let mut stats = MessageStats::default();
         for index in 0..messages {
-            let packet = AfterSendSingleMsg {
+            let mut packet = MessagePacket {
                 send_id: format!("user-{index}"),
                 recv_id: "bob".into(),
-                content_type: crate::message::ContentType(101),
+                content_type: crate::callbacks::ContentType(101),
+                create_time: super::super::epoch_ms(std::time::SystemTime::now()),
                 ..Default::default()
             };
+            if index % 3 == 0 {
+                (packet.recv_id, packet.group_id) = (String::new(), format!("group-{}", index % 7));
+            }
             stats.record(&packet, std::time::SystemTime::now(), &Default::default());
         }
+        stats.kinds.revoked = 1;
+        stats.kinds.saved_to_database = 2;
         stats
     }
 
@@ -135,10 +156,27 @@ mod tests {
         fs::write(&path, bytes).unwrap();
         match restore(&path).unwrap() {
             Restored::Counts { stats: restored, next_seq } => {
-                assert_eq!((*restored, next_seq), (stats, None))
+                let without_kinds = MessageStats { kinds: Default::default(), ..stats };
+                assert_eq!((*restored, next_seq), (without_kinds, None))
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_version_2_snapshot_from_before_groups_restores_with_those_counts_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stats.snapshot");
+        let stats = counted(5);
+        let mut bytes = b"OIMSTATS\x02\x00\x00\x00".to_vec();
+        bytes.extend_from_slice(&6u64.to_le_bytes());
+        bytes.extend(postcard::to_allocvec(&stats).unwrap());
+        fs::write(&path, bytes).unwrap();
+        let Restored::Counts { stats: restored, next_seq } = restore(&path).unwrap() else { panic!() };
+        assert_eq!(next_seq, Some(6));
+        assert_eq!(restored.report(std::time::SystemTime::now()).messages.total, 5);
+        assert_eq!(restored.kinds, KindCounts::default());
+        assert_ne!(stats.kinds, KindCounts::default(), "the counts a version-3 file keeps");
     }
 
     #[test]

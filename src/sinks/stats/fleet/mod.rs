@@ -38,7 +38,7 @@ use crate::settings::StatsSettings;
 use connection::FleetConnection;
 
 /// The distinct counts kept, in total and per day: (key suffix, what it holds).
-const DISTINCT: [&str; 4] = ["senders", "receivers", "people", "conversations"];
+const DISTINCT: [&str; 5] = ["senders", "receivers", "people", "conversations", "groups"];
 
 /// Names of the fleet's keys.
 #[derive(Clone, Debug)]

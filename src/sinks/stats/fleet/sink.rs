@@ -128,7 +128,7 @@ impl Sink for FleetSink {
         let now = SystemTime::now();
         let mut tally = Tally::default();
         for entry in &fresh {
-            tally.record(&entry.message.packet, epoch_ms(entry.message.received_at), &self.calendar);
+            tally.record_callback(&entry.message, &self.calendar);
         }
         let call = tally.into_call(&self.keys, &self.calendar);
         let next = Position::Stored(format!("{}:{}", self.journal_id, last.seq + 1));

@@ -2,10 +2,10 @@
 //! messages is one script call with a few dozen increments, not thousands.
 
 use super::{DISTINCT, FleetKeys};
-use crate::message::AfterSendSingleMsg;
-use crate::message::{ContentType, MsgFrom, MsgStatus, Platform, SessionType};
+use crate::callbacks::{Callback, ContentType, MessagePacket, MsgFrom, MsgStatus, Platform, ReceivedMessage, Role, SessionType};
+use crate::sinks::stats::epoch_ms;
 use crate::sinks::stats::daily::{Calendar, MS_PER_DAY, MS_PER_MINUTE, RATE_MINUTES};
-use crate::sinks::stats::distinct::{hash_of, hash_of_pair};
+use crate::sinks::stats::distinct::{hash_of, hash_of_group, hash_of_pair};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Applies a batch and moves the replica's position, only if the position in
@@ -76,23 +76,35 @@ return {1, ARGV[3]}
 /// Elements per `PFADD` (Lua's `unpack` has a stack limit).
 const PFADD_CHUNK: usize = 1000;
 
-/// The distinct items one message adds: sender, receiver, either, the pair.
-struct Identities([u64; 4]);
+/// The distinct items one message adds: sender and receiver (people takes
+/// both), the conversation; for a group's message, no receiver, and the group.
+struct Identities {
+    people: [u64; 2],
+    conversation: u64,
+    group: bool,
+}
 
 impl Identities {
-    fn of(packet: &AfterSendSingleMsg) -> Self {
-        let (sender, receiver) = (hash_of(&packet.send_id), hash_of(&packet.recv_id));
-        Identities([sender, receiver, 0, hash_of_pair(&packet.send_id, &packet.recv_id)])
+    fn of(packet: &MessagePacket) -> Self {
+        let sender = hash_of(&packet.send_id);
+        if packet.is_group() {
+            Identities { people: [sender, 0], conversation: hash_of_group(&packet.group_id), group: true }
+        } else {
+            let pair = hash_of_pair(&packet.send_id, &packet.recv_id);
+            Identities { people: [sender, hash_of(&packet.recv_id)], conversation: pair, group: false }
+        }
     }
 
-    /// Items per distinct count, in [`DISTINCT`]'s order (people takes both).
-    fn each(&self) -> [&[u64]; 4] {
-        let [sender, receiver, _, pair] = &self.0;
+    /// Items per distinct count, in [`DISTINCT`]'s order.
+    fn each(&self) -> [&[u64]; DISTINCT.len()] {
+        let people: &[u64] = if self.group { &self.people[..1] } else { &self.people };
+        let conversation = std::slice::from_ref(&self.conversation);
         [
-            std::slice::from_ref(sender),
-            std::slice::from_ref(receiver),
-            &self.0[..2],
-            std::slice::from_ref(pair),
+            &self.people[..1],
+            &people[1..],
+            people,
+            conversation,
+            if self.group { conversation } else { &[] },
         ]
     }
 }
@@ -102,6 +114,8 @@ impl Identities {
 enum Field {
     Messages,
     OutOfWindow,
+    SavedToDatabase,
+    Revoked,
     ContentType(ContentType),
     Platform(Platform),
     MsgFrom(MsgFrom),
@@ -114,6 +128,8 @@ impl Field {
         match self {
             Field::Messages => "messages".into(),
             Field::OutOfWindow => "out_of_window".into(),
+            Field::SavedToDatabase => "saved_to_database".into(),
+            Field::Revoked => "revoked".into(),
             Field::ContentType(code) => format!("content_type:{}", code.label()),
             Field::Platform(code) => format!("platform:{}", code.label()),
             Field::MsgFrom(code) => format!("msg_from:{}", code.label()),
@@ -126,7 +142,7 @@ impl Field {
 #[derive(Default)]
 struct Counts {
     fields: HashMap<Field, i64>,
-    distinct: [HashSet<u64>; 4],
+    distinct: [HashSet<u64>; DISTINCT.len()],
 }
 
 impl Counts {
@@ -156,8 +172,21 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Counts one message received at `received_ms`, as the memory backend does.
-    pub fn record(&mut self, packet: &AfterSendSingleMsg, received_ms: i64, calendar: &Calendar) {
+    /// Counts one callback as the memory backend does: a message sent into
+    /// every count, a save or a revoke under its own name only.
+    pub fn record_callback(&mut self, message: &ReceivedMessage, calendar: &Calendar) {
+        match (message.command.role, &message.callback) {
+            (Role::Sent, Callback::Message(packet)) => {
+                self.record(packet, epoch_ms(message.received_at), calendar);
+            }
+            (Role::Saved, _) => self.totals.add(Field::SavedToDatabase),
+            (Role::Revoked, _) => self.totals.add(Field::Revoked),
+            (Role::Sent, Callback::Revoke(_)) => {}
+        }
+    }
+
+    /// Counts one message sent, received at `received_ms`.
+    pub fn record(&mut self, packet: &MessagePacket, received_ms: i64, calendar: &Calendar) {
         let who = Identities::of(packet);
         let totals = &mut self.totals;
         totals.add(Field::Messages);
@@ -274,12 +303,12 @@ impl ScriptCall {
 mod tests {
     use super::*;
 
-    fn packet(send: &str, recv: &str, create_time: i64) -> AfterSendSingleMsg {
-        AfterSendSingleMsg {
+    fn packet(send: &str, recv: &str, create_time: i64) -> MessagePacket {
+        MessagePacket {
             send_id: send.into(),
             recv_id: recv.into(),
             create_time,
-            content_type: crate::message::ContentType(101),
+            content_type: crate::callbacks::ContentType(101),
             ..Default::default()
         }
     }

@@ -142,7 +142,7 @@ impl FleetView {
             pipe.query_async::<Vec<redis::Value>>(&mut self.connection.clone()).await?.into();
         let mut next = || answers.pop_front().unwrap_or(redis::Value::Nil);
         let totals: HashMap<String, String> = redis::from_redis_value(next())?;
-        let mut distinct = [0u64; 4];
+        let mut distinct = [0u64; DISTINCT.len()];
         for count in &mut distinct {
             *count = redis::from_redis_value(next())?;
         }
@@ -150,7 +150,7 @@ impl FleetView {
         let mut day_reports = BTreeMap::new();
         for day in &days {
             let fields: HashMap<String, String> = redis::from_redis_value(next())?;
-            let mut counts = [0u64; 4];
+            let mut counts = [0u64; DISTINCT.len()];
             for count in &mut counts {
                 *count = redis::from_redis_value(next())?;
             }
@@ -164,6 +164,7 @@ impl FleetView {
                 by_content_type: numbers.group("content_type"),
                 people: PeopleCounts { senders: counts[0], receivers: counts[1], total: counts[2] },
                 conversations: counts[3],
+                groups: counts[4],
             };
             day_reports.insert(*day, report);
         }
@@ -180,6 +181,9 @@ impl FleetView {
             },
             people: PeopleCounts { senders: distinct[0], receivers: distinct[1], total: distinct[2] },
             conversations: distinct[3],
+            groups: distinct[4],
+            saved_to_database: totals.count("saved_to_database"),
+            revoked: totals.count("revoked"),
             // HyperLogLog: within about 1% at any size.
             distinct_counts_exact: false,
             earliest_create_time: totals.number("earliest_create_time"),

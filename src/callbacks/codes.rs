@@ -113,13 +113,21 @@ protocol_code! {
 }
 
 protocol_code! {
-    /// The conversation kind (`sessionType`); this callback fires for single chat.
+    /// The conversation kind (`sessionType`). Every v3 group is the "read
+    /// group" type 3, shown as `group_chat`; type 2 is defined and unused.
     SessionType {
         1 => "single_chat",
         2 => "write_group",
-        3 => "read_group",
+        3 => "group_chat",
         4 => "notification",
     }
+}
+
+impl SessionType {
+    pub const SINGLE_CHAT: SessionType = SessionType(1);
+    pub const WRITE_GROUP: SessionType = SessionType(2);
+    pub const READ_GROUP: SessionType = SessionType(3);
+    pub const NOTIFICATION: SessionType = SessionType(4);
 }
 
 protocol_code! {
