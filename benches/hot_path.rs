@@ -9,8 +9,8 @@ use axum::body::Body;
 use axum::http::Request;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use openim_callback_receiver::journal::Journal;
 use openim_callback_receiver::callbacks::{AFTER_SEND_SINGLE_MSG, OperationId, ReceivedMessage};
+use openim_callback_receiver::journal::Journal;
 use openim_callback_receiver::settings::{LogFormat, Settings};
 use openim_callback_receiver::sinks::stats::MessageStats;
 use openim_callback_receiver::sinks::stats::daily::Calendar;
@@ -29,7 +29,8 @@ fn sample(name: &str) -> Vec<u8> {
 
 fn received(raw: Vec<u8>) -> ReceivedMessage {
     let operation_id = OperationId { value: "bench".to_owned(), generated: false };
-    ReceivedMessage::parse(AFTER_SEND_SINGLE_MSG, raw.into(), operation_id, SystemTime::now()).expect("the sample parses")
+    ReceivedMessage::parse(AFTER_SEND_SINGLE_MSG, raw.into(), operation_id, SystemTime::now())
+        .expect("the sample parses")
 }
 
 fn decode(c: &mut Criterion) {

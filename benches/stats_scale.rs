@@ -7,7 +7,9 @@
 //! cargo bench --bench stats_scale
 
 use futures_util::FutureExt;
-use openim_callback_receiver::callbacks::{AFTER_SEND_SINGLE_MSG, Callback, ContentType, MessagePacket, OperationId, ReceivedMessage};
+use openim_callback_receiver::callbacks::{
+    AFTER_SEND_SINGLE_MSG, Callback, ContentType, MessagePacket, OperationId, ReceivedMessage,
+};
 use openim_callback_receiver::sinks::stats::daily::Calendar;
 use openim_callback_receiver::sinks::stats::{MessageStats, StatsHandle, StatsSink};
 use openim_callback_receiver::sinks::{Entry, Sink};

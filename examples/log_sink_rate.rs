@@ -5,8 +5,8 @@
 //!
 //! cargo run --release --example log_sink_rate -- /tmp/records.log
 
-use openim_callback_receiver::journal::{Journal, NewRecord};
 use openim_callback_receiver::callbacks::OperationId;
+use openim_callback_receiver::journal::{Journal, NewRecord};
 use openim_callback_receiver::settings::{LogFormat, Settings};
 use openim_callback_receiver::sinks::{LogSink, SinkSet};
 use openim_callback_receiver::telemetry::RecordWriter;
@@ -24,7 +24,8 @@ async fn main() -> std::io::Result<()> {
     let journal = Journal::open(&settings.journal).map_err(std::io::Error::other)?;
     let operation_id = OperationId { value: "bench".to_owned(), generated: false };
     for _ in 0..MESSAGES {
-        let record = NewRecord { kind: 0, received_at: SystemTime::now(), operation_id: &operation_id, body: &raw };
+        let record =
+            NewRecord { kind: 0, received_at: SystemTime::now(), operation_id: &operation_id, body: &raw };
         // No parsed message kept: the sink reads the file and parses, its slow path.
         journal.append_record(&record, None).map_err(std::io::Error::other)?;
     }

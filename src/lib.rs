@@ -6,10 +6,10 @@
 //! `main.rs` only parses arguments and calls into this crate; tests build the
 //! same [`Receiver`] and run it on a listener of their own.
 
+pub mod callbacks;
 pub mod healthcheck;
 pub mod http;
 pub mod journal;
-pub mod callbacks;
 pub mod metrics;
 pub mod server;
 pub mod settings;

@@ -690,7 +690,10 @@ impl Settings {
             self.callbacks.record.iter().find(|key| crate::callbacks::Command::by_key(key).is_none())
         {
             let known: Vec<&str> = crate::callbacks::COMMANDS.iter().map(|command| command.key).collect();
-            return fail("callbacks.record", &format!("unknown callback {unknown:?}; known: {}", known.join(", ")));
+            return fail(
+                "callbacks.record",
+                &format!("unknown callback {unknown:?}; known: {}", known.join(", ")),
+            );
         }
         let base = &self.server.base_path;
         if !base.starts_with('/') {

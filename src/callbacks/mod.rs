@@ -96,6 +96,10 @@ impl fmt::Debug for Command {
 
 /// A callback's parsed body.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "it lives in the Arc of a ReceivedMessage: boxing the message would cost every message an allocation to save a revoke some bytes"
+)]
 pub enum Callback {
     Message(MessagePacket),
     Revoke(RevokePacket),
@@ -197,7 +201,9 @@ impl ReceivedMessage {
         match &self.callback {
             Callback::Message(packet) if self.command.role == Role::Sent => packet.server_msg_id.clone(),
             Callback::Message(packet) => format!("{}:{}", self.command.key, packet.server_msg_id),
-            Callback::Revoke(revoke) => format!("{}:{}:{}", self.command.key, revoke.conversation_id, revoke.seq),
+            Callback::Revoke(revoke) => {
+                format!("{}:{}:{}", self.command.key, revoke.conversation_id, revoke.seq)
+            }
         }
     }
 }

@@ -189,7 +189,9 @@ fn json_error(path: String, error: &serde_json::Error) -> PacketError {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{AFTER_MSG_SAVE_DB, AFTER_REVOKE_MSG, AFTER_SEND_GROUP_MSG, AFTER_SEND_SINGLE_MSG, Callback};
+    use super::super::{
+        AFTER_MSG_SAVE_DB, AFTER_REVOKE_MSG, AFTER_SEND_GROUP_MSG, AFTER_SEND_SINGLE_MSG, Callback,
+    };
     use super::*;
 
     const MINIMAL: &str = r#"{"sendID":"a","recvID":"b","contentType":101}"#;
@@ -252,8 +254,14 @@ mod tests {
         assert_eq!(AFTER_MSG_SAVE_DB.parse(neither), Err(PacketError::EmptyField("recvID or groupID")));
         let revoke = br#"{"callbackCommand":"callbackBeforeAfterMsgCommand","conversationID":"si_a_b","seq":12,"userID":"a"}"#;
         let Callback::Revoke(parsed) = AFTER_REVOKE_MSG.parse(revoke).unwrap() else { panic!("a revoke") };
-        assert_eq!((parsed.conversation_id.as_str(), parsed.seq, parsed.user_id.as_str()), ("si_a_b", 12, "a"));
-        assert_eq!(AFTER_REVOKE_MSG.parse(br#"{"seq":1}"#).unwrap_err().to_string(), "missing field `conversationID`");
+        assert_eq!(
+            (parsed.conversation_id.as_str(), parsed.seq, parsed.user_id.as_str()),
+            ("si_a_b", 12, "a")
+        );
+        assert_eq!(
+            AFTER_REVOKE_MSG.parse(br#"{"seq":1}"#).unwrap_err().to_string(),
+            "missing field `conversationID`"
+        );
     }
 
     #[test]

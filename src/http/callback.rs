@@ -47,7 +47,13 @@ async fn accept(
     let raw = tokio::time::timeout_at(deadline, read_body(request, server.max_body_bytes)).await.map_err(
         |_elapsed| ApiError::DeadlineExceeded { deadline_ms: server.response_timeout.as_millis() },
     )??;
-    let callback = command.parse(&raw).map_err(ApiError::InvalidPacket)?;
+    let callback = command.parse(&raw).map_err(|error| {
+        // Another command's packet says so better than by the field it lacks.
+        match named_command(&raw) {
+            Some(named) if named != command.name => state.unknown_command(&named, "body's callbackCommand"),
+            _ => ApiError::InvalidPacket(error),
+        }
+    })?;
     let named = callback.callback_command();
     if !named.is_empty() && named != command.name {
         return Err(state.unknown_command(named, "body's callbackCommand"));
@@ -150,6 +156,17 @@ async fn discard_rest(body: &mut Body, limit: usize) {
         }
         allowance -= size;
     }
+}
+
+/// The body's `callbackCommand`, read on its own (for a body its command refused).
+fn named_command(raw: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        #[serde(rename = "callbackCommand")]
+        callback_command: String,
+    }
+    let named: Named = serde_json::from_slice(raw).ok()?;
+    Some(named.callback_command).filter(|name| !name.is_empty())
 }
 
 /// Header first, then the body's `operationID`, then a generated one if allowed.

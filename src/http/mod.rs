@@ -9,8 +9,8 @@ pub mod refusals;
 mod settle;
 mod status_page;
 
-use crate::journal::Journal;
 use crate::callbacks::{COMMANDS, Command};
+use crate::journal::Journal;
 use crate::settings::Settings;
 use crate::sinks::{SinkStatus, StatsHandle};
 use axum::Router;

@@ -210,8 +210,8 @@ pub fn take_inventory(path: &Path) -> io::Result<Inventory> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::record::NewRecord;
     use crate::callbacks::OperationId;
+    use crate::journal::record::NewRecord;
     use std::io::Write;
 
     fn write_records(path: &Path, seqs: std::ops::RangeInclusive<u64>) -> Vec<u64> {

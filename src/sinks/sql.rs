@@ -38,7 +38,11 @@ const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
     ("group_id", "TEXT NOT NULL DEFAULT ''", "VARCHAR(255) NOT NULL DEFAULT ''"),
     ("conversation_id", "TEXT NOT NULL DEFAULT ''", "VARCHAR(255) NOT NULL DEFAULT ''"),
     // Every row of an older release came from the single chat's callback.
-    ("callback", "TEXT NOT NULL DEFAULT 'afterSendSingleMsg'", "VARCHAR(64) NOT NULL DEFAULT 'afterSendSingleMsg'"),
+    (
+        "callback",
+        "TEXT NOT NULL DEFAULT 'afterSendSingleMsg'",
+        "VARCHAR(64) NOT NULL DEFAULT 'afterSendSingleMsg'",
+    ),
     ("revoked_at", "TIMESTAMPTZ NULL", "DATETIME(6) NULL"),
     ("revoked_by", "TEXT NULL", "VARCHAR(255) NULL"),
 ];
@@ -162,7 +166,8 @@ impl SqlSink {
                 .await?
                 .is_some();
                 for (column, definition, _) in ADDED_COLUMNS {
-                    let statement = format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}");
+                    let statement =
+                        format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}");
                     sqlx::query(&statement).execute(&mut *transaction).await?;
                 }
                 if !had_conversations {
@@ -270,7 +275,8 @@ impl SqlSink {
         let table = &self.table;
         match &self.database {
             Database::Postgres(pool) => {
-                let column = |pick: fn(&Row) -> String| rows.iter().map(|row| pick(row)).collect::<Vec<String>>();
+                let column =
+                    |pick: fn(&Row) -> String| rows.iter().map(|row| pick(row)).collect::<Vec<String>>();
                 let number = |pick: fn(&Row) -> i64| rows.iter().map(|row| pick(row)).collect::<Vec<i64>>();
                 let on_conflict = match on_conflict {
                     OnConflict::Keep => "DO NOTHING",
@@ -443,18 +449,22 @@ impl SqlSink {
             self.parameter(3)
         );
         let found: i64 = match &self.database {
-            Database::Postgres(pool) => sqlx::query_scalar(&statement)
-                .bind(&revoke.conversation_id)
-                .bind(revoke.seq)
-                .bind(AFTER_REVOKE_MSG.key)
-                .fetch_one(pool)
-                .await?,
-            Database::MySql(pool) => sqlx::query_scalar(&statement)
-                .bind(&revoke.conversation_id)
-                .bind(revoke.seq)
-                .bind(AFTER_REVOKE_MSG.key)
-                .fetch_one(pool)
-                .await?,
+            Database::Postgres(pool) => {
+                sqlx::query_scalar(&statement)
+                    .bind(&revoke.conversation_id)
+                    .bind(revoke.seq)
+                    .bind(AFTER_REVOKE_MSG.key)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Database::MySql(pool) => {
+                sqlx::query_scalar(&statement)
+                    .bind(&revoke.conversation_id)
+                    .bind(revoke.seq)
+                    .bind(AFTER_REVOKE_MSG.key)
+                    .fetch_one(pool)
+                    .await?
+            }
         };
         Ok(found as u64)
     }

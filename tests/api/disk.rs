@@ -255,3 +255,54 @@ async fn a_journal_the_previous_release_wrote_is_read_and_upgraded_in_place() {
     assert_eq!(stats["messages"]["total"], 6, "the snapshot's five, and the new one");
     assert_eq!(std::fs::metadata(&cursor).unwrap().len(), 64, "rewritten in the new, fixed-size form");
 }
+
+#[tokio::test]
+async fn a_journal_from_before_callback_kinds_is_read_and_goes_on_with_groups_and_revokes() {
+    let workdir = tempfile::tempdir().unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/before-callback-kinds");
+    copy_tree(&fixture.join("data"), &workdir.path().join("data"));
+
+    let mut binary = RunningBinary::start(workdir.path(), &[]).await;
+    let sample =
+        |name: &str| std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("samples").join(name)).unwrap();
+    for (command, body) in [
+        ("callbackAfterSendGroupMsgCommand", sample("group.json")),
+        ("callbackBeforeAfterMsgCommand", sample("revoke.json")),
+    ] {
+        let answer = client()
+            .post(format!("http://{}/callbackExample/{command}", binary.address))
+            .header("operationID", "op-upgrade")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let stats = wait_until(Duration::from_secs(60), async || {
+        let stats = stats_of(binary.address).await;
+        let caught_up = stats["sinks"].as_object().unwrap().values().all(|sink| sink["lag_records"] == 0);
+        if caught_up && stats["journal"]["last_seq"] == 7 { Ok(stats) } else { Err(format!("{stats}")) }
+    })
+    .await;
+    assert_eq!(binary.terminate().await.code(), Some(0));
+    let lines = binary.lines.await.unwrap();
+    let records: Vec<&Value> = lines.iter().filter(|line| line["target"] == "message").collect();
+    let commands: Vec<(&str, &str)> = records
+        .iter()
+        .map(|record| {
+            (record["callbackCommand"].as_str().unwrap(), record["serverMsgID"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            ("callbackAfterSendSingleMsgCommand", "fixture-4"),
+            ("callbackAfterSendSingleMsgCommand", "fixture-5"),
+            ("callbackAfterSendGroupMsgCommand", "5e0c2a9b7d1f4e3a8b6c0d2e4f6a8b1c"),
+            ("callbackBeforeAfterMsgCommand", ""),
+        ],
+        "the old records unread by the log, as single chats, then the new ones"
+    );
+    assert_eq!(stats["messages"]["total"], 6, "the snapshot's five, and the group's message");
+    assert_eq!((stats["groups"].as_u64(), stats["revoked"].as_u64()), (Some(1), Some(1)), "{stats}");
+}

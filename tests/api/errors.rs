@@ -308,7 +308,7 @@ async fn every_bad_request_gets_its_status_code_and_a_pointer_to_the_cause() {
     let posts = cases.iter().filter(|case| case.method == Method::POST).count() as u64;
     assert_eq!(sum(&stats["requests"]["rejected"]), posts);
     assert_eq!(sum(&stats["requests"]["other_refused"]), cases.len() as u64 - posts);
-    assert_eq!(stats["requests"]["rejected"]["invalid_json"], 29);
+    assert_eq!(stats["requests"]["rejected"]["invalid_json"], 28);
     assert_eq!(stats["requests"]["unknown_commands"]["callbackBeforeSendSingleMsgCommand"], 2);
     let clipped = format!("callbackX{}", "y".repeat(55));
     assert_eq!(stats["requests"]["unknown_commands"][&clipped], 1, "kept as its first 64 characters");

@@ -454,3 +454,55 @@ async fn a_batch_redis_cannot_take_whole_is_not_applied_in_part() {
     assert_eq!(after["messages"]["total"], 20);
     assert!(receiver.stop().await.is_clean());
 }
+
+#[tokio::test]
+async fn the_fleet_counts_groups_saves_and_revokes_as_the_memory_backend_does() {
+    let Some(url) = redis().await else { return };
+    let fleet = Fleet::new(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let mut replica = RunningBinary::start(dir.path(), &fleet.env("replica-family", &url)).await;
+    let mut today: Value = serde_json::from_slice(&crate::helpers::sample("group.json")).unwrap();
+    today["createTime"] = now_ms().into();
+    let posted = [
+        ("callbackAfterSendSingleMsgCommand", crate::helpers::sample("text.json")),
+        ("callbackAfterSendGroupMsgCommand", today.to_string().into_bytes()),
+        ("callbackAfterMsgSaveDBCommand", crate::helpers::sample("saved-to-database.json")),
+        ("callbackBeforeAfterMsgCommand", crate::helpers::sample("revoke.json")),
+    ];
+    for (command, body) in posted {
+        let answer = crate::helpers::http_client()
+            .post(format!("http://{}/callbackExample/{command}", replica.address))
+            .header("operationID", "op-fleet")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let stats = wait_until(AFTER_AN_OUTAGE, async || {
+        let stats = stats_of(replica.address).await;
+        if stats["revoked"] == 1 && stats["sinks"]["stats"]["lag_records"] == 0 {
+            Ok(stats)
+        } else {
+            Err(format!("{stats}"))
+        }
+    })
+    .await;
+    assert_eq!(stats["scope"], "fleet");
+    assert_eq!(stats["messages"]["total"], 2, "the saved and the revoked are not messages sent: {stats}");
+    assert_eq!(stats["messages"]["by_session_type"], serde_json::json!({"single_chat": 1, "group_chat": 1}));
+    assert_eq!(
+        (stats["groups"].as_u64(), stats["saved_to_database"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+    assert_eq!((stats["conversations"].as_u64(), stats["people"]["receivers"].as_u64()), (Some(2), Some(1)));
+    let daily: Value = crate::helpers::http_get(format!("http://{}/stats/daily", replica.address))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(daily["days"][0]["groups"], 1, "{daily}");
+    assert_eq!(replica.terminate().await.code(), Some(0));
+}

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 /// One request as the downstream saw it.
 #[derive(Clone, Debug)]
 struct Received {
+    path: String,
     headers: HeaderMap,
     body: Bytes,
 }
@@ -48,24 +49,22 @@ impl Downstream {
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let attempts = Arc::new(Mutex::new(0));
         let (kept, tried) = (Arc::clone(&accepted), Arc::clone(&attempts));
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let (kept, tried, answer) = (Arc::clone(&kept), Arc::clone(&tried), answer.clone());
-                async move {
-                    let attempt = {
-                        let mut tried = tried.lock().unwrap();
-                        *tried += 1;
-                        *tried
-                    };
-                    let status = answer(attempt, &body);
-                    if status == StatusCode::OK {
-                        kept.lock().unwrap().push(Received { headers, body });
-                    }
-                    status
+        let handler = axum::routing::post(move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+            let (kept, tried, answer) = (Arc::clone(&kept), Arc::clone(&tried), answer.clone());
+            async move {
+                let attempt = {
+                    let mut tried = tried.lock().unwrap();
+                    *tried += 1;
+                    *tried
+                };
+                let status = answer(attempt, &body);
+                if status == StatusCode::OK {
+                    kept.lock().unwrap().push(Received { path: uri.path().to_owned(), headers, body });
                 }
-            }),
-        );
+                status
+            }
+        });
+        let app = axum::Router::new().route("/hook", handler.clone()).route("/hook/{command}", handler);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -257,4 +256,60 @@ async fn a_relay_urls_credentials_never_show_in_stats() {
     assert!(error.contains(&format!("http://bot:<redacted>@{closed}/hook?token=<redacted>")), "{error}");
     let everything = receiver.get_json("/stats").await.to_string();
     assert!(!everything.contains("hunter2") && !everything.contains("t0ps3cret"), "{everything}");
+}
+
+#[tokio::test]
+async fn each_relayed_callback_names_its_command_and_can_go_to_the_path_openim_uses() {
+    let plain = Downstream::start(0).await;
+    let openim_like = Downstream::start(0).await;
+    let overrides = [
+        ("SINKS__FORWARD__PLAIN__URL", plain.url.as_str()),
+        ("SINKS__FORWARD__OPENIM__URL", openim_like.url.as_str()),
+        ("SINKS__FORWARD__OPENIM__APPEND_COMMAND", "true"),
+    ];
+    let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
+    let commands = [
+        ("callbackAfterSendGroupMsgCommand", "group.json"),
+        ("callbackBeforeAfterMsgCommand", "revoke.json"),
+    ];
+    for (command, sample) in commands {
+        let path = format!("/callbackExample/{command}");
+        receiver.post(&path, "op-relay", crate::helpers::sample(sample)).await.assert_accepted();
+    }
+    caught_up(&receiver, "forward.plain").await;
+    caught_up(&receiver, "forward.openim").await;
+    for (downstream, with_command) in [(&plain, false), (&openim_like, true)] {
+        let accepted = downstream.accepted.lock().unwrap().clone();
+        let mut seen: Vec<(String, String, String)> = accepted
+            .iter()
+            .map(|request| {
+                let header = request.headers["x-openim-callback-command"].to_str().unwrap().to_owned();
+                let key = request.headers["idempotency-key"].to_str().unwrap().to_owned();
+                (request.path.clone(), header, key)
+            })
+            .collect();
+        // Two requests in flight at once (the default concurrency): either may land first.
+        seen.sort();
+        let path = |command: &str| if with_command { format!("/hook/{command}") } else { "/hook".to_owned() };
+        assert_eq!(
+            seen,
+            [
+                (
+                    path(commands[0].0),
+                    commands[0].0.to_owned(),
+                    "5e0c2a9b7d1f4e3a8b6c0d2e4f6a8b1c".to_owned()
+                ),
+                (
+                    path(commands[1].0),
+                    commands[1].0.to_owned(),
+                    "afterRevokeMsg:si_3861937549_5247014726:17".to_owned()
+                ),
+            ]
+        );
+        let revoke = accepted
+            .iter()
+            .find(|request| request.body.starts_with(b"{\"callbackCommand\":\"callbackBefore"));
+        assert_eq!(revoke.unwrap().body, crate::helpers::sample("revoke.json"), "the body as it came");
+    }
+    assert!(receiver.stop().await.is_clean());
 }

@@ -3,8 +3,8 @@
 //! open, and positions saved ahead of what is on the disk.
 
 use crate::helpers::{RecordingSink, TestReceiver, packet, settings, wait_until};
-use openim_callback_receiver::journal::{Journal, NewRecord, cursor};
 use openim_callback_receiver::callbacks::OperationId;
+use openim_callback_receiver::journal::{Journal, NewRecord, cursor};
 use std::io::Write;
 use std::time::Duration;
 
@@ -43,8 +43,12 @@ fn journal_in(dir: &tempfile::TempDir) -> std::sync::Arc<Journal> {
 /// Appends `body` as a record, as the request path does; its sequence number.
 fn append(journal: &Journal, body: &str) -> u64 {
     let id = OperationId { value: "op".into(), generated: false };
-    let record =
-        NewRecord { kind: 0, received_at: std::time::SystemTime::now(), operation_id: &id, body: body.as_bytes() };
+    let record = NewRecord {
+        kind: 0,
+        received_at: std::time::SystemTime::now(),
+        operation_id: &id,
+        body: body.as_bytes(),
+    };
     journal.append_record(&record, None).unwrap()
 }
 

@@ -2,6 +2,7 @@
 
 mod binary;
 mod callback;
+mod commands;
 mod deadline;
 mod disk;
 mod errors;
@@ -18,6 +19,7 @@ mod redis_stream;
 mod settings_layers;
 mod shutdown;
 mod sql;
+mod sql_family;
 mod statistics;
 mod stats;
 mod status_page;

@@ -41,18 +41,28 @@ async fn every_message_is_one_entry_with_its_packet_whole() {
         ("SINKS__REDIS_STREAM__STREAM", stream.as_str()),
     ];
     let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
-    let bodies: Vec<Vec<u8>> = ["text.json", "picture.json", "rest-api-v3.0.json"].map(sample).to_vec();
-    for (index, body) in bodies.iter().enumerate() {
-        let path = crate::helpers::COMMAND_PATH;
-        receiver.post(path, &format!("op-{index}"), body.clone()).await.assert_accepted();
+    let single = "callbackAfterSendSingleMsgCommand";
+    let posted = [
+        ("text.json", single),
+        ("picture.json", single),
+        ("rest-api-v3.0.json", single),
+        ("group.json", "callbackAfterSendGroupMsgCommand"),
+        ("revoke.json", "callbackBeforeAfterMsgCommand"),
+    ];
+    let bodies: Vec<Vec<u8>> = posted.iter().map(|(file, _)| sample(file)).collect();
+    for (index, (body, (_, command))) in bodies.iter().zip(posted).enumerate() {
+        let path = format!("/callbackExample/{command}");
+        receiver.post(&path, &format!("op-{index}"), body.clone()).await.assert_accepted();
     }
-    receiver.caught_up("redis_stream", 3).await;
+    receiver.caught_up("redis_stream", 5).await;
     assert!(receiver.stop().await.is_clean());
     let entries = entries(&url, &stream).await;
-    assert_eq!(entries.len(), 3);
+    assert_eq!(entries.len(), 5);
     for (index, (entry, body)) in entries.iter().zip(&bodies).enumerate() {
         let packet: serde_json::Value = serde_json::from_slice(body).unwrap();
-        assert_eq!(entry["serverMsgID"], packet["serverMsgID"].as_str().unwrap());
+        assert_eq!(entry["callbackCommand"], posted[index].1);
+        // A revoke names no message by serverMsgID: the field is empty.
+        assert_eq!(entry["serverMsgID"], packet["serverMsgID"].as_str().unwrap_or(""));
         assert_eq!(entry["operationID"], format!("op-{index}"));
         assert_eq!(
             entry["packet"].as_bytes(),

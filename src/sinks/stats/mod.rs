@@ -364,7 +364,8 @@ impl StatsHandle {
     pub fn observe<'a>(&self, entries: impl IntoIterator<Item = &'a Entry>) {
         for entry in entries {
             let received_at = entry.message.received_at;
-            let Some(packet) = entry.message.message().filter(|_| entry.message.command.role == Role::Sent) else {
+            let Some(packet) = entry.message.message().filter(|_| entry.message.command.role == Role::Sent)
+            else {
                 continue;
             };
             let sent_ms = if packet.send_time > 0 { packet.send_time } else { packet.create_time };

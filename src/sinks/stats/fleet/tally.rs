@@ -2,10 +2,12 @@
 //! messages is one script call with a few dozen increments, not thousands.
 
 use super::{DISTINCT, FleetKeys};
-use crate::callbacks::{Callback, ContentType, MessagePacket, MsgFrom, MsgStatus, Platform, ReceivedMessage, Role, SessionType};
-use crate::sinks::stats::epoch_ms;
+use crate::callbacks::{
+    Callback, ContentType, MessagePacket, MsgFrom, MsgStatus, Platform, ReceivedMessage, Role, SessionType,
+};
 use crate::sinks::stats::daily::{Calendar, MS_PER_DAY, MS_PER_MINUTE, RATE_MINUTES};
 use crate::sinks::stats::distinct::{hash_of, hash_of_group, hash_of_pair};
+use crate::sinks::stats::epoch_ms;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Applies a batch and moves the replica's position, only if the position in
@@ -99,13 +101,7 @@ impl Identities {
     fn each(&self) -> [&[u64]; DISTINCT.len()] {
         let people: &[u64] = if self.group { &self.people[..1] } else { &self.people };
         let conversation = std::slice::from_ref(&self.conversation);
-        [
-            &self.people[..1],
-            &people[1..],
-            people,
-            conversation,
-            if self.group { conversation } else { &[] },
-        ]
+        [&self.people[..1], &people[1..], people, conversation, if self.group { conversation } else { &[] }]
     }
 }
 
