@@ -356,13 +356,7 @@ impl prometheus_client::collector::Collector for StateCollector {
             }),
         )?;
         let results = state.sinks.iter().flat_map(|sink| {
-            [
-                ("handled", sink.handled.load(Ordering::Relaxed)),
-                ("failed", sink.failed.load(Ordering::Relaxed)),
-                ("skipped", sink.skipped.load(Ordering::Relaxed)),
-                ("damaged", sink.damaged.load(Ordering::Relaxed)),
-            ]
-            .map(|(result, count)| {
+            sink.record_counts().map(|(result, count)| {
                 (
                     vec![("sink", Cow::Borrowed(sink.name())), ("result", Cow::Borrowed(result))],
                     ConstCounter::new(count),
@@ -372,7 +366,7 @@ impl prometheus_client::collector::Collector for StateCollector {
         family(
             &mut encoder,
             "sink_messages",
-            "Records per sink: handled, failed (given up), skipped (dropped by a full journal before the sink read them), damaged (lost to damaged journal files)",
+            "Records per sink: handled, failed (given up), filtered (left out by the sink's only filter), skipped (dropped by a full journal before the sink read them), damaged (lost to damaged journal files)",
             MetricType::Counter,
             results,
         )?;

@@ -384,6 +384,9 @@ pub struct RedisStreamSinkSettings {
     /// Connecting, or an answer, taking longer than this fails the batch (retried).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// The records this sink takes (all when empty).
+    #[serde(default)]
+    pub only: crate::sinks::filter::RecordFilter,
 }
 
 /// One HTTP relay target. Every key but `url` has a default, so a target can
@@ -404,6 +407,8 @@ pub struct ForwardTarget {
     pub batch_size: usize,
     /// POST to `<url>/<command>` (OpenIM v3.4.2+'s form) instead of `<url>`.
     pub append_command: bool,
+    /// The records this target gets (all when empty).
+    pub only: crate::sinks::filter::RecordFilter,
 }
 
 impl Default for ForwardTarget {
@@ -415,6 +420,7 @@ impl Default for ForwardTarget {
             concurrency: 2,
             batch_size: 100,
             append_command: false,
+            only: Default::default(),
         }
     }
 }
@@ -437,6 +443,9 @@ pub struct SqlSinkSettings {
     /// How long one batch's statements may take before the delivery fails (and is retried).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// The records this sink takes (all when empty).
+    #[serde(default)]
+    pub only: crate::sinks::filter::RecordFilter,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -449,6 +458,9 @@ pub struct LogSinkSettings {
     pub include_content: bool,
     /// Cut content longer than this many characters (0: no limit).
     pub max_content_chars: usize,
+    /// The records this sink takes (all when empty).
+    #[serde(default)]
+    pub only: crate::sinks::filter::RecordFilter,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -457,6 +469,9 @@ pub struct StatsSinkSettings {
     pub enabled: bool,
     /// Most records the sink takes from the journal at once.
     pub batch_size: usize,
+    /// The records this sink takes (all when empty).
+    #[serde(default)]
+    pub only: crate::sinks::filter::RecordFilter,
 }
 
 /// A settings enum read from its name; any other name is refused with the
@@ -686,14 +701,30 @@ impl Settings {
     /// Checks what types alone cannot say.
     fn validate(&self) -> Result<(), SettingsError> {
         let fail = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
+        let unknown_callback = |key: &str, unknown: &str| {
+            let known: Vec<&str> = crate::callbacks::COMMANDS.iter().map(|command| command.key).collect();
+            fail(key, &format!("unknown callback {unknown:?}; known: {}", known.join(", ")))
+        };
         if let Some(unknown) =
             self.callbacks.record.iter().find(|key| crate::callbacks::Command::by_key(key).is_none())
         {
-            let known: Vec<&str> = crate::callbacks::COMMANDS.iter().map(|command| command.key).collect();
-            return fail(
-                "callbacks.record",
-                &format!("unknown callback {unknown:?}; known: {}", known.join(", ")),
-            );
+            return unknown_callback("callbacks.record", unknown);
+        }
+        let sinks = &self.sinks;
+        let filters = [
+            ("sinks.log.only".to_owned(), &sinks.log.only),
+            ("sinks.stats.only".to_owned(), &sinks.stats.only),
+            ("sinks.sql.only".to_owned(), &sinks.sql.only),
+            ("sinks.redis_stream.only".to_owned(), &sinks.redis_stream.only),
+        ]
+        .into_iter()
+        .chain(
+            sinks.forward.iter().map(|(name, target)| (format!("sinks.forward.{name}.only"), &target.only)),
+        );
+        for (key, filter) in filters {
+            if let Some(unknown) = filter.unknown_callback() {
+                return unknown_callback(&format!("{key}.callbacks"), unknown);
+            }
         }
         let base = &self.server.base_path;
         if !base.starts_with('/') {

@@ -85,11 +85,12 @@ struct SinkReport {
     lag_records: u64,
     /// Age of the oldest of those, in seconds.
     lag_seconds: f64,
-    handled: u64,
-    failed: u64,
+    /// handled, failed, filtered, skipped, damaged: [`SinkStatus::record_counts`].
+    ///
+    /// [`SinkStatus::record_counts`]: crate::sinks::SinkStatus::record_counts
+    #[serde(flatten)]
+    records: std::collections::BTreeMap<&'static str, u64>,
     retries: u64,
-    skipped: u64,
-    damaged: u64,
     panics: u64,
     /// Its last attempt to save its position (cursor or snapshot) failed.
     save_failing: bool,
@@ -117,11 +118,8 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
                 position: sink.position(),
                 lag_records: sink.lag_records(),
                 lag_seconds: sink.lag_seconds(),
-                handled: sink.handled.load(Ordering::Relaxed),
-                failed: sink.failed.load(Ordering::Relaxed),
+                records: sink.record_counts().into_iter().collect(),
                 retries: sink.retries.load(Ordering::Relaxed),
-                skipped: sink.skipped.load(Ordering::Relaxed),
-                damaged: sink.damaged.load(Ordering::Relaxed),
                 panics: sink.panics.load(Ordering::Relaxed),
                 save_failing: sink.save_failing(),
                 last_error: sink.last_error(),

@@ -6,6 +6,7 @@
 //! section under `[sinks]` in the settings, and one line in
 //! [`SinkSet::from_settings`]. Neither the HTTP handler nor the journal changes.
 
+pub mod filter;
 pub mod forward;
 pub mod log;
 pub mod redis_stream;
@@ -157,6 +158,8 @@ pub struct SinkStatus {
     pub handled: AtomicU64,
     /// Records given up: a permanent error, or a record that no longer parses.
     pub failed: AtomicU64,
+    /// Records the sink's filter (`only`) left out.
+    pub filtered: AtomicU64,
     /// Delivery attempts that failed and were retried.
     pub retries: AtomicU64,
     /// Records dropped by a full journal before this sink read them.
@@ -183,6 +186,7 @@ impl SinkStatus {
             journal,
             handled: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            filtered: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             damaged: AtomicU64::new(0),
@@ -197,6 +201,19 @@ impl SinkStatus {
 
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// What became of the records this sink read, by result: what `/stats`
+    /// and `/metrics` both report.
+    pub fn record_counts(&self) -> [(&'static str, u64); 5] {
+        [
+            ("handled", &self.handled),
+            ("failed", &self.failed),
+            ("filtered", &self.filtered),
+            ("skipped", &self.skipped),
+            ("damaged", &self.damaged),
+        ]
+        .map(|(result, count)| (result, count.load(Ordering::Relaxed)))
     }
 
     pub fn state(&self) -> SinkState {
@@ -306,24 +323,29 @@ impl SinkSet {
         let mut set = SinkSet::new(journal, settings.journal.cursor_interval);
         let log = &settings.sinks.log;
         if log.enabled {
-            set.spawn(LogSink::new(log, settings.telemetry.format, records), log.batch_size)?;
+            set.spawn_filtered(
+                LogSink::new(log, settings.telemetry.format, records),
+                log.batch_size,
+                &log.only,
+            )?;
         }
         let sql = &settings.sinks.sql;
         if sql.enabled {
             let sink = sql::SqlSink::new(sql).map_err(|error| std::io::Error::other(error.message))?;
-            set.spawn(sink, sql.batch_size)?;
+            set.spawn_filtered(sink, sql.batch_size, &sql.only)?;
         }
         let redis = &settings.sinks.redis_stream;
         if redis.enabled {
             let sink = redis_stream::RedisStreamSink::new(redis)
                 .map_err(|error| std::io::Error::other(error.message))?;
-            set.spawn(sink, redis.batch_size)?;
+            set.spawn_filtered(sink, redis.batch_size, &redis.only)?;
         }
         for (name, target) in &settings.sinks.forward {
             let sink = forward::ForwardSink::new(name, target)
                 .map_err(|error| std::io::Error::other(error.message))?;
-            set.spawn(sink, target.batch_size)?;
+            set.spawn_filtered(sink, target.batch_size, &target.only)?;
         }
+        let only = &settings.sinks.stats.only;
         let mut stats_handle = None;
         let batch_size = settings.sinks.stats.batch_size;
         if settings.sinks.stats.enabled && settings.stats.backend == StatsBackend::Redis {
@@ -332,12 +354,12 @@ impl SinkSet {
             let journal_id = set.journal.id().to_owned();
             let sink = stats::fleet::FleetSink::new(&settings.stats, &journal_id, handle.clone())
                 .map_err(|error| std::io::Error::other(error.message))?;
-            set.spawn(sink, batch_size)?;
+            set.spawn_filtered(sink, batch_size, only)?;
             stats_handle = Some(handle);
         } else if settings.sinks.stats.enabled {
             let sink = StatsSink::restore(&settings.stats)?;
             stats_handle = Some(sink.handle());
-            set.spawn(sink, batch_size)?;
+            set.spawn_filtered(sink, batch_size, only)?;
         }
         Ok((set, stats_handle))
     }
@@ -345,6 +367,16 @@ impl SinkSet {
     /// Starts `sink` on its own thread, reading the journal from its saved
     /// position (the oldest record when it has none) in batches of up to `batch_size`.
     pub fn spawn<S: Sink>(&mut self, sink: S, batch_size: usize) -> std::io::Result<()> {
+        self.spawn_filtered(sink, batch_size, &filter::RecordFilter::default())
+    }
+
+    /// [`SinkSet::spawn`], the sink taking only the records `only` admits.
+    pub fn spawn_filtered<S: Sink>(
+        &mut self,
+        sink: S,
+        batch_size: usize,
+        only: &filter::RecordFilter,
+    ) -> std::io::Result<()> {
         let name = sink.name();
         let journal = &self.journal;
         let (saved, keeper) = match sink.progress() {
@@ -384,6 +416,7 @@ impl SinkSet {
             status: Arc::clone(&status),
             commands: self.commands.subscribe(),
             batch_size,
+            only: (!only.is_empty()).then(|| only.clone()),
         };
         let (finished_tx, finished) = oneshot::channel();
         std::thread::Builder::new().name(format!("sink-{name}")).spawn(move || {

@@ -25,6 +25,8 @@ pub(super) struct Work {
     pub status: Arc<SinkStatus>,
     pub commands: watch::Receiver<Command>,
     pub batch_size: usize,
+    /// The sink takes only the records this admits.
+    pub only: Option<super::filter::RecordFilter>,
 }
 
 pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: PositionKeeper) {
@@ -109,7 +111,15 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
         let oldest = batch.entries[0].message.received_at;
         work.status.oldest_pending_us.store(micros(oldest), Ordering::Release);
         let next = work.reader.next_seq();
-        if !deliver_until_done(&mut sink, &batch.entries, &work.status, &mut work.commands).await {
+        let mut entries = batch.entries;
+        if let Some(only) = &work.only {
+            let read = entries.len();
+            entries.retain(|entry| only.admits(&entry.message));
+            work.status.filtered.fetch_add((read - entries.len()) as u64, Ordering::Relaxed);
+        }
+        if !entries.is_empty()
+            && !deliver_until_done(&mut sink, &entries, &work.status, &mut work.commands).await
+        {
             break;
         }
         recheck_in = None; // a delivery says more than a check

@@ -313,3 +313,58 @@ async fn each_relayed_callback_names_its_command_and_can_go_to_the_path_openim_u
     }
     assert!(receiver.stop().await.is_clean());
 }
+
+#[tokio::test]
+async fn a_target_with_only_recv_ids_gets_exactly_the_messages_to_those_users() {
+    let bot = Downstream::start(0).await;
+    let overrides = [
+        ("SINKS__FORWARD__BOT__URL", bot.url.as_str()),
+        ("SINKS__FORWARD__BOT__ONLY__RECV_IDS", "bot-1, bot-2"),
+    ];
+    let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
+    let mut expected = Vec::new();
+    for (index, receiver_id) in ["bot-1", "alice", "bot-2", "bob", "bot-1"].iter().enumerate() {
+        let mut message = packet("carol", receiver_id, 101);
+        message["serverMsgID"] = format!("to-{receiver_id}-{index}").into();
+        receiver.post_packet("op-bot", &message).await.assert_accepted();
+        if receiver_id.starts_with("bot") {
+            expected.push(format!("to-{receiver_id}-{index}"));
+        }
+    }
+    // A group's message and a revoke name no receiver: left out too.
+    receiver
+        .post("/callbackExample/callbackAfterSendGroupMsgCommand", "op", crate::helpers::sample("group.json"))
+        .await
+        .assert_accepted();
+    receiver
+        .post("/callbackExample/callbackBeforeAfterMsgCommand", "op", crate::helpers::sample("revoke.json"))
+        .await
+        .assert_accepted();
+    let report = receiver.caught_up("forward.bot", 7).await;
+    assert_eq!((report["handled"].as_u64(), report["filtered"].as_u64()), (Some(3), Some(4)), "{report}");
+    let mut keys = bot.keys();
+    keys.sort();
+    expected.sort();
+    assert_eq!(keys, expected);
+    let metrics = receiver.client.get(receiver.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"openim_callback_sink_messages_total{sink="forward.bot",result="filtered"} 4"#),
+        "{metrics}"
+    );
+    assert!(receiver.stop().await.is_clean());
+}
+
+#[test]
+fn a_filter_naming_an_unknown_callback_stops_start_up_naming_it() {
+    use openim_callback_receiver::settings::{EnvSource, Settings};
+    let env = [
+        ("OPENIM_CALLBACK__SINKS__FORWARD__BOT__URL", "http://127.0.0.1:9/hook"),
+        ("OPENIM_CALLBACK__SINKS__FORWARD__BOT__ONLY__CALLBACKS", "afterSendGroupMessage"),
+    ]
+    .map(|(key, value)| (key.to_owned(), value.to_owned()));
+    let error = Settings::load(None, EnvSource::Map(env.into_iter().collect())).unwrap_err().to_string();
+    assert!(
+        error.contains("sinks.forward.bot.only.callbacks") && error.contains("afterSendGroupMessage"),
+        "{error}"
+    );
+}
