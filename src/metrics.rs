@@ -225,13 +225,6 @@ impl prometheus_client::collector::Collector for StateCollector {
                     (vec![("role", Cow::Borrowed(role))], ConstGauge::new(count as i64))
                 }),
             )?;
-            let messages_today = ConstGauge::new(today.as_ref().map_or(0, |day| day.messages) as i64);
-            messages_today.encode(encoder.encode_descriptor(
-                &name("messages_today"),
-                &format!("Messages dated today (stats.timezone) {whose}"),
-                None,
-                MetricType::Gauge,
-            )?)?;
             let people_today = today.as_ref().map(|day| &day.people);
             family(
                 &mut encoder,
@@ -245,15 +238,51 @@ impl prometheus_client::collector::Collector for StateCollector {
                 ]
                 .map(|(role, count)| (vec![("role", Cow::Borrowed(role))], ConstGauge::new(count as i64))),
             )?;
-            let conversations = ConstGauge::new(report.conversations as i64);
-            conversations.encode(encoder.encode_descriptor(
-                &name("conversations"),
-                &format!(
-                    "Distinct conversations (unordered sendID/recvID pairs) since counting began, {whose}"
+            let day =
+                |pick: fn(&crate::sinks::stats::daily::DayReport) -> u64| today.as_ref().map_or(0, pick);
+            for (base, count, help) in [
+                ("messages_today", day(|day| day.messages), "Messages dated today (stats.timezone)"),
+                (
+                    "conversations",
+                    report.conversations,
+                    "Distinct conversations (unordered sendID/recvID pairs, and groups) since counting began",
                 ),
-                None,
-                MetricType::Gauge,
-            )?)?;
+                ("groups", report.groups, "Distinct groups that sent a message since counting began"),
+                (
+                    "groups_today",
+                    day(|day| day.groups),
+                    "Distinct groups in messages dated today (stats.timezone)",
+                ),
+            ] {
+                let gauge = ConstGauge::new(count as i64);
+                gauge.encode(encoder.encode_descriptor(
+                    &name(base),
+                    &format!("{help}, {whose}"),
+                    None,
+                    MetricType::Gauge,
+                )?)?;
+            }
+            // Not messages: each is a message already counted when it was sent.
+            for (base, count, help) in [
+                (
+                    "saved_to_database",
+                    report.saved_to_database,
+                    "afterMsgSaveDB callbacks (messages OpenIM wrote to its database; not in the messages total)",
+                ),
+                (
+                    "revoked",
+                    report.revoked,
+                    "afterRevokeMsg callbacks (messages revoked; not in the messages total)",
+                ),
+            ] {
+                let counter = ConstCounter::new(count);
+                counter.encode(encoder.encode_descriptor(
+                    &name(base),
+                    &format!("{help}, {whose}"),
+                    None,
+                    MetricType::Counter,
+                )?)?;
+            }
         }
         let writable = state.journal.write_blocked().is_none();
         let journal_writable = ConstGauge::new(i64::from(writable));

@@ -83,10 +83,6 @@ impl FleetView {
         })
     }
 
-    pub fn replica(&self) -> &str {
-        &self.replica
-    }
-
     /// The fleet's figures (read now if the last read is older than
     /// `fleet_refresh`), and how current they are. Concurrent callers share one read.
     pub async fn read(&self) -> (Option<Arc<FleetFigures>>, FleetStatus) {
