@@ -6,6 +6,7 @@ mod commands;
 mod deadline;
 mod disk;
 mod errors;
+mod family_binary;
 mod fleet;
 mod forward;
 mod hardening;
