@@ -7,6 +7,7 @@
 //! same [`Receiver`] and run it on a listener of their own.
 
 pub mod callbacks;
+pub mod epoch;
 pub mod healthcheck;
 pub mod http;
 pub mod journal;

@@ -31,87 +31,63 @@ pub enum Outcome {
     Rejected(Rejection),
 }
 
-/// Every reason a request is refused. The discriminant indexes the counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Rejection {
-    UnknownCommand,
-    MissingCommand,
-    UnsupportedContentTypeParam,
-    MissingOperationId,
-    InvalidOperationIdHeader,
-    InvalidJson,
-    EmptyRequiredField,
-    UnreadableBody,
-    BodyTooLarge,
-    UnsupportedMediaType,
-    NotFound,
-    MethodNotAllowed,
-    DeadlineExceeded,
-    JournalFull,
-    SinkFailing,
-    UnsupportedContentEncoding,
-    Unauthorized,
-    Forbidden,
-    Overloaded,
-    InvalidQuery,
-    JournalWriteFailed,
-    Internal,
+/// Declares [`Rejection`] from one table: each reason's `errCode` (the HTTP
+/// status times ten, plus a digit) and its stable snake_case name, for
+/// `/stats`, `/metrics` and logs.
+macro_rules! rejections {
+    ($($variant:ident => $code:literal, $name:literal;)*) => {
+        /// Every reason a request is refused. The discriminant indexes the counters.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Rejection {
+            $($variant,)*
+        }
+
+        impl Rejection {
+            pub const ALL: [Rejection; [$($code),*].len()] = [$(Rejection::$variant),*];
+
+            /// The envelope's `errCode`.
+            pub fn err_code(self) -> i32 {
+                match self {
+                    $(Rejection::$variant => $code,)*
+                }
+            }
+
+            /// Stable snake_case name, for `/stats` and logs.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Rejection::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+rejections! {
+    UnknownCommand => 4001, "unknown_command";
+    MissingCommand => 4002, "missing_command";
+    UnsupportedContentTypeParam => 4003, "unsupported_contenttype_param";
+    MissingOperationId => 4004, "missing_operation_id";
+    InvalidOperationIdHeader => 4005, "invalid_operation_id_header";
+    InvalidJson => 4006, "invalid_json";
+    EmptyRequiredField => 4007, "empty_required_field";
+    UnreadableBody => 4008, "unreadable_body";
+    BodyTooLarge => 4130, "body_too_large";
+    UnsupportedMediaType => 4150, "unsupported_media_type";
+    NotFound => 4040, "not_found";
+    MethodNotAllowed => 4050, "method_not_allowed";
+    DeadlineExceeded => 5030, "deadline_exceeded";
+    JournalFull => 5031, "journal_full";
+    SinkFailing => 5032, "sink_failing";
+    UnsupportedContentEncoding => 4151, "unsupported_content_encoding";
+    Unauthorized => 4010, "unauthorized";
+    Forbidden => 4030, "forbidden";
+    Overloaded => 5033, "overloaded";
+    InvalidQuery => 4009, "invalid_query";
+    JournalWriteFailed => 5034, "journal_write_failed";
+    Internal => 5000, "internal_error";
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 22] = [
-        Rejection::UnknownCommand,
-        Rejection::MissingCommand,
-        Rejection::UnsupportedContentTypeParam,
-        Rejection::MissingOperationId,
-        Rejection::InvalidOperationIdHeader,
-        Rejection::InvalidJson,
-        Rejection::EmptyRequiredField,
-        Rejection::UnreadableBody,
-        Rejection::BodyTooLarge,
-        Rejection::UnsupportedMediaType,
-        Rejection::NotFound,
-        Rejection::MethodNotAllowed,
-        Rejection::DeadlineExceeded,
-        Rejection::JournalFull,
-        Rejection::SinkFailing,
-        Rejection::UnsupportedContentEncoding,
-        Rejection::Unauthorized,
-        Rejection::Forbidden,
-        Rejection::Overloaded,
-        Rejection::InvalidQuery,
-        Rejection::JournalWriteFailed,
-        Rejection::Internal,
-    ];
-
-    /// The envelope's `errCode`: the HTTP status times ten, plus a digit.
-    pub fn err_code(self) -> i32 {
-        match self {
-            Rejection::UnknownCommand => 4001,
-            Rejection::MissingCommand => 4002,
-            Rejection::UnsupportedContentTypeParam => 4003,
-            Rejection::MissingOperationId => 4004,
-            Rejection::InvalidOperationIdHeader => 4005,
-            Rejection::InvalidJson => 4006,
-            Rejection::EmptyRequiredField => 4007,
-            Rejection::UnreadableBody => 4008,
-            Rejection::NotFound => 4040,
-            Rejection::MethodNotAllowed => 4050,
-            Rejection::BodyTooLarge => 4130,
-            Rejection::UnsupportedMediaType => 4150,
-            Rejection::DeadlineExceeded => 5030,
-            Rejection::JournalFull => 5031,
-            Rejection::SinkFailing => 5032,
-            Rejection::UnsupportedContentEncoding => 4151,
-            Rejection::Unauthorized => 4010,
-            Rejection::Forbidden => 4030,
-            Rejection::Overloaded => 5033,
-            Rejection::InvalidQuery => 4009,
-            Rejection::JournalWriteFailed => 5034,
-            Rejection::Internal => 5000,
-        }
-    }
-
     pub fn status(self) -> StatusCode {
         match self.err_code() / 10 {
             401 => StatusCode::UNAUTHORIZED,
@@ -123,34 +99,6 @@ impl Rejection {
             415 => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             503 => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    /// Stable snake_case name, for `/stats` and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::UnknownCommand => "unknown_command",
-            Rejection::MissingCommand => "missing_command",
-            Rejection::UnsupportedContentTypeParam => "unsupported_contenttype_param",
-            Rejection::MissingOperationId => "missing_operation_id",
-            Rejection::InvalidOperationIdHeader => "invalid_operation_id_header",
-            Rejection::InvalidJson => "invalid_json",
-            Rejection::EmptyRequiredField => "empty_required_field",
-            Rejection::UnreadableBody => "unreadable_body",
-            Rejection::BodyTooLarge => "body_too_large",
-            Rejection::UnsupportedMediaType => "unsupported_media_type",
-            Rejection::NotFound => "not_found",
-            Rejection::MethodNotAllowed => "method_not_allowed",
-            Rejection::DeadlineExceeded => "deadline_exceeded",
-            Rejection::JournalFull => "journal_full",
-            Rejection::SinkFailing => "sink_failing",
-            Rejection::UnsupportedContentEncoding => "unsupported_content_encoding",
-            Rejection::Unauthorized => "unauthorized",
-            Rejection::Forbidden => "forbidden",
-            Rejection::Overloaded => "overloaded",
-            Rejection::InvalidQuery => "invalid_query",
-            Rejection::JournalWriteFailed => "journal_write_failed",
-            Rejection::Internal => "internal_error",
         }
     }
 }

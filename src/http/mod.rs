@@ -172,7 +172,7 @@ impl RequestCounters {
 
     /// Notes that a message that arrived at `at` was accepted.
     pub(crate) fn accepted_at(&self, at: std::time::SystemTime) {
-        self.last_accepted_ms.fetch_max(crate::sinks::stats::epoch_ms(at), Ordering::Relaxed);
+        self.last_accepted_ms.fetch_max(crate::epoch::millis(at), Ordering::Relaxed);
     }
 
     /// When the last accepted message arrived, in ms since the epoch.

@@ -15,7 +15,7 @@
 
 use crate::callbacks::OperationId;
 use bytes::Bytes;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;
@@ -64,7 +64,7 @@ impl NewRecord<'_> {
         head.extend_from_slice(&(self.payload_len() as u32).to_le_bytes());
         head.extend_from_slice(&[0; 4]);
         head.extend_from_slice(&seq.to_le_bytes());
-        head.extend_from_slice(&micros_since_epoch(self.received_at).to_le_bytes());
+        head.extend_from_slice(&crate::epoch::micros(self.received_at).to_le_bytes());
         debug_assert!(self.kind <= MAX_KIND, "kind {} does not fit", self.kind);
         let generated = if self.operation_id.generated { GENERATED_ID } else { 0 };
         head.push(generated | ((self.kind << KIND_SHIFT) & KIND_MASK));
@@ -122,24 +122,12 @@ pub fn decode(bytes: &Bytes) -> Decoded {
         record: Record {
             seq,
             kind,
-            received_at: time_from_micros(micros),
+            received_at: crate::epoch::from_micros(micros),
             operation_id: OperationId { value: id.to_owned(), generated },
             body: bytes.slice(body_start..total),
         },
         len: total,
     }
-}
-
-fn micros_since_epoch(time: SystemTime) -> i64 {
-    match time.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(after) => after.as_micros() as i64,
-        Err(before) => -(before.duration().as_micros() as i64),
-    }
-}
-
-fn time_from_micros(micros: i64) -> SystemTime {
-    let magnitude = Duration::from_micros(micros.unsigned_abs());
-    if micros >= 0 { SystemTime::UNIX_EPOCH + magnitude } else { SystemTime::UNIX_EPOCH - magnitude }
 }
 
 #[cfg(test)]
@@ -152,7 +140,7 @@ mod tests {
 
     fn framed(seq: u64, kind: u8, id: &str, generated: bool, body: &[u8]) -> Bytes {
         let operation_id = OperationId { value: id.to_owned(), generated };
-        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_732_675_200_123_456);
+        let at = crate::epoch::from_micros(1_732_675_200_123_456);
         let new = NewRecord { kind, received_at: at, operation_id: &operation_id, body };
         let mut bytes = new.encode_head(seq, crc32c::crc32c(body));
         bytes.extend_from_slice(body);
@@ -167,7 +155,7 @@ mod tests {
         assert_eq!((record.seq, record.kind), (42, 5));
         assert_eq!(record.operation_id, OperationId { value: "op-1".into(), generated: true });
         assert_eq!(&record.body[..], br#"{"sendID":"a"}"#);
-        assert_eq!(micros_since_epoch(record.received_at), 1_732_675_200_123_456);
+        assert_eq!(crate::epoch::micros(record.received_at), 1_732_675_200_123_456);
     }
 
     #[test]

@@ -79,8 +79,7 @@ impl ForwardSink {
             .header(COMMAND_HEADER, command)
             .header("Idempotency-Key", key.as_str());
         if let Some(signing_key) = &self.signing_key {
-            let timestamp =
-                SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+            let timestamp = crate::epoch::seconds(SystemTime::now());
             let id = format!("msg_{key}");
             let signature = sign(signing_key, &id, timestamp, &message.raw);
             request = request

@@ -266,8 +266,7 @@ impl SinkStatus {
         if oldest == 0 || self.lag_records() == 0 {
             return 0.0;
         }
-        let now =
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
+        let now = crate::epoch::micros(SystemTime::now());
         (now - oldest).max(0) as f64 / 1e6
     }
 

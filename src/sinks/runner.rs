@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -109,7 +109,7 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
         }
         let caught_up = batch.entries.len() < work.batch_size;
         let oldest = batch.entries[0].message.received_at;
-        work.status.oldest_pending_us.store(micros(oldest), Ordering::Release);
+        work.status.oldest_pending_us.store(crate::epoch::micros(oldest), Ordering::Release);
         let next = work.reader.next_seq();
         let mut entries = batch.entries;
         if let Some(only) = &work.only {
@@ -334,10 +334,6 @@ pub(crate) fn panic_reason(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|text| text.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default()
-}
-
-fn micros(time: SystemTime) -> i64 {
-    time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64
 }
 
 /// Whether a save is the runner's last.

@@ -27,7 +27,6 @@ use crate::callbacks::{AFTER_REVOKE_MSG, Callback, Role};
 use crate::settings::SqlSinkSettings;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use std::time::SystemTime;
 
 /// Rows per statement on MySQL (25 parameters a row, 65,535 at most a statement).
 const MYSQL_ROWS_PER_STATEMENT: usize = 1000;
@@ -553,8 +552,7 @@ impl Row {
         let text = |value: &str| if postgres { value.replace('\0', "\u{fffd}") } else { value.to_owned() };
         let raw = String::from_utf8_lossy(&message.raw);
         let raw = if postgres { raw.replace("\\u0000", "\\ufffd") } else { raw.into_owned() };
-        let received_us =
-            message.received_at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_micros() as i64;
+        let received_us = crate::epoch::micros(message.received_at);
         let packet = match &message.callback {
             Callback::Message(packet) => packet,
             // A revoke's own row, until its message's row has the seq it names.

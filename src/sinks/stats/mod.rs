@@ -54,14 +54,6 @@ pub struct KindCounts {
     revoked: u64,
 }
 
-/// Milliseconds since the epoch (negative before it).
-pub(crate) fn epoch_ms(time: SystemTime) -> i64 {
-    match time.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(after) => after.as_millis() as i64,
-        Err(before) => -(before.duration().as_millis() as i64),
-    }
-}
-
 impl MessageStats {
     /// Counts one callback: a message sent into every count, a save or a
     /// revoke under its own name only (the message was counted when sent).
@@ -95,7 +87,7 @@ impl MessageStats {
             (Some(receiver), hash_of_pair(&packet.send_id, &packet.recv_id))
         };
         self.conversations.insert(conversation);
-        let now_ms = epoch_ms(received_at);
+        let now_ms = crate::epoch::millis(received_at);
         let who = Identities { sender, receiver, conversation };
         let day = self.daily.record(packet.content_type, &who, packet.create_time, now_ms, calendar);
         if packet.is_group() {
@@ -145,7 +137,7 @@ impl MessageStats {
             earliest_create_time: self.create_time.map(|(earliest, _)| earliest),
             latest_create_time: self.create_time.map(|(_, latest)| latest),
             out_of_window: self.daily.out_of_window(),
-            messages_per_minute: self.per_minute.report(epoch_ms(now)),
+            messages_per_minute: self.per_minute.report(crate::epoch::millis(now)),
         }
     }
 
@@ -334,7 +326,7 @@ impl StatsHandle {
 
     /// This replica's counts, or the fleet's with the Redis backend.
     pub async fn counted(&self) -> Counted {
-        let today = self.calendar.day_of(epoch_ms(SystemTime::now()));
+        let today = self.calendar.day_of(crate::epoch::millis(SystemTime::now()));
         match &self.fleet {
             None => {
                 let today = self.daily(Some(today), Some(today)).into_iter().next();
@@ -370,7 +362,7 @@ impl StatsHandle {
             };
             let sent_ms = if packet.send_time > 0 { packet.send_time } else { packet.create_time };
             if sent_ms > 0 {
-                let lag_ms = epoch_ms(received_at) - sent_ms;
+                let lag_ms = crate::epoch::millis(received_at) - sent_ms;
                 self.delivery_lag.observe(lag_ms.max(0) as f64 / 1000.0);
             }
             self.content_bytes.observe(packet.content.len() as f64);
@@ -506,7 +498,7 @@ mod tests {
     fn invented_codes_past_the_kept_ones_are_counted_as_other_not_kept() {
         let mut stats = MessageStats::default();
         let (now, calendar) = (SystemTime::now(), Calendar::default());
-        let today_ms = epoch_ms(now);
+        let today_ms = crate::epoch::millis(now);
         for code in 0..60_000 {
             stats.record(&packet("a", "b", 10_000 + code, today_ms), now, &calendar);
         }

@@ -116,7 +116,7 @@ mod tests {
                 send_id: format!("user-{index}"),
                 recv_id: "bob".into(),
                 content_type: crate::callbacks::ContentType(101),
-                create_time: super::super::epoch_ms(std::time::SystemTime::now()),
+                create_time: crate::epoch::millis(std::time::SystemTime::now()),
                 ..Default::default()
             };
             if index % 3 == 0 {

@@ -3,8 +3,8 @@
 
 use super::tally::{SCRIPT, Tally};
 use super::{FleetKeys, connect};
+use crate::sinks::stats::StatsHandle;
 use crate::sinks::stats::daily::Calendar;
-use crate::sinks::stats::{StatsHandle, epoch_ms};
 use crate::sinks::{Entry, Progress, Sink, SinkError};
 use std::time::SystemTime;
 
@@ -137,7 +137,7 @@ impl Sink for FleetSink {
         for key in &call.keys {
             invocation.key(key);
         }
-        invocation.arg(&self.replica).arg(position.text()).arg(next.text()).arg(epoch_ms(now));
+        invocation.arg(&self.replica).arg(position.text()).arg(next.text()).arg(crate::epoch::millis(now));
         for arg in &call.args {
             invocation.arg(arg.as_slice());
         }

@@ -7,7 +7,6 @@ use crate::callbacks::{
 };
 use crate::sinks::stats::daily::{Calendar, MS_PER_DAY, MS_PER_MINUTE, RATE_MINUTES};
 use crate::sinks::stats::distinct::{hash_of, hash_of_group, hash_of_pair};
-use crate::sinks::stats::epoch_ms;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Applies a batch and moves the replica's position, only if the position in
@@ -173,7 +172,7 @@ impl Tally {
     pub fn record_callback(&mut self, message: &ReceivedMessage, calendar: &Calendar) {
         match (message.command.role, &message.callback) {
             (Role::Sent, Callback::Message(packet)) => {
-                self.record(packet, epoch_ms(message.received_at), calendar);
+                self.record(packet, crate::epoch::millis(message.received_at), calendar);
             }
             (Role::Saved, _) => self.totals.add(Field::SavedToDatabase),
             (Role::Revoked, _) => self.totals.add(Field::Revoked),

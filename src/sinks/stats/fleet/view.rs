@@ -5,7 +5,7 @@
 
 use super::{DISTINCT, FleetKeys, connect};
 use crate::sinks::stats::daily::{Calendar, DayReport, MS_PER_MINUTE, MinuteReport, RATE_MINUTES, date_text};
-use crate::sinks::stats::{MessageCounts, MessageReport, PeopleCounts, epoch_ms};
+use crate::sinks::stats::{MessageCounts, MessageReport, PeopleCounts};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -112,7 +112,7 @@ impl FleetView {
 
     /// Reads everything in one pipelined round trip.
     async fn fetch(&self) -> redis::RedisResult<FleetFigures> {
-        let now_ms = epoch_ms(SystemTime::now());
+        let now_ms = crate::epoch::millis(SystemTime::now());
         let keys = &self.keys;
         let mut pipe = redis::pipe();
         pipe.hgetall(keys.totals());
@@ -201,7 +201,7 @@ impl FleetView {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let now_ms = epoch_ms(SystemTime::now());
+            let now_ms = crate::epoch::millis(SystemTime::now());
             let mut pipe = redis::pipe();
             pipe.zadd(self.keys.replicas(), &self.replica, now_ms).ignore();
             pipe.zrembyscore(self.keys.replicas(), "-inf", now_ms - FORGET_AFTER.as_millis() as i64).ignore();
