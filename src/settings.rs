@@ -10,6 +10,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+// Each sink's section is its own, with its checks: the sinks own them.
+pub use crate::sinks::SinksSettings;
+pub use crate::sinks::forward::ForwardTarget;
+pub use crate::sinks::log::LogSinkSettings;
+pub use crate::sinks::redis_stream::RedisStreamSinkSettings;
+pub use crate::sinks::sql::SqlSinkSettings;
+pub use crate::sinks::stats::settings::{StatsBackend, StatsSettings, StatsSinkSettings};
+
 /// The defaults, and the documentation of every key.
 pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
 
@@ -97,67 +105,6 @@ pub enum WhenFull {
     Skip,
     /// Answer 503 until the sinks catch up.
     Refuse,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatsSettings {
-    /// Where the stats state is saved; empty for nowhere.
-    pub snapshot_path: PathBuf,
-    /// How often it is saved while running.
-    #[serde(with = "humantime_serde")]
-    pub snapshot_interval: Duration,
-    /// The UTC offset days are cut in, like "+08:00".
-    pub timezone: String,
-    /// Days of daily counts kept.
-    pub retention_days: u32,
-    /// Where the counts live: this replica's memory, or Redis for the whole fleet.
-    pub backend: StatsBackend,
-    /// With `backend = "redis"`: `redis://host:6379/0`; may hold a password, so never shown.
-    pub redis_url: Secret,
-    /// Every key this fleet writes starts with it, so several fleets can share one Redis.
-    pub key_prefix: String,
-    /// This replica's name in the fleet; empty for the host name. Unique per replica.
-    pub replica_id: String,
-    /// `/stats` and `/metrics` read the fleet figures from Redis at most this often.
-    #[serde(with = "humantime_serde")]
-    pub fleet_refresh: Duration,
-    /// Connecting to Redis, or an answer, taking longer than this fails the attempt.
-    #[serde(with = "humantime_serde")]
-    pub redis_timeout: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StatsBackend {
-    /// Each replica counts what it received (today's single-replica behaviour).
-    Memory,
-    /// Every replica writes its counts to Redis and answers for the whole fleet.
-    Redis,
-}
-
-impl StatsSettings {
-    /// How days are cut and kept (validated at load).
-    pub fn calendar(&self) -> crate::sinks::stats::daily::Calendar {
-        crate::sinks::stats::daily::Calendar {
-            offset_minutes: crate::sinks::stats::daily::Calendar::parse_offset(&self.timezone).unwrap_or(0),
-            retention_days: self.retention_days,
-        }
-    }
-
-    /// The snapshot file, with the memory backend (Redis keeps the fleet's state).
-    pub fn snapshot_path(&self) -> Option<&Path> {
-        let used = self.backend == StatsBackend::Memory && !self.snapshot_path.as_os_str().is_empty();
-        used.then_some(self.snapshot_path.as_path())
-    }
-
-    /// `replica_id`, or the host name when it is empty.
-    pub fn replica_name(&self) -> String {
-        if !self.replica_id.is_empty() {
-            return self.replica_id.clone();
-        }
-        gethostname::gethostname().to_string_lossy().into_owned()
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -357,123 +304,6 @@ pub enum LogFormat {
     Pretty,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinksSettings {
-    pub log: LogSinkSettings,
-    pub stats: StatsSinkSettings,
-    pub sql: SqlSinkSettings,
-    pub redis_stream: RedisStreamSinkSettings,
-    /// HTTP relay targets, by name (`[sinks.forward.<name>]`).
-    #[serde(default)]
-    pub forward: std::collections::BTreeMap<String, ForwardTarget>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisStreamSinkSettings {
-    pub enabled: bool,
-    /// `redis://host:6379/0` (`rediss://` for TLS); may hold a password, so never shown.
-    pub url: Secret,
-    /// The stream every message is added to.
-    pub stream: String,
-    /// Trim the stream to about this many entries (`MAXLEN ~`); 0 keeps every entry.
-    pub max_len: u64,
-    /// Most messages added per round trip.
-    pub batch_size: usize,
-    /// Connecting, or an answer, taking longer than this fails the batch (retried).
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// The records this sink takes (all when empty).
-    #[serde(default)]
-    pub only: crate::sinks::filter::RecordFilter,
-}
-
-/// One HTTP relay target. Every key but `url` has a default, so a target can
-/// be set from the environment alone: `OPENIM_CALLBACK__SINKS__FORWARD__<NAME>__URL`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ForwardTarget {
-    /// Where every message is POSTed; credentials in it are never shown.
-    pub url: Secret,
-    /// Signs each request the Standard Webhooks way when set (`whsec_<base64>` or plain text).
-    pub secret: Secret,
-    /// No answer within this is a failed attempt.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Requests in flight at once (1 keeps the journal's order).
-    pub concurrency: usize,
-    /// Most messages taken from the journal at once.
-    pub batch_size: usize,
-    /// POST to `<url>/<command>` (OpenIM v3.4.2+'s form) instead of `<url>`.
-    pub append_command: bool,
-    /// The records this target gets (all when empty).
-    pub only: crate::sinks::filter::RecordFilter,
-}
-
-impl Default for ForwardTarget {
-    fn default() -> Self {
-        ForwardTarget {
-            url: Secret::default(),
-            secret: Secret::default(),
-            timeout: Duration::from_secs(10),
-            concurrency: 2,
-            batch_size: 100,
-            append_command: false,
-            only: Default::default(),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SqlSinkSettings {
-    pub enabled: bool,
-    /// `postgres://…` or `mysql://…` (MariaDB too); holds a password, so never shown.
-    pub url: Secret,
-    /// The archive table, created if missing.
-    pub table: String,
-    /// Most rows inserted per statement.
-    pub batch_size: usize,
-    /// Connections kept to the database.
-    pub pool_size: u32,
-    /// How long getting a connection may take before a delivery fails (and is retried).
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// How long one batch's statements may take before the delivery fails (and is retried).
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// The records this sink takes (all when empty).
-    #[serde(default)]
-    pub only: crate::sinks::filter::RecordFilter,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogSinkSettings {
-    pub enabled: bool,
-    /// Most records the sink takes from the journal at once.
-    pub batch_size: usize,
-    /// Write the message text into records.
-    pub include_content: bool,
-    /// Cut content longer than this many characters (0: no limit).
-    pub max_content_chars: usize,
-    /// The records this sink takes (all when empty).
-    #[serde(default)]
-    pub only: crate::sinks::filter::RecordFilter,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatsSinkSettings {
-    pub enabled: bool,
-    /// Most records the sink takes from the journal at once.
-    pub batch_size: usize,
-    /// The records this sink takes (all when empty).
-    #[serde(default)]
-    pub only: crate::sinks::filter::RecordFilter,
-}
-
 /// A settings enum read from its name; any other name is refused with the
 /// names allowed (serde's own message names the Rust type instead).
 macro_rules! named_choices {
@@ -500,8 +330,8 @@ macro_rules! named_choices {
 
 named_choices!(SyncMode { Os => "os", Always => "always" });
 named_choices!(WhenFull { Skip => "skip", Refuse => "refuse" });
-named_choices!(StatsBackend { Memory => "memory", Redis => "redis" });
 named_choices!(LogFormat { Auto => "auto", Json => "json", Pretty => "pretty" });
+pub(crate) use named_choices;
 
 /// A size in bytes: a whole number (`67108864`), or one with a unit
 /// (`"64MiB"`, `"1 GiB"`, `"512KB"`; KiB/MiB/GiB/TiB are powers of 1024,
@@ -589,6 +419,57 @@ fn check_level(level: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A key whose value is refused, and why: what each section's own check answers.
+#[derive(Debug)]
+pub struct Invalid {
+    pub key: String,
+    pub why: String,
+}
+
+impl Invalid {
+    pub fn new(key: impl Into<String>, why: impl Into<String>) -> Self {
+        Invalid { key: key.into(), why: why.into() }
+    }
+
+    fn into_error(self) -> SettingsError {
+        SettingsError(format!("{}: {}", self.key, self.why))
+    }
+}
+
+/// Longest a duration setting may be: past it, arithmetic on it (a deadline) could overflow.
+pub const LONGEST: Duration = Duration::from_secs(3600);
+
+/// `value` is longer than 0 and at most `max`.
+pub fn check_duration(key: &str, value: Duration, max: Duration) -> Result<(), Invalid> {
+    if value.is_zero() || value > max {
+        let why = format!("must be longer than 0s and at most {}", humantime::format_duration(max));
+        return Err(Invalid::new(key, why));
+    }
+    Ok(())
+}
+
+/// `value` is from `min` to `max`.
+pub fn check_count(key: &str, value: u64, min: u64, max: u64) -> Result<(), Invalid> {
+    if !(min..=max).contains(&value) {
+        return Err(Invalid::new(key, format!("must be from {min} to {max}")));
+    }
+    Ok(())
+}
+
+/// The secret is not the placeholder `--print-config` shows in its place.
+pub fn check_not_placeholder(key: &str, secret: &Secret) -> Result<(), Invalid> {
+    if secret.is_placeholder() {
+        return Err(Invalid::new(key, "set the real password, not the placeholder --print-config shows"));
+    }
+    Ok(())
+}
+
+/// A callback key that is no command's.
+pub fn unknown_callback(key: &str, unknown: &str) -> Invalid {
+    let known: Vec<&str> = crate::callbacks::COMMANDS.iter().map(|command| command.key).collect();
+    Invalid::new(key, format!("unknown callback {unknown:?}; known: {}", known.join(", ")))
 }
 
 /// A setting that stops start-up; the message names the key.
@@ -701,30 +582,10 @@ impl Settings {
     /// Checks what types alone cannot say.
     fn validate(&self) -> Result<(), SettingsError> {
         let fail = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
-        let unknown_callback = |key: &str, unknown: &str| {
-            let known: Vec<&str> = crate::callbacks::COMMANDS.iter().map(|command| command.key).collect();
-            fail(key, &format!("unknown callback {unknown:?}; known: {}", known.join(", ")))
-        };
         if let Some(unknown) =
             self.callbacks.record.iter().find(|key| crate::callbacks::Command::by_key(key).is_none())
         {
-            return unknown_callback("callbacks.record", unknown);
-        }
-        let sinks = &self.sinks;
-        let filters = [
-            ("sinks.log.only".to_owned(), &sinks.log.only),
-            ("sinks.stats.only".to_owned(), &sinks.stats.only),
-            ("sinks.sql.only".to_owned(), &sinks.sql.only),
-            ("sinks.redis_stream.only".to_owned(), &sinks.redis_stream.only),
-        ]
-        .into_iter()
-        .chain(
-            sinks.forward.iter().map(|(name, target)| (format!("sinks.forward.{name}.only"), &target.only)),
-        );
-        for (key, filter) in filters {
-            if let Some(unknown) = filter.unknown_callback() {
-                return unknown_callback(&format!("{key}.callbacks"), unknown);
-            }
+            return Err(unknown_callback("callbacks.record", unknown).into_error());
         }
         let base = &self.server.base_path;
         if !base.starts_with('/') {
@@ -736,20 +597,14 @@ impl Settings {
         let server = &self.server;
         // Every number and duration within a sane range: past these, arithmetic
         // on them (a deadline, a semaphore's permits) would overflow or panic.
-        const HOUR: Duration = Duration::from_secs(3600);
+        const HOUR: Duration = LONGEST;
         let durations = [
             ("server.response_timeout", server.response_timeout, HOUR),
             ("server.shutdown_timeout", server.shutdown_timeout, HOUR),
             ("server.header_read_timeout", server.header_read_timeout, HOUR),
             ("server.keep_alive_timeout", server.keep_alive_timeout, HOUR),
-            ("stats.snapshot_interval", self.stats.snapshot_interval, HOUR),
             ("journal.sync_interval", self.journal.sync_interval, HOUR),
             ("journal.cursor_interval", self.journal.cursor_interval, HOUR),
-            ("sinks.sql.connect_timeout", self.sinks.sql.connect_timeout, HOUR),
-            ("sinks.sql.timeout", self.sinks.sql.timeout, HOUR),
-            ("sinks.redis_stream.timeout", self.sinks.redis_stream.timeout, HOUR),
-            ("stats.fleet_refresh", self.stats.fleet_refresh, HOUR),
-            ("stats.redis_timeout", self.stats.redis_timeout, HOUR),
         ];
         for (key, value, max) in durations {
             if value.is_zero() || value > max {
@@ -766,11 +621,6 @@ impl Settings {
             ("server.max_in_flight", server.max_in_flight as u64, 1, 1_000_000),
             ("server.max_header_bytes", server.max_header_bytes as u64, 8192, 1024 * 1024),
             ("server.max_headers", server.max_headers as u64, 16, 10_000),
-            ("sinks.log.batch_size", self.sinks.log.batch_size as u64, 1, 100_000),
-            ("sinks.stats.batch_size", self.sinks.stats.batch_size as u64, 1, 100_000),
-            ("sinks.sql.batch_size", self.sinks.sql.batch_size as u64, 1, 100_000),
-            ("sinks.sql.pool_size", u64::from(self.sinks.sql.pool_size), 1, 64),
-            ("sinks.redis_stream.batch_size", self.sinks.redis_stream.batch_size as u64, 1, 100_000),
             ("journal.segment_bytes", self.journal.segment_bytes, 1024 * 1024, 1024 * 1024 * 1024),
             ("journal.max_bytes", self.journal.max_bytes, 2 * 1024 * 1024, 1 << 50),
             ("journal.reserve_bytes", self.journal.reserve_bytes, 0, 1 << 30),
@@ -802,94 +652,8 @@ impl Settings {
                 "must be at least 16 characters of A-Z a-z 0-9 - _ . ~ (it is a URL path segment)",
             );
         }
-        if let Err(error) = crate::sinks::stats::daily::Calendar::parse_offset(&self.stats.timezone) {
-            return fail("stats.timezone", &error);
-        }
-        if !(1..=3660).contains(&self.stats.retention_days) {
-            return fail("stats.retention_days", "must be from 1 to 3660");
-        }
-        let stats = &self.stats;
-        let redis_url = stats.redis_url.expose();
-        let redis_node =
-            |node: &str| node.trim().starts_with("redis://") || node.trim().starts_with("rediss://");
-        if stats.backend == StatsBackend::Redis && !redis_url.split(',').all(redis_node) {
-            return fail(
-                "stats.redis_url",
-                "with stats.backend = \"redis\", must be redis://host:port (or rediss://), or a Redis Cluster's \
-                 nodes separated by commas: redis://10.0.0.1:6379,redis://10.0.0.2:6379",
-            );
-        }
-        let printable = |text: &str| text.chars().all(|c| c.is_ascii_graphic());
-        if stats.key_prefix.is_empty() || stats.key_prefix.len() > 64 || !printable(&stats.key_prefix) {
-            return fail("stats.key_prefix", "must be 1 to 64 printable ASCII characters (no spaces)");
-        }
-        if stats.replica_id.len() > 64 || !printable(&stats.replica_id) {
-            return fail("stats.replica_id", "must be at most 64 printable ASCII characters (no spaces)");
-        }
-        let sql = &self.sinks.sql;
-        let table_ok = !sql.table.is_empty()
-            && sql.table.len() <= 48
-            && sql.table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !sql.table.as_bytes()[0].is_ascii_digit();
-        if !table_ok {
-            return fail(
-                "sinks.sql.table",
-                "must be 1 to 48 characters of A-Z a-z 0-9 _, not starting with a digit",
-            );
-        }
-        for (key, secret) in [
-            ("sinks.sql.url", &sql.url),
-            ("sinks.redis_stream.url", &self.sinks.redis_stream.url),
-            ("stats.redis_url", &self.stats.redis_url),
-        ] {
-            if secret.is_placeholder() {
-                return fail(key, "set the real password, not the placeholder --print-config shows");
-            }
-        }
-        let url = sql.url.expose();
-        let schemes = ["postgres://", "postgresql://", "mysql://", "mariadb://"];
-        if sql.enabled && !schemes.iter().any(|scheme| url.starts_with(scheme)) {
-            return fail(
-                "sinks.sql.url",
-                "must start with postgres://, postgresql://, mysql:// or mariadb://",
-            );
-        }
-        let redis = &self.sinks.redis_stream;
-        if redis.enabled
-            && !(redis.url.expose().starts_with("redis://") || redis.url.expose().starts_with("rediss://"))
-        {
-            return fail("sinks.redis_stream.url", "must start with redis:// or rediss://");
-        }
-        if redis.stream.is_empty() {
-            return fail("sinks.redis_stream.stream", "must name a stream");
-        }
-        for (name, target) in &self.sinks.forward {
-            let key = |field: &str| format!("sinks.forward.{name}.{field}");
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-                return fail(&format!("sinks.forward.{name}"), "a target's name is letters, digits, _ and -");
-            }
-            let url = target.url.expose();
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return fail(&key("url"), "must start with http:// or https://");
-            }
-            if let Some(encoded) = target.secret.expose().strip_prefix("whsec_")
-                && base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).is_err()
-            {
-                return fail(
-                    &key("secret"),
-                    "a whsec_ secret is base64 after the prefix, and this one does not decode",
-                );
-            }
-            if target.timeout.is_zero() || target.timeout > HOUR {
-                return fail(&key("timeout"), "must be longer than 0s and at most 1h");
-            }
-            if !(1..=64).contains(&target.concurrency) {
-                return fail(&key("concurrency"), "must be from 1 to 64");
-            }
-            if !(1..=10_000).contains(&target.batch_size) {
-                return fail(&key("batch_size"), "must be from 1 to 10000");
-            }
-        }
+        self.stats.validate().map_err(Invalid::into_error)?;
+        self.sinks.validate().map_err(Invalid::into_error)?;
         let journal = &self.journal;
         if journal.dir.as_os_str().is_empty() {
             return fail("journal.dir", "must name a directory");

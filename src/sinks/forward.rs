@@ -14,14 +14,77 @@
 //! backoff for as long as the journal keeps it.
 
 use super::{Entry, Sink, SinkError};
-use crate::settings::ForwardTarget;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::collections::HashSet;
 use std::time::SystemTime;
+
+/// One HTTP relay target. Every key but `url` has a default, so a target can
+/// be set from the environment alone: `OPENIM_CALLBACK__SINKS__FORWARD__<NAME>__URL`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardTarget {
+    /// Where every message is POSTed; credentials in it are never shown.
+    pub url: crate::settings::Secret,
+    /// Signs each request the Standard Webhooks way when set (`whsec_<base64>` or plain text).
+    pub secret: crate::settings::Secret,
+    /// No answer within this is a failed attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+    /// Requests in flight at once (1 keeps the journal's order).
+    pub concurrency: usize,
+    /// Most messages taken from the journal at once.
+    pub batch_size: usize,
+    /// POST to `<url>/<command>` (OpenIM v3.4.2+'s form) instead of `<url>`.
+    pub append_command: bool,
+    /// The records this target gets (all when empty).
+    pub only: crate::sinks::filter::RecordFilter,
+}
+
+impl Default for ForwardTarget {
+    fn default() -> Self {
+        ForwardTarget {
+            url: crate::settings::Secret::default(),
+            secret: crate::settings::Secret::default(),
+            timeout: std::time::Duration::from_secs(10),
+            concurrency: 2,
+            batch_size: 100,
+            append_command: false,
+            only: Default::default(),
+        }
+    }
+}
+
+impl ForwardTarget {
+    /// The checks of target `name` (`[sinks.forward.<name>]`).
+    pub(crate) fn validate(&self, name: &str) -> Result<(), crate::settings::Invalid> {
+        use crate::settings::{Invalid, LONGEST, check_count, check_duration};
+        let key = |field: &str| format!("sinks.forward.{name}.{field}");
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(Invalid::new(
+                format!("sinks.forward.{name}"),
+                "a target's name is letters, digits, _ and -",
+            ));
+        }
+        let url = self.url.expose();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Invalid::new(key("url"), "must start with http:// or https://"));
+        }
+        if let Some(encoded) = self.secret.expose().strip_prefix("whsec_")
+            && BASE64.decode(encoded).is_err()
+        {
+            let why = "a whsec_ secret is base64 after the prefix, and this one does not decode";
+            return Err(Invalid::new(key("secret"), why));
+        }
+        check_duration(&key("timeout"), self.timeout, LONGEST)?;
+        check_count(&key("concurrency"), self.concurrency as u64, 1, 64)?;
+        check_count(&key("batch_size"), self.batch_size as u64, 1, 10_000)
+    }
+}
 
 /// Names the callback's command on every relayed request.
 pub const COMMAND_HEADER: &str = "X-OpenIM-Callback-Command";

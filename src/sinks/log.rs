@@ -16,8 +16,9 @@
 
 use super::{Entry, Sink, SinkError};
 use crate::callbacks::{Callback, MessagePacket, ReceivedMessage, RevokePacket, Role};
-use crate::settings::{LogFormat, LogSinkSettings};
+use crate::settings::LogFormat;
 use crate::telemetry::{self, MESSAGE_TARGET, RecordWriter};
+use serde::Deserialize;
 use serde::Serialize;
 use std::io::Write;
 use tracing::Dispatch;
@@ -32,6 +33,27 @@ fn record_message(message: &ReceivedMessage, packet: &MessagePacket) -> &'static
 }
 
 const REVOKE_MESSAGE: &str = "message revoked";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSinkSettings {
+    pub enabled: bool,
+    /// Most records the sink takes from the journal at once.
+    pub batch_size: usize,
+    /// Write the message text into records.
+    pub include_content: bool,
+    /// Cut content longer than this many characters (0: no limit).
+    pub max_content_chars: usize,
+    /// The records this sink takes (all when empty).
+    #[serde(default)]
+    pub only: crate::sinks::filter::RecordFilter,
+}
+
+impl LogSinkSettings {
+    pub(crate) fn validate(&self) -> Result<(), crate::settings::Invalid> {
+        crate::settings::check_count("sinks.log.batch_size", self.batch_size as u64, 1, 100_000)
+    }
+}
 
 pub struct LogSink {
     format: RecordFormat,

@@ -303,6 +303,48 @@ pub struct SinkSet {
     runners: Vec<Runner>,
 }
 
+/// `[sinks]`: every sink's section.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinksSettings {
+    pub log: log::LogSinkSettings,
+    pub stats: stats::settings::StatsSinkSettings,
+    pub sql: sql::SqlSinkSettings,
+    pub redis_stream: redis_stream::RedisStreamSinkSettings,
+    /// HTTP relay targets, by name (`[sinks.forward.<name>]`).
+    #[serde(default)]
+    pub forward: std::collections::BTreeMap<String, forward::ForwardTarget>,
+}
+
+impl SinksSettings {
+    /// Each sink's own checks, and its filter's.
+    pub(crate) fn validate(&self) -> Result<(), crate::settings::Invalid> {
+        self.log.validate()?;
+        crate::settings::check_count("sinks.stats.batch_size", self.stats.batch_size as u64, 1, 100_000)?;
+        self.sql.validate()?;
+        self.redis_stream.validate()?;
+        for (name, target) in &self.forward {
+            target.validate(name)?;
+        }
+        let filters = [
+            ("sinks.log.only".to_owned(), &self.log.only),
+            ("sinks.stats.only".to_owned(), &self.stats.only),
+            ("sinks.sql.only".to_owned(), &self.sql.only),
+            ("sinks.redis_stream.only".to_owned(), &self.redis_stream.only),
+        ]
+        .into_iter()
+        .chain(
+            self.forward.iter().map(|(name, target)| (format!("sinks.forward.{name}.only"), &target.only)),
+        );
+        for (key, filter) in filters {
+            if let Some(unknown) = filter.unknown_callback() {
+                return Err(crate::settings::unknown_callback(&format!("{key}.callbacks"), unknown));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl SinkSet {
     /// No sinks yet; cursors are saved every `cursor_interval`.
     pub fn new(journal: Arc<Journal>, cursor_interval: Duration) -> Self {

@@ -10,8 +10,8 @@
 //! (at-least-once: consumers deduplicate by `serverMsgID`).
 
 use super::{Entry, Sink, SinkError};
-use crate::settings::RedisStreamSinkSettings;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
 
 /// A Redis connection that connects on first use (so the receiver starts,
 /// and accepts messages, while Redis is down) and reconnects after a failure.
@@ -39,6 +39,43 @@ pub(crate) async fn ping(connection: &mut impl redis::aio::ConnectionLike) -> Re
             Err(SinkError::permanent(format!("redis: {error}: check the password in the URL")))
         }
         Err(error) => Err(SinkError::transient(format!("redis: {error}"))),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStreamSinkSettings {
+    pub enabled: bool,
+    /// `redis://host:6379/0` (`rediss://` for TLS); may hold a password, so never shown.
+    pub url: crate::settings::Secret,
+    /// The stream every message is added to.
+    pub stream: String,
+    /// Trim the stream to about this many entries (`MAXLEN ~`); 0 keeps every entry.
+    pub max_len: u64,
+    /// Most messages added per round trip.
+    pub batch_size: usize,
+    /// Connecting, or an answer, taking longer than this fails the batch (retried).
+    #[serde(with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+    /// The records this sink takes (all when empty).
+    #[serde(default)]
+    pub only: crate::sinks::filter::RecordFilter,
+}
+
+impl RedisStreamSinkSettings {
+    pub(crate) fn validate(&self) -> Result<(), crate::settings::Invalid> {
+        use crate::settings::{Invalid, LONGEST, check_count, check_duration, check_not_placeholder};
+        check_duration("sinks.redis_stream.timeout", self.timeout, LONGEST)?;
+        check_count("sinks.redis_stream.batch_size", self.batch_size as u64, 1, 100_000)?;
+        check_not_placeholder("sinks.redis_stream.url", &self.url)?;
+        let url = self.url.expose();
+        if self.enabled && !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(Invalid::new("sinks.redis_stream.url", "must start with redis:// or rediss://"));
+        }
+        if self.stream.is_empty() {
+            return Err(Invalid::new("sinks.redis_stream.stream", "must name a stream"));
+        }
+        Ok(())
     }
 }
 

@@ -24,7 +24,7 @@
 
 use super::{Entry, Sink, SinkError};
 use crate::callbacks::{AFTER_REVOKE_MSG, Callback, Role};
-use crate::settings::SqlSinkSettings;
+use serde::{Deserialize, Serialize};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
@@ -53,6 +53,54 @@ enum OnConflict {
     Keep,
     /// Saved to OpenIM's database: the row takes the real seq.
     SetSeq,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSinkSettings {
+    pub enabled: bool,
+    /// `postgres://…` or `mysql://…` (MariaDB too); holds a password, so never shown.
+    pub url: crate::settings::Secret,
+    /// The archive table, created if missing.
+    pub table: String,
+    /// Most rows inserted per statement.
+    pub batch_size: usize,
+    /// Connections kept to the database.
+    pub pool_size: u32,
+    /// How long getting a connection may take before a delivery fails (and is retried).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: std::time::Duration,
+    /// How long one batch's statements may take before the delivery fails (and is retried).
+    #[serde(with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+    /// The records this sink takes (all when empty).
+    #[serde(default)]
+    pub only: crate::sinks::filter::RecordFilter,
+}
+
+impl SqlSinkSettings {
+    pub(crate) fn validate(&self) -> Result<(), crate::settings::Invalid> {
+        use crate::settings::{Invalid, LONGEST, check_count, check_duration, check_not_placeholder};
+        check_duration("sinks.sql.connect_timeout", self.connect_timeout, LONGEST)?;
+        check_duration("sinks.sql.timeout", self.timeout, LONGEST)?;
+        check_count("sinks.sql.batch_size", self.batch_size as u64, 1, 100_000)?;
+        check_count("sinks.sql.pool_size", u64::from(self.pool_size), 1, 64)?;
+        let table_ok = !self.table.is_empty()
+            && self.table.len() <= 48
+            && self.table.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !self.table.as_bytes()[0].is_ascii_digit();
+        if !table_ok {
+            let why = "must be 1 to 48 characters of A-Z a-z 0-9 _, not starting with a digit";
+            return Err(Invalid::new("sinks.sql.table", why));
+        }
+        check_not_placeholder("sinks.sql.url", &self.url)?;
+        let schemes = ["postgres://", "postgresql://", "mysql://", "mariadb://"];
+        if self.enabled && !schemes.iter().any(|scheme| self.url.expose().starts_with(scheme)) {
+            let why = "must start with postgres://, postgresql://, mysql:// or mariadb://";
+            return Err(Invalid::new("sinks.sql.url", why));
+        }
+        Ok(())
+    }
 }
 
 pub struct SqlSink {

@@ -6,6 +6,7 @@
 pub mod daily;
 pub mod distinct;
 pub mod fleet;
+pub mod settings;
 pub mod snapshot;
 
 use super::{Entry, Progress, Sink, SinkError};
