@@ -11,7 +11,6 @@ pub mod epoch;
 pub mod healthcheck;
 pub mod http;
 pub mod journal;
-pub mod metrics;
 pub mod server;
 pub mod settings;
 pub mod sinks;

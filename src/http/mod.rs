@@ -4,6 +4,7 @@ pub mod auth;
 mod callback;
 pub mod error;
 mod extract;
+mod metrics;
 mod probes;
 pub mod refusals;
 mod settle;

@@ -186,6 +186,6 @@ pub async fn daily(State(state): State<AppState>, uri: axum::http::Uri) -> Respo
 
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = crate::metrics::render(&state).await;
+    let body = super::metrics::render(&state).await;
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

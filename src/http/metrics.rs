@@ -6,8 +6,8 @@
 //! are updated as things happen. Every label value comes from a bounded set:
 //! known code names, `other`, sink names, rejection names; never a user id.
 
-use crate::http::AppState;
-use crate::http::error::Rejection;
+use super::AppState;
+use super::error::Rejection;
 use crate::sinks::stats::Counted;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
