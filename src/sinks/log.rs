@@ -171,7 +171,7 @@ struct Timestamp(std::time::SystemTime);
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_rfc3339_micros(self.0))
+        serializer.serialize_str(crate::epoch::rfc3339_micros(self.0).as_str())
     }
 }
 

@@ -58,17 +58,9 @@ impl Calendar {
     }
 }
 
-/// `YYYY-MM-DD` of a day number (Howard Hinnant's civil-from-days).
+/// `YYYY-MM-DD` of a day number.
 pub fn date_text(day: i64) -> String {
-    let z = day + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day_of_month = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    let (year, month, day_of_month) = crate::epoch::civil(day);
     format!("{year:04}-{month:02}-{day_of_month:02}")
 }
 
