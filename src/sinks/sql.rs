@@ -465,55 +465,48 @@ impl SqlSink {
         let table = &self.table;
         let revoked_us = revoke.revoked_us.unwrap_or(revoke.received_us);
         let revoked_by = revoke.revoked_by.clone().unwrap_or_default();
-        let marked = match &self.database {
-            Database::Postgres(pool) => {
-                let statement = format!(
-                    "UPDATE {table} SET revoked_at = TIMESTAMPTZ 'epoch' + $1 * INTERVAL '1 microsecond', revoked_by = $2
-                     WHERE conversation_id = $3 AND seq = $4 AND callback <> $5"
-                );
-                let query = sqlx::query(&statement).bind(revoked_us).bind(revoked_by);
-                let query = query.bind(&revoke.conversation_id).bind(revoke.seq).bind(AFTER_REVOKE_MSG.key);
-                query.execute(pool).await?.rows_affected()
-            }
-            Database::MySql(pool) => {
-                let statement = format!(
-                    "UPDATE {table} SET revoked_at = TIMESTAMPADD(MICROSECOND, ?, '1970-01-01 00:00:00'), revoked_by = ?
-                     WHERE conversation_id = ? AND seq = ? AND callback <> ?"
-                );
-                let query = sqlx::query(&statement).bind(revoked_us).bind(revoked_by);
-                let query = query.bind(&revoke.conversation_id).bind(revoke.seq).bind(AFTER_REVOKE_MSG.key);
-                query.execute(pool).await?.rows_affected()
-            }
+        let [at, by, conversation, seq, callback] = [1, 2, 3, 4, 5].map(|index| self.parameter(index));
+        let revoked_at = match self.database {
+            Database::Postgres(_) => format!("TIMESTAMPTZ 'epoch' + {at} * INTERVAL '1 microsecond'"),
+            Database::MySql(_) => format!("TIMESTAMPADD(MICROSECOND, {at}, '1970-01-01 00:00:00')"),
         };
-        if marked > 0 {
-            return Ok(marked);
-        }
-        // MySQL counts rows changed, not found: a replayed revoke finds its row marked already.
-        let statement = format!(
-            "SELECT COUNT(*) FROM {table} WHERE conversation_id = {} AND seq = {} AND callback <> {}",
-            self.parameter(1),
-            self.parameter(2),
-            self.parameter(3)
+        let update = format!(
+            "UPDATE {table} SET revoked_at = {revoked_at}, revoked_by = {by}
+             WHERE conversation_id = {conversation} AND seq = {seq} AND callback <> {callback}"
         );
-        let found: i64 = match &self.database {
-            Database::Postgres(pool) => {
-                sqlx::query_scalar(&statement)
+        // MySQL counts rows changed, not found: a replayed revoke finds its row marked already.
+        let [conversation, seq, callback] = [1, 2, 3].map(|index| self.parameter(index));
+        let count = format!(
+            "SELECT COUNT(*) FROM {table} WHERE conversation_id = {conversation} AND seq = {seq} AND callback <> {callback}"
+        );
+        // sqlx types each query by its database: the same steps, once per pool type.
+        macro_rules! mark_or_count {
+            ($pool:expr) => {{
+                let marked = sqlx::query(&update)
+                    .bind(revoked_us)
+                    .bind(revoked_by)
                     .bind(&revoke.conversation_id)
                     .bind(revoke.seq)
                     .bind(AFTER_REVOKE_MSG.key)
-                    .fetch_one(pool)
+                    .execute($pool)
                     .await?
-            }
-            Database::MySql(pool) => {
-                sqlx::query_scalar(&statement)
+                    .rows_affected();
+                if marked > 0 {
+                    return Ok(marked);
+                }
+                let found: i64 = sqlx::query_scalar(&count)
                     .bind(&revoke.conversation_id)
                     .bind(revoke.seq)
                     .bind(AFTER_REVOKE_MSG.key)
-                    .fetch_one(pool)
-                    .await?
-            }
-        };
-        Ok(found as u64)
+                    .fetch_one($pool)
+                    .await?;
+                Ok(found as u64)
+            }};
+        }
+        match &self.database {
+            Database::Postgres(pool) => mark_or_count!(pool),
+            Database::MySql(pool) => mark_or_count!(pool),
+        }
     }
 
     /// The `index`th bind parameter as this database writes it.
