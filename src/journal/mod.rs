@@ -509,6 +509,18 @@ impl Journal {
             if let Some(failure) = self.sync_failure() {
                 return Err(AppendError::SyncFailed(failure));
             }
+            if wake && self.sync_thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_none() {
+                // Closed, with no sync thread left to ask: a sink still saving its position
+                // after the shutdown deadline would otherwise wait forever, holding the journal.
+                self.sync_now();
+                if self.synced() >= seq {
+                    return Ok(());
+                }
+                let failure = self
+                    .sync_failure()
+                    .unwrap_or_else(|| format!("the journal is closed and record {seq} was never written"));
+                return Err(AppendError::SyncFailed(failure));
+            }
             if wake {
                 self.wake_sync_thread();
             }

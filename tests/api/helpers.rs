@@ -118,6 +118,26 @@ impl CapturedLog {
     }
 }
 
+/// The journal of `settings`. A test that restarts on the same directory may
+/// find the previous receiver's journal still held for a moment: its stop
+/// returns at the shutdown deadline, while a stuck sink's thread is still
+/// winding down (and holds the journal's lock until it ends). A process that
+/// exits lets go at once; in one test process, the next start waits for it.
+async fn open_journal(settings: &Settings) -> Arc<Journal> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match Journal::open(&settings.journal) {
+            Ok(journal) => return journal,
+            Err(openim_callback_receiver::journal::OpenError::Locked { .. })
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("cannot open the journal: {error}"),
+        }
+    }
+}
+
 /// A receiver serving on 127.0.0.1:0, with its log records captured as JSON.
 pub struct TestReceiver {
     pub address: SocketAddr,
@@ -147,7 +167,7 @@ impl TestReceiver {
         });
         let log = CapturedLog::default();
         let records = log.record_writer();
-        let journal = Journal::open(&settings.journal).unwrap();
+        let journal = open_journal(&settings).await;
         let (mut sinks, stats) = SinkSet::from_settings(&settings, journal, records).unwrap();
         add_sinks(&mut sinks);
         let receiver = Receiver::with_sinks(settings, sinks, stats);

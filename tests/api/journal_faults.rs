@@ -275,3 +275,18 @@ async fn a_spare_segment_left_by_a_stop_is_dropped_at_start_and_numbering_goes_o
     let batch = journal.reader(1).read(1024).unwrap();
     assert_eq!((batch.entries.len(), batch.damaged), (61, 0));
 }
+
+#[tokio::test]
+async fn a_position_saved_after_the_journal_closed_is_synced_by_the_saver_not_waited_for_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal_in(&dir);
+    let seq = append(&journal, &packet("a", "b", 101).to_string());
+    // Shutdown closed the journal while a stuck sink was still winding down: its final
+    // save asks for an fdatasync that no sync thread is left to do.
+    journal.close();
+    let synced = tokio::time::timeout(Duration::from_secs(30), journal.sync_through(seq)).await;
+    assert!(matches!(synced, Ok(Ok(()))), "{synced:?}");
+    assert!(journal.synced() >= seq);
+    let beyond = tokio::time::timeout(Duration::from_secs(30), journal.sync_through(seq + 1)).await;
+    assert!(matches!(beyond, Ok(Err(_))), "a record never written is never reported synced: {beyond:?}");
+}
