@@ -3,14 +3,13 @@
 //! restart; every 200 is in the log and in the archive once, and the stats
 //! count each kind exactly.
 
-use crate::binary::{RunningBinary, stats_of, wait_for_accepted};
-use crate::helpers::{service_url, unique_table, wait_until};
+use crate::binary::{RunningBinary, wait_for_accepted};
+use crate::helpers::unique_table;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 /// Callback `index` of client `client`, as (command, body, the key it is known by). In
 /// each four: a single chat, a group message, the single's save (its seq), its revoke.
@@ -86,15 +85,7 @@ fn mixed_load(address: SocketAddr, stop: Arc<AtomicBool>) -> Vec<tokio::task::Jo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mixed_load_killed_and_restarted_keeps_every_callback_once_in_the_log_the_archive_and_the_stats() {
-    let Some(url) = service_url(
-        "PostgreSQL",
-        "OPENIM_CALLBACK_TEST_POSTGRES_URL",
-        "postgres://postgres@127.0.0.1:5432/test",
-    )
-    .await
-    else {
-        return;
-    };
+    let Some(url) = crate::sql::postgres().await else { return };
     let table = unique_table("mixed");
     let workdir = tempfile::tempdir().unwrap();
     let env = [
@@ -117,12 +108,7 @@ async fn a_mixed_load_killed_and_restarted_keeps_every_callback_once_in_the_log_
     assert!(answered.len() >= 400, "the load ran: {}", answered.len());
 
     let mut second = RunningBinary::start(workdir.path(), &env).await;
-    let stats = wait_until(Duration::from_secs(60), async || {
-        let stats = stats_of(second.address).await;
-        let sinks = stats["sinks"].as_object().unwrap();
-        if sinks.values().all(|sink| sink["lag_records"] == 0) { Ok(stats) } else { Err(format!("{stats}")) }
-    })
-    .await;
+    let stats = crate::journal_binary::caught_up(second.address).await;
     assert_eq!(second.terminate().await.code(), Some(0));
     let mut lines = first_lines;
     lines.extend(second.lines.await.unwrap());

@@ -60,7 +60,7 @@ fn logged_ids(lines: &[Value]) -> Vec<String> {
 }
 
 /// `/stats` once every sink has caught up with the journal.
-async fn caught_up(address: SocketAddr) -> Value {
+pub(crate) async fn caught_up(address: SocketAddr) -> Value {
     wait_until(Duration::from_secs(60), async || {
         let stats = stats_of(address).await;
         let sinks = stats["sinks"].as_object().unwrap();

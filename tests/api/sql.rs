@@ -10,11 +10,11 @@ use std::time::Duration;
 const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const MARIADB_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
-async fn postgres() -> Option<String> {
+pub(crate) async fn postgres() -> Option<String> {
     service_url("PostgreSQL", "OPENIM_CALLBACK_TEST_POSTGRES_URL", POSTGRES_URL).await
 }
 
-async fn mariadb() -> Option<String> {
+pub(crate) async fn mariadb() -> Option<String> {
     service_url("MariaDB", "OPENIM_CALLBACK_TEST_MYSQL_URL", MARIADB_URL).await
 }
 

@@ -4,7 +4,7 @@
 //! callback fills the row's seq, and a revoke marks the row it names, or waits
 //! in a row of its own until the seq is known.
 
-use crate::helpers::{TestReceiver, sample, service_url, settings, unique_table};
+use crate::helpers::{TestReceiver, sample, settings, unique_table};
 use serde_json::Value;
 use sqlx::Row;
 
@@ -130,24 +130,12 @@ async fn the_family_is_archived(url: &str) {
 
 #[tokio::test]
 async fn the_message_family_in_postgresql_on_a_table_the_previous_release_made() {
-    let Some(url) = service_url(
-        "PostgreSQL",
-        "OPENIM_CALLBACK_TEST_POSTGRES_URL",
-        "postgres://postgres@127.0.0.1:5432/test",
-    )
-    .await
-    else {
-        return;
-    };
+    let Some(url) = crate::sql::postgres().await else { return };
     the_family_is_archived(&url).await;
 }
 
 #[tokio::test]
 async fn the_message_family_in_mariadb_on_a_table_the_previous_release_made() {
-    let Some(url) =
-        service_url("MariaDB", "OPENIM_CALLBACK_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test").await
-    else {
-        return;
-    };
+    let Some(url) = crate::sql::mariadb().await else { return };
     the_family_is_archived(&url).await;
 }
