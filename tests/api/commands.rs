@@ -59,7 +59,9 @@ async fn every_command_is_taken_in_each_url_form_and_logged_as_what_it_is() {
     assert_eq!(revoke["operationID"], "op-family");
 
     // Saves and revokes are counted under their own names, never as messages.
-    let stats = receiver.stats_after(6).await;
+    // Every record counted (the revokes come last), not just the six messages.
+    receiver.caught_up("stats", 12).await;
+    let stats = receiver.get_json("/stats").await;
     assert_eq!(stats["messages"]["total"], 6, "{stats}");
     assert_eq!(stats["messages"]["by_session_type"], serde_json::json!({"single_chat": 3, "group_chat": 3}));
     assert_eq!((stats["groups"].as_u64(), stats["conversations"].as_u64()), (Some(1), Some(2)), "{stats}");
@@ -76,7 +78,8 @@ async fn every_command_is_taken_in_each_url_form_and_logged_as_what_it_is() {
         (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64)
             .into();
     receiver.post(&urls(COMMANDS[1].1)[0], "op-today", today.to_string()).await.assert_accepted();
-    let stats = receiver.stats_after(7).await;
+    receiver.caught_up("stats", 13).await;
+    let stats = receiver.get_json("/stats").await;
     assert_eq!(stats["groups"], 2, "{stats}");
     let days = receiver.get_json("/stats/daily").await["days"].clone();
     assert_eq!((days[0]["groups"].as_u64(), days[0]["conversations"].as_u64()), (Some(1), Some(1)), "{days}");
