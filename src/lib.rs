@@ -144,19 +144,21 @@ impl Receiver {
 
 /// Completes on SIGINT (Ctrl-C), SIGTERM (what `docker stop` sends) or
 /// SIGHUP (a closed terminal): each is a graceful shutdown.
-pub async fn shutdown_signal() {
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: a SIGTERM that arrives between the start line and the
+/// server's first poll is a graceful stop, not the default action's kill.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let on = |kind: SignalKind| async move {
-        match signal(kind) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut handlers: Vec<_> = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()]
+        .into_iter()
+        .filter_map(|kind| signal(kind).ok())
+        .collect();
+    async move {
+        if handlers.is_empty() {
+            return std::future::pending().await;
         }
-    };
-    tokio::select! {
-        () = on(SignalKind::interrupt()) => {}
-        () = on(SignalKind::terminate()) => {}
-        () = on(SignalKind::hangup()) => {}
+        let received = handlers.iter_mut().map(|handler| Box::pin(handler.recv()));
+        futures_util::future::select_all(received).await;
     }
 }

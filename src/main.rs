@@ -92,6 +92,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings, listener: tokio::net::TcpListener) -> ExitCode {
+    // Before anything is announced: a signal from then on is a graceful stop.
+    let shutdown = shutdown_signal();
     let listen = settings.server.listen;
     // The bound address, not the configured one: port 0 picks a free port.
     let listen = listener.local_addr().unwrap_or(listen);
@@ -102,7 +104,7 @@ async fn serve(settings: Settings, listener: tokio::net::TcpListener) -> ExitCod
     };
     tracing::info!(%listen, callback_url = %format!("http://{listen}{base}/callbackAfterSendSingleMsgCommand"),
         version = env!("CARGO_PKG_VERSION"), "receiving OpenIM callbacks");
-    match receiver.run(listener, shutdown_signal()).await {
+    match receiver.run(listener, shutdown).await {
         Ok(report) if report.is_clean() => {
             tracing::info!("stopped cleanly: every accepted message delivered");
             ExitCode::SUCCESS
