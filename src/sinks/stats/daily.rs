@@ -2,6 +2,7 @@
 //! for `stats.retention_days`; and messages per minute of arrival for the last
 //! hour, for a rate chart.
 
+use super::contribution::Sent;
 use super::distinct::Distinct;
 use crate::callbacks::ContentType;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,17 @@ impl Calendar {
     /// The day (days since 1970-01-01 in this offset) of a time in ms since the epoch.
     pub fn day_of(&self, epoch_ms: i64) -> i64 {
         epoch_ms.saturating_add(i64::from(self.offset_minutes) * MS_PER_MINUTE).div_euclid(MS_PER_DAY)
+    }
+
+    /// The oldest day kept when `today` is today.
+    pub fn oldest_kept(&self, today: i64) -> i64 {
+        today - i64::from(self.retention_days) + 1
+    }
+
+    /// True when a message dated on `day` is counted in a day of its own: from
+    /// the oldest kept day to tomorrow (clocks differ; a later date is a wrong one).
+    pub fn window_holds(&self, day: i64, today: i64) -> bool {
+        (self.oldest_kept(today)..=today + 1).contains(&day)
     }
 
     /// Parses `+08:00`, `-05:30`, `+00:00` (also `+0800`, `Z`) into minutes east of UTC.
@@ -94,15 +106,6 @@ pub struct DayCounts {
     conversations: Distinct,
 }
 
-/// The hashes a message is counted by.
-pub struct Identities {
-    pub sender: u64,
-    /// None for a group's message: it has no one receiver.
-    pub receiver: Option<u64>,
-    /// The pair of people, or the group.
-    pub conversation: u64,
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DailyWindows {
     pub(super) days: BTreeMap<i64, DayCounts>,
@@ -110,34 +113,24 @@ pub struct DailyWindows {
 }
 
 impl DailyWindows {
-    /// Counts a message created at `create_ms`, received at `now_ms`. Days that
-    /// fell out of the window are dropped; a message dated outside it (older
-    /// than the window, or more than a day ahead of now) is only counted as
-    /// out-of-window. The day it was counted in, if any.
-    pub fn record(
-        &mut self,
-        content_type: ContentType,
-        who: &Identities,
-        create_ms: i64,
-        now_ms: i64,
-        calendar: &Calendar,
-    ) -> Option<i64> {
-        let today = calendar.day_of(now_ms);
-        let oldest = today - i64::from(calendar.retention_days) + 1;
+    /// Counts a message into its day. Days that fell out of the window are
+    /// dropped; a message dated outside it is only counted as out-of-window.
+    pub fn record(&mut self, sent: &Sent<'_>, calendar: &Calendar) {
+        let oldest = calendar.oldest_kept(sent.today);
         while let Some(entry) = self.days.first_entry() {
             if *entry.key() >= oldest {
                 break;
             }
             entry.remove();
         }
-        let day = calendar.day_of(create_ms);
-        if day < oldest || day > today + 1 {
+        let Some(day) = sent.day else {
             self.out_of_window += 1;
-            return None;
-        }
+            return;
+        };
         let counts = self.days.entry(day).or_default();
         counts.messages += 1;
-        super::count_code(&mut counts.by_content_type, content_type, ContentType::OTHER);
+        super::count_code(&mut counts.by_content_type, sent.packet.content_type, ContentType::OTHER);
+        let who = &sent.who;
         counts.senders.insert(who.sender);
         counts.people.insert(who.sender);
         if let Some(receiver) = who.receiver {
@@ -145,7 +138,6 @@ impl DailyWindows {
             counts.people.insert(receiver);
         }
         counts.conversations.insert(who.conversation);
-        Some(day)
     }
 
     /// True while `day` is one of the kept days.

@@ -3,6 +3,7 @@
 //! past that (`distinct`); the state is snapshotted to disk and restored at
 //! start (`snapshot`), so counts continue across restarts.
 
+pub mod contribution;
 pub mod daily;
 pub mod distinct;
 pub mod fleet;
@@ -10,9 +11,10 @@ pub mod settings;
 pub mod snapshot;
 
 use super::{Entry, Progress, Sink, SinkError};
-use crate::callbacks::{Callback, MessagePacket, ReceivedMessage, Role};
-use daily::{Calendar, DailyWindows, DayReport, Identities, MinuteRates, MinuteReport};
-use distinct::{Distinct, hash_of, hash_of_group, hash_of_pair};
+use crate::callbacks::{MessagePacket, ReceivedMessage, Role};
+use contribution::{Contribution, Sent};
+use daily::{Calendar, DailyWindows, DayReport, MinuteRates, MinuteReport};
+use distinct::Distinct;
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -56,55 +58,49 @@ pub struct KindCounts {
 }
 
 impl MessageStats {
-    /// Counts one callback: a message sent into every count, a save or a
-    /// revoke under its own name only (the message was counted when sent).
+    /// Counts one callback as [`Contribution`] says.
     pub fn record_callback(&mut self, message: &ReceivedMessage, calendar: &Calendar) {
-        match (message.command.role, &message.callback) {
-            (Role::Sent, Callback::Message(packet)) => self.record(packet, message.received_at, calendar),
-            (Role::Saved, _) => self.kinds.saved_to_database += 1,
-            (Role::Revoked, _) => self.kinds.revoked += 1,
-            (Role::Sent, Callback::Revoke(_)) => {}
+        match Contribution::of(message, calendar) {
+            Some(Contribution::Sent(sent)) => self.record_sent(&sent, calendar),
+            Some(Contribution::SavedToDatabase) => self.kinds.saved_to_database += 1,
+            Some(Contribution::Revoked) => self.kinds.revoked += 1,
+            None => {}
         }
     }
 
-    /// Counts one message sent, received at `received_at`, into the totals, its day and its minute.
+    /// Counts one message sent, received at `received_at`.
     pub fn record(&mut self, packet: &MessagePacket, received_at: SystemTime, calendar: &Calendar) {
-        self.total += 1;
+        self.record_sent(&Sent::new(packet, crate::epoch::millis(received_at), calendar), calendar);
+    }
+
+    /// Counts a message sent into the totals, its day and its minute.
+    fn record_sent(&mut self, sent: &Sent<'_>, calendar: &Calendar) {
         use crate::callbacks::{ContentType, MsgFrom, MsgStatus, Platform, SessionType};
+        let (packet, who) = (sent.packet, &sent.who);
+        self.total += 1;
         count_code(&mut self.by_content_type, packet.content_type, ContentType::OTHER);
         count_code(&mut self.by_platform, packet.sender_platform_id, Platform::OTHER);
         count_code(&mut self.by_msg_from, packet.msg_from, MsgFrom::OTHER);
         count_code(&mut self.by_session_type, packet.session_type, SessionType::OTHER);
         count_code(&mut self.by_status, packet.status, MsgStatus::OTHER);
-        let sender = hash_of(&packet.send_id);
-        self.senders.insert(sender);
-        self.people.insert(sender);
-        let (receiver, conversation) = if packet.is_group() {
-            (None, hash_of_group(&packet.group_id))
-        } else {
-            let receiver = hash_of(&packet.recv_id);
+        self.senders.insert(who.sender);
+        self.people.insert(who.sender);
+        if let Some(receiver) = who.receiver {
             self.receivers.insert(receiver);
             self.people.insert(receiver);
-            (Some(receiver), hash_of_pair(&packet.send_id, &packet.recv_id))
-        };
-        self.conversations.insert(conversation);
-        let now_ms = crate::epoch::millis(received_at);
-        let who = Identities { sender, receiver, conversation };
-        let day = self.daily.record(packet.content_type, &who, packet.create_time, now_ms, calendar);
-        if packet.is_group() {
-            self.kinds.groups.insert(conversation);
-            if let Some(day) = day {
-                self.kinds.groups_by_day.entry(day).or_default().insert(conversation);
+        }
+        self.conversations.insert(who.conversation);
+        self.daily.record(sent, calendar);
+        if let Some(group) = who.group {
+            self.kinds.groups.insert(group);
+            if let Some(day) = sent.day {
+                self.kinds.groups_by_day.entry(day).or_default().insert(group);
                 let daily = &self.daily;
                 self.kinds.groups_by_day.retain(|day, _| daily.keeps(*day));
             }
         }
-        self.per_minute.record(now_ms);
-        let at = packet.create_time;
-        self.create_time = Some(match self.create_time {
-            None => (at, at),
-            Some((earliest, latest)) => (earliest.min(at), latest.max(at)),
-        });
+        self.per_minute.record(sent.received_ms);
+        contribution::widen(&mut self.create_time, packet.create_time);
     }
 
     pub fn report(&self, now: SystemTime) -> MessageReport {

@@ -2,11 +2,9 @@
 //! messages is one script call with a few dozen increments, not thousands.
 
 use super::{DISTINCT, FleetKeys};
-use crate::callbacks::{
-    Callback, ContentType, MessagePacket, MsgFrom, MsgStatus, Platform, ReceivedMessage, Role, SessionType,
-};
+use crate::callbacks::{ContentType, MsgFrom, MsgStatus, Platform, ReceivedMessage, SessionType};
+use crate::sinks::stats::contribution::{Contribution, Identities, Sent};
 use crate::sinks::stats::daily::{Calendar, MS_PER_DAY, MS_PER_MINUTE, RATE_MINUTES};
-use crate::sinks::stats::distinct::{hash_of, hash_of_group, hash_of_pair};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Applies a batch and moves the replica's position, only if the position in
@@ -77,33 +75,6 @@ return {1, ARGV[3]}
 /// Elements per `PFADD` (Lua's `unpack` has a stack limit).
 const PFADD_CHUNK: usize = 1000;
 
-/// The distinct items one message adds: sender and receiver (people takes
-/// both), the conversation; for a group's message, no receiver, and the group.
-struct Identities {
-    people: [u64; 2],
-    conversation: u64,
-    group: bool,
-}
-
-impl Identities {
-    fn of(packet: &MessagePacket) -> Self {
-        let sender = hash_of(&packet.send_id);
-        if packet.is_group() {
-            Identities { people: [sender, 0], conversation: hash_of_group(&packet.group_id), group: true }
-        } else {
-            let pair = hash_of_pair(&packet.send_id, &packet.recv_id);
-            Identities { people: [sender, hash_of(&packet.recv_id)], conversation: pair, group: false }
-        }
-    }
-
-    /// Items per distinct count, in [`DISTINCT`]'s order.
-    fn each(&self) -> [&[u64]; DISTINCT.len()] {
-        let people: &[u64] = if self.group { &self.people[..1] } else { &self.people };
-        let conversation = std::slice::from_ref(&self.conversation);
-        [&self.people[..1], &people[1..], people, conversation, if self.group { conversation } else { &[] }]
-    }
-}
-
 /// A counted hash field; named (`content_type:text`) only once per batch.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Field {
@@ -150,8 +121,19 @@ impl Counts {
         self.fields.iter().map(|(field, count)| (field.name(), *count)).collect()
     }
 
+    /// Into each distinct count, in [`DISTINCT`]'s order: senders,
+    /// receivers, people (either role), conversations, groups.
     fn add_identities(&mut self, who: &Identities) {
-        for (set, items) in self.distinct.iter_mut().zip(who.each()) {
+        let people = [who.sender, who.receiver.unwrap_or_default()];
+        let people = &people[..1 + usize::from(who.receiver.is_some())];
+        let items: [&[u64]; DISTINCT.len()] = [
+            std::slice::from_ref(&who.sender),
+            who.receiver.as_slice(),
+            people,
+            std::slice::from_ref(&who.conversation),
+            who.group.as_slice(),
+        ];
+        for (set, items) in self.distinct.iter_mut().zip(items) {
             set.extend(items);
         }
     }
@@ -167,22 +149,18 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Counts one callback as the memory backend does: a message sent into
-    /// every count, a save or a revoke under its own name only.
+    /// Counts one callback as [`Contribution`] says (as the memory backend does).
     pub fn record_callback(&mut self, message: &ReceivedMessage, calendar: &Calendar) {
-        match (message.command.role, &message.callback) {
-            (Role::Sent, Callback::Message(packet)) => {
-                self.record(packet, crate::epoch::millis(message.received_at), calendar);
-            }
-            (Role::Saved, _) => self.totals.add(Field::SavedToDatabase),
-            (Role::Revoked, _) => self.totals.add(Field::Revoked),
-            (Role::Sent, Callback::Revoke(_)) => {}
+        match Contribution::of(message, calendar) {
+            Some(Contribution::Sent(sent)) => self.record_sent(&sent),
+            Some(Contribution::SavedToDatabase) => self.totals.add(Field::SavedToDatabase),
+            Some(Contribution::Revoked) => self.totals.add(Field::Revoked),
+            None => {}
         }
     }
 
-    /// Counts one message sent, received at `received_ms`.
-    pub fn record(&mut self, packet: &MessagePacket, received_ms: i64, calendar: &Calendar) {
-        let who = Identities::of(packet);
+    fn record_sent(&mut self, sent: &Sent<'_>) {
+        let packet = sent.packet;
         let totals = &mut self.totals;
         totals.add(Field::Messages);
         totals.add(Field::ContentType(packet.content_type));
@@ -190,23 +168,18 @@ impl Tally {
         totals.add(Field::MsgFrom(packet.msg_from));
         totals.add(Field::SessionType(packet.session_type));
         totals.add(Field::Status(packet.status));
-        totals.add_identities(&who);
-        let today = calendar.day_of(received_ms);
-        let day = calendar.day_of(packet.create_time);
-        if day < today - i64::from(calendar.retention_days) + 1 || day > today + 1 {
-            totals.add(Field::OutOfWindow);
-        } else {
-            let counts = self.days.entry(day).or_default();
-            counts.add(Field::Messages);
-            counts.add(Field::ContentType(packet.content_type));
-            counts.add_identities(&who);
+        totals.add_identities(&sent.who);
+        match sent.day {
+            None => totals.add(Field::OutOfWindow),
+            Some(day) => {
+                let counts = self.days.entry(day).or_default();
+                counts.add(Field::Messages);
+                counts.add(Field::ContentType(packet.content_type));
+                counts.add_identities(&sent.who);
+            }
         }
-        *self.minutes.entry(received_ms.div_euclid(MS_PER_MINUTE)).or_default() += 1;
-        let at = packet.create_time;
-        self.create_time = Some(match self.create_time {
-            None => (at, at),
-            Some((earliest, latest)) => (earliest.min(at), latest.max(at)),
-        });
+        *self.minutes.entry(sent.received_ms.div_euclid(MS_PER_MINUTE)).or_default() += 1;
+        crate::sinks::stats::contribution::widen(&mut self.create_time, packet.create_time);
     }
 
     /// The script's keys and its operations (ARGV from the fifth on).
@@ -298,6 +271,8 @@ impl ScriptCall {
 mod tests {
     use super::*;
 
+    use crate::callbacks::MessagePacket;
+
     fn packet(send: &str, recv: &str, create_time: i64) -> MessagePacket {
         MessagePacket {
             send_id: send.into(),
@@ -314,10 +289,10 @@ mod tests {
         let now = 1_795_737_600_000;
         let mut tally = Tally::default();
         for (send, recv) in [("a", "b"), ("b", "a"), ("a", "c")] {
-            tally.record(&packet(send, recv, now + 1000), now, &calendar);
+            tally.record_sent(&Sent::new(&packet(send, recv, now + 1000), now, &calendar));
         }
         // Dated a year back: counted in the totals, outside every day.
-        tally.record(&packet("a", "b", now - 365 * MS_PER_DAY), now, &calendar);
+        tally.record_sent(&Sent::new(&packet("a", "b", now - 365 * MS_PER_DAY), now, &calendar));
         let keys = FleetKeys { prefix: "p:".into() };
         let call = tally.into_call(&keys, &calendar);
         let text: Vec<String> =
