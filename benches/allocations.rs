@@ -7,8 +7,8 @@
 use axum::body::Body;
 use axum::http::Request;
 use futures_util::FutureExt;
+use openim_callback_receiver::MessageJournal as Journal;
 use openim_callback_receiver::callbacks::{AFTER_SEND_SINGLE_MSG, OperationId, ReceivedMessage};
-use openim_callback_receiver::journal::Journal;
 use openim_callback_receiver::settings::{LogFormat, Settings};
 use openim_callback_receiver::sinks::stats::MessageStats;
 use openim_callback_receiver::sinks::stats::daily::Calendar;

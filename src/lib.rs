@@ -16,6 +16,9 @@ pub mod settings;
 pub mod sinks;
 pub mod telemetry;
 
+/// The journal this receiver keeps: of the callbacks it accepted.
+pub type MessageJournal = journal::Journal<callbacks::ReceivedMessage>;
+
 use settings::Settings;
 use sinks::{SinkSet, StatsHandle};
 use std::future::Future;
@@ -58,7 +61,7 @@ impl Receiver {
     /// The receiver the settings describe: the journal in `journal.dir`, log
     /// records to stdout, stats restored from (and saved to) `stats.snapshot_path`.
     pub fn from_settings(settings: Settings) -> Result<Self, StartError> {
-        let journal = journal::Journal::open(&settings.journal)?;
+        let journal = MessageJournal::open(&settings.journal)?;
         let (sinks, stats) = SinkSet::from_settings(&settings, journal, telemetry::RecordWriter::stdout())?;
         Ok(Self::with_sinks(settings, sinks, stats))
     }

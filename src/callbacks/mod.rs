@@ -15,6 +15,8 @@ mod packet;
 pub use codes::{ContentType, MsgFrom, MsgStatus, Platform, SessionType};
 pub use packet::{MessagePacket, PacketError, RevokePacket};
 
+pub use crate::journal::OperationId;
+use crate::journal::{NewRecord, Record, Stored};
 use bytes::Bytes;
 use std::fmt;
 use std::time::SystemTime;
@@ -136,27 +138,6 @@ pub fn clip(text: &str, max_chars: usize) -> &str {
     }
 }
 
-/// The operation id a request is traced by: from the `operationID` header,
-/// else from the body, else generated (when the settings allow it).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OperationId {
-    pub value: String,
-    /// True when neither the header nor the body had one and the receiver made it up.
-    pub generated: bool,
-}
-
-impl OperationId {
-    pub fn generate() -> Self {
-        OperationId { value: format!("gen-{}", uuid::Uuid::new_v4().simple()), generated: true }
-    }
-}
-
-impl fmt::Display for OperationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.value)
-    }
-}
-
 /// One accepted callback as the sinks see it: its command, the parsed body,
 /// the exact bytes it came as (for a sink that forwards them verbatim), and
 /// when and under which operation id it arrived.
@@ -205,6 +186,27 @@ impl ReceivedMessage {
                 format!("{}:{}:{}", self.command.key, revoke.conversation_id, revoke.seq)
             }
         }
+    }
+}
+
+/// In the journal, a callback is its command's code (the record's kind) and
+/// its body as it came; read back, the kind names the command that parses it.
+impl Stored for ReceivedMessage {
+    fn as_record(&self) -> NewRecord<'_> {
+        NewRecord {
+            kind: self.command.code,
+            received_at: self.received_at,
+            operation_id: &self.operation_id,
+            body: &self.raw,
+        }
+    }
+
+    fn from_record(record: Record) -> Result<Self, String> {
+        // A newer release's command is unknown to this one.
+        let command = Command::by_code(record.kind)
+            .ok_or_else(|| format!("record kind {} is no command this receiver knows", record.kind))?;
+        ReceivedMessage::parse(command, record.body, record.operation_id, record.received_at)
+            .map_err(|error| error.to_string())
     }
 }
 

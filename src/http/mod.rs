@@ -10,8 +10,8 @@ pub mod refusals;
 mod settle;
 mod status_page;
 
+use crate::MessageJournal;
 use crate::callbacks::{COMMANDS, Command};
-use crate::journal::Journal;
 use crate::settings::Settings;
 use crate::sinks::{SinkStatus, StatsHandle};
 use axum::Router;
@@ -35,7 +35,7 @@ pub struct AppState(Arc<SharedState>);
 pub struct SharedState {
     pub settings: Settings,
     /// Where every accepted message goes before its 200.
-    pub journal: Arc<Journal>,
+    pub journal: Arc<MessageJournal>,
     /// Each sink's progress through the journal.
     pub sinks: Vec<Arc<SinkStatus>>,
     /// Present when the stats sink is enabled.
@@ -71,7 +71,7 @@ impl SharedState {
 impl AppState {
     pub fn new(
         settings: Settings,
-        journal: Arc<Journal>,
+        journal: Arc<MessageJournal>,
         sinks: Vec<Arc<SinkStatus>>,
         stats: Option<StatsHandle>,
     ) -> Self {

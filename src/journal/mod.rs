@@ -23,9 +23,7 @@ pub mod record;
 pub mod segment;
 
 pub use reader::{JournalReader, MAX_BATCH_BYTES, ReadBatch};
-pub use record::{NewRecord, Record};
-
-use crate::callbacks::ReceivedMessage;
+pub use record::{NewRecord, OperationId, Record};
 
 use crate::settings::{JournalSettings, SyncMode, WhenFull};
 use prometheus_client::metrics::histogram::Histogram;
@@ -98,19 +96,39 @@ struct Spare {
     file: Arc<File>,
 }
 
-/// One record as the sinks see it.
-#[derive(Clone, Debug)]
-pub struct Entry {
+/// What a journal keeps: its user's type, written as a record and made again
+/// from one. The journal stores a kind and bytes and never asks what they
+/// mean; its user says (the callbacks' `ReceivedMessage`). A record appended
+/// a moment ago reaches readers as the value appended, not parsed again.
+pub trait Stored: std::fmt::Debug + Send + Sync + 'static {
+    /// The record that stands for it on disk.
+    fn as_record(&self) -> NewRecord<'_>;
+
+    /// The value a record read back from disk stands for; `Err` says why it
+    /// stands for none (a kind or a body this release does not read).
+    fn from_record(record: Record) -> Result<Self, String>
+    where
+        Self: Sized;
+}
+
+/// One record as its readers see it.
+#[derive(Debug)]
+pub struct Entry<M> {
     /// The record's sequence number in the journal.
     pub seq: u64,
-    pub message: Arc<ReceivedMessage>,
+    pub message: Arc<M>,
+}
+
+impl<M> Clone for Entry<M> {
+    fn clone(&self) -> Self {
+        Entry { seq: self.seq, message: Arc::clone(&self.message) }
+    }
 }
 
 /// The latest records, as appended: `messages[i]` is record `first_seq + i`.
-#[derive(Default)]
-struct Recent {
+struct Recent<M> {
     first_seq: u64,
-    messages: VecDeque<Arc<ReceivedMessage>>,
+    messages: VecDeque<Arc<M>>,
     body_bytes: usize,
 }
 
@@ -120,19 +138,19 @@ struct Recent {
 const RECENT_MAX_RECORDS: usize = 2048;
 const RECENT_MAX_BYTES: usize = 2 * 1024 * 1024;
 
-impl Recent {
-    fn push(&mut self, seq: u64, message: &Arc<ReceivedMessage>) {
+impl<M: Stored> Recent<M> {
+    fn push(&mut self, seq: u64, message: &Arc<M>) {
         if self.first_seq + self.messages.len() as u64 != seq {
             // Not contiguous (a failed append in between): start over from here.
             self.messages.clear();
             self.body_bytes = 0;
             self.first_seq = seq;
         }
-        self.body_bytes += message.raw.len();
+        self.body_bytes += message.as_record().body.len();
         self.messages.push_back(Arc::clone(message));
         while self.messages.len() > RECENT_MAX_RECORDS || self.body_bytes > RECENT_MAX_BYTES {
             let Some(oldest) = self.messages.pop_front() else { break };
-            self.body_bytes -= oldest.raw.len();
+            self.body_bytes -= oldest.as_record().body.len();
             self.first_seq += 1;
         }
     }
@@ -149,11 +167,11 @@ impl Consumer {
     }
 }
 
-pub struct Journal {
+pub struct Journal<M: Stored> {
     dir: PathBuf,
     settings: JournalSettings,
     writer: Mutex<Writer>,
-    recent: Mutex<Recent>,
+    recent: Mutex<Recent<M>>,
     /// Highest sequence number written to the OS (0: none yet).
     written: AtomicU64,
     /// Highest sequence number fdatasynced.
@@ -194,7 +212,7 @@ pub struct Journal {
     _lock: File,
 }
 
-impl std::fmt::Debug for Journal {
+impl<M: Stored> std::fmt::Debug for Journal<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Journal").field("dir", &self.dir).finish_non_exhaustive()
     }
@@ -215,11 +233,11 @@ pub struct JournalReport {
     pub append_failures: u64,
 }
 
-impl Journal {
+impl<M: Stored> Journal<M> {
     /// Opens (or creates) the journal in `settings.dir`: takes its lock,
     /// reads every segment, cuts a torn tail off the live one, and reports
     /// damage. Never refuses to start over what it finds in the segments.
-    pub fn open(settings: &JournalSettings) -> Result<Arc<Journal>, OpenError> {
+    pub fn open(settings: &JournalSettings) -> Result<Arc<Self>, OpenError> {
         let dir = settings.dir.clone();
         let io_error = |error| OpenError::Io { dir: dir.clone(), error };
         std::fs::create_dir_all(&dir).map_err(io_error)?;
@@ -259,7 +277,7 @@ impl Journal {
                 spare: None,
                 spare_asked: false,
             }),
-            recent: Mutex::new(Recent { first_seq: next_seq, ..Recent::default() }),
+            recent: Mutex::new(Recent { first_seq: next_seq, messages: VecDeque::new(), body_bytes: 0 }),
             written: AtomicU64::new(written),
             // What start-up read back is on disk as far as this process can tell.
             synced: AtomicU64::new(written),
@@ -313,21 +331,15 @@ impl Journal {
 
     /// Appends an accepted message; returns its sequence number. The record
     /// is in the OS (write(2) returned) when this returns; see [`Journal::durable`].
-    pub fn append(&self, message: &Arc<ReceivedMessage>) -> Result<u64, AppendError> {
-        let record = NewRecord {
-            kind: message.command.code,
-            received_at: message.received_at,
-            operation_id: &message.operation_id,
-            body: &message.raw,
-        };
-        self.append_record(&record, Some(message))
+    pub fn append(&self, message: &Arc<M>) -> Result<u64, AppendError> {
+        self.append_record(&message.as_record(), Some(message))
     }
 
     /// Appends a record; `message` is its parsed form, kept for readers that keep up.
     pub fn append_record(
         &self,
         record: &NewRecord<'_>,
-        message: Option<&Arc<ReceivedMessage>>,
+        message: Option<&Arc<M>>,
     ) -> Result<u64, AppendError> {
         // The sync thread takes the reserve back once there is room (no 8 MiB write here).
         if self.reserve_released.load(Ordering::Acquire) {
@@ -602,7 +614,7 @@ impl Journal {
     }
 
     /// A reader from record `next` on.
-    pub fn reader(self: &Arc<Self>, next: u64) -> JournalReader {
+    pub fn reader(self: &Arc<Self>, next: u64) -> JournalReader<M> {
         JournalReader::new(Arc::clone(self), next)
     }
 
@@ -619,7 +631,7 @@ impl Journal {
 
     /// Records from `next` on, at most `max` and through `through`, when the
     /// in-memory tail holds `next`.
-    pub(crate) fn recent_from(&self, next: u64, through: u64, max: usize) -> Option<Vec<Entry>> {
+    pub(crate) fn recent_from(&self, next: u64, through: u64, max: usize) -> Option<Vec<Entry<M>>> {
         let recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let skip = next.checked_sub(recent.first_seq)? as usize;
         if skip >= recent.messages.len() {
@@ -629,8 +641,9 @@ impl Journal {
         let mut bytes = 0;
         let entries = recent.messages.iter().skip(skip).take(count).zip(next..).take_while(|(message, _)| {
             // At least one record, however large; then no more than the byte budget.
-            let within = bytes == 0 || bytes + message.raw.len() <= reader::MAX_BATCH_BYTES;
-            bytes += message.raw.len();
+            let len = message.as_record().body.len();
+            let within = bytes == 0 || bytes + len <= reader::MAX_BATCH_BYTES;
+            bytes += len;
             within
         });
         Some(entries.map(|(message, seq)| Entry { seq, message: Arc::clone(message) }).collect())

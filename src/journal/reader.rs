@@ -3,8 +3,7 @@
 //! to drop while the sink was behind.
 
 use super::segment::{SegmentReader, Step};
-use super::{Entry, Journal};
-use crate::callbacks::{Command, ReceivedMessage};
+use super::{Entry, Journal, Stored};
 use std::io;
 use std::sync::Arc;
 
@@ -13,8 +12,8 @@ use std::sync::Arc;
 /// memory for every lagging sink.
 pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
-pub struct JournalReader {
-    journal: Arc<Journal>,
+pub struct JournalReader<M: Stored> {
+    journal: Arc<Journal<M>>,
     /// The next record to hand out.
     next: u64,
     /// The open segment, by its first sequence number.
@@ -22,21 +21,27 @@ pub struct JournalReader {
 }
 
 /// What one read found.
-#[derive(Debug, Default)]
-pub struct ReadBatch {
-    pub entries: Vec<Entry>,
+#[derive(Debug)]
+pub struct ReadBatch<M> {
+    pub entries: Vec<Entry<M>>,
     /// Records this reader never saw because the journal dropped them while
     /// it was full (`journal.when_full = "skip"`), as (first, last) sequence numbers.
     pub skipped: Option<(u64, u64)>,
     /// Records lost to damage in the segments.
     pub damaged: u64,
-    /// Records whose body no longer parses as a packet (a newer receiver's
-    /// journal read by an older one): skipped and reported.
+    /// Records that stand for no value this release reads (a newer
+    /// receiver's journal read by an older one): skipped and reported.
     pub unreadable: u64,
 }
 
-impl JournalReader {
-    pub(super) fn new(journal: Arc<Journal>, next: u64) -> Self {
+impl<M> Default for ReadBatch<M> {
+    fn default() -> Self {
+        ReadBatch { entries: Vec::new(), skipped: None, damaged: 0, unreadable: 0 }
+    }
+}
+
+impl<M: Stored> JournalReader<M> {
+    pub(super) fn new(journal: Arc<Journal<M>>, next: u64) -> Self {
         JournalReader { journal, next, segment: None }
     }
 
@@ -47,12 +52,12 @@ impl JournalReader {
 
     /// Reads up to `max` records that are written. Blocking file reads: call it
     /// from the sink's own thread.
-    pub fn read(&mut self, max: usize) -> io::Result<ReadBatch> {
+    pub fn read(&mut self, max: usize) -> io::Result<ReadBatch<M>> {
         self.read_through(max, self.journal.written())
     }
 
     /// Reads up to `max` records, none past `through`.
-    pub fn read_through(&mut self, max: usize, through: u64) -> io::Result<ReadBatch> {
+    pub fn read_through(&mut self, max: usize, through: u64) -> io::Result<ReadBatch<M>> {
         let mut batch = ReadBatch::default();
         let oldest = self.journal.oldest();
         if self.next < oldest {
@@ -71,7 +76,7 @@ impl JournalReader {
             batch.entries = entries;
             return Ok(batch);
         }
-        // Behind the in-memory tail: read the files, and parse again.
+        // Behind the in-memory tail: read the files, and make each value again.
         let mut bytes = 0;
         while batch.entries.len() < max && self.next <= written && bytes < MAX_BATCH_BYTES {
             let (first, reader) = match &mut self.segment {
@@ -87,24 +92,15 @@ impl JournalReader {
                 Step::Record(record) => {
                     batch.damaged += record.seq - self.next;
                     self.next = record.seq + 1;
-                    // The kind says which command's body it is (a newer receiver's kind is unknown here).
-                    let parsed = match Command::by_code(record.kind) {
-                        Some(command) => {
-                            let body = record.body.clone();
-                            ReceivedMessage::parse(command, body, record.operation_id, record.received_at)
-                                .map_err(|error| error.to_string())
-                        }
-                        None => Err(format!("record kind {} is no command this receiver knows", record.kind)),
-                    };
-                    match parsed {
+                    let (seq, kind, len) = (record.seq, record.kind, record.body.len());
+                    match M::from_record(record) {
                         Ok(message) => {
-                            bytes += record.body.len();
-                            batch.entries.push(Entry { seq: record.seq, message: Arc::new(message) });
+                            bytes += len;
+                            batch.entries.push(Entry { seq, message: Arc::new(message) });
                         }
                         Err(error) => {
                             batch.unreadable += 1;
-                            tracing::error!(seq = record.seq, kind = record.kind, %error,
-                                "journal record is not a callback this receiver reads: skipped");
+                            tracing::error!(seq, kind, %error, "journal record stands for nothing this receiver reads: skipped");
                         }
                     }
                 }

@@ -13,9 +13,31 @@
 //! first so that the request path computes the body's part before it takes
 //! the writer's lock, and only the few bytes of the head under it.
 
-use crate::callbacks::OperationId;
 use bytes::Bytes;
+use std::fmt;
 use std::time::SystemTime;
+
+/// The operation id a record is traced by: in a callback, from the
+/// `operationID` header, else from the body, else generated (when the
+/// settings allow it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperationId {
+    pub value: String,
+    /// True when neither the header nor the body had one and the receiver made it up.
+    pub generated: bool,
+}
+
+impl OperationId {
+    pub fn generate() -> Self {
+        OperationId { value: format!("gen-{}", uuid::Uuid::new_v4().simple()), generated: true }
+    }
+}
+
+impl fmt::Display for OperationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.value)
+    }
+}
 
 /// Length and checksum.
 pub const FRAME_HEADER_LEN: usize = 8;

@@ -210,7 +210,7 @@ pub fn take_inventory(path: &Path) -> io::Result<Inventory> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::callbacks::OperationId;
+    use crate::journal::OperationId;
     use crate::journal::record::NewRecord;
     use std::io::Write;
 

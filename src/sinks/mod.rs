@@ -15,7 +15,8 @@ pub(crate) use runner::panic_reason;
 pub mod sql;
 pub mod stats;
 
-use crate::journal::{Consumer, Journal, cursor};
+use crate::MessageJournal;
+use crate::journal::{Consumer, cursor};
 use crate::settings::{Settings, StatsBackend};
 use crate::telemetry::RecordWriter;
 use std::future::Future;
@@ -28,7 +29,8 @@ use tokio::time::Instant;
 pub use self::log::LogSink;
 pub use self::stats::{StatsHandle, StatsSink};
 
-pub use crate::journal::Entry;
+/// One journaled callback, as a sink gets it.
+pub type Entry = crate::journal::Entry<crate::callbacks::ReceivedMessage>;
 
 /// A destination for accepted messages.
 ///
@@ -153,7 +155,7 @@ pub enum SinkState {
 pub struct SinkStatus {
     name: &'static str,
     affects_readiness: bool,
-    journal: Arc<Journal>,
+    journal: Arc<MessageJournal>,
     /// Records delivered.
     pub handled: AtomicU64,
     /// Records given up: a permanent error, or a record that no longer parses.
@@ -179,7 +181,7 @@ pub struct SinkStatus {
 }
 
 impl SinkStatus {
-    fn new(name: &'static str, affects_readiness: bool, journal: Arc<Journal>, position: u64) -> Self {
+    fn new(name: &'static str, affects_readiness: bool, journal: Arc<MessageJournal>, position: u64) -> Self {
         SinkStatus {
             name,
             affects_readiness,
@@ -297,7 +299,7 @@ struct Runner {
 
 /// The running sinks.
 pub struct SinkSet {
-    journal: Arc<Journal>,
+    journal: Arc<MessageJournal>,
     cursor_interval: Duration,
     commands: watch::Sender<Command>,
     runners: Vec<Runner>,
@@ -347,18 +349,18 @@ impl SinksSettings {
 
 impl SinkSet {
     /// No sinks yet; cursors are saved every `cursor_interval`.
-    pub fn new(journal: Arc<Journal>, cursor_interval: Duration) -> Self {
+    pub fn new(journal: Arc<MessageJournal>, cursor_interval: Duration) -> Self {
         SinkSet { journal, cursor_interval, commands: watch::Sender::new(Command::Run), runners: Vec::new() }
     }
 
-    pub fn journal(&self) -> &Arc<Journal> {
+    pub fn journal(&self) -> &Arc<MessageJournal> {
         &self.journal
     }
 
     /// The sinks the settings enable; the log sink writes its records to `records`.
     pub fn from_settings(
         settings: &Settings,
-        journal: Arc<Journal>,
+        journal: Arc<MessageJournal>,
         records: RecordWriter,
     ) -> std::io::Result<(Self, Option<StatsHandle>)> {
         let mut set = SinkSet::new(journal, settings.journal.cursor_interval);

@@ -4,7 +4,9 @@
 //! waits for more. The same loop serves every sink.
 
 use super::{Command, Entry, Sink, SinkError, SinkState, SinkStatus};
-use crate::journal::{Consumer, Journal, JournalReader, cursor::CursorFile};
+use crate::MessageJournal;
+use crate::callbacks::ReceivedMessage;
+use crate::journal::{Consumer, JournalReader, cursor::CursorFile};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -19,8 +21,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Everything a runner works with besides its sink.
 pub(super) struct Work {
-    pub reader: JournalReader,
-    pub journal: Arc<Journal>,
+    pub reader: JournalReader<ReceivedMessage>,
+    pub journal: Arc<MessageJournal>,
     pub consumer: Consumer,
     pub status: Arc<SinkStatus>,
     pub commands: watch::Receiver<Command>,

@@ -1,7 +1,7 @@
 //! One place for the test harness: a receiver on an ephemeral port with its
 //! log records captured, sample packets, and small sinks that misbehave on purpose.
 
-use openim_callback_receiver::journal::Journal;
+use openim_callback_receiver::MessageJournal as Journal;
 use openim_callback_receiver::settings::{EnvSource, Settings};
 use openim_callback_receiver::sinks::{Entry, Sink, SinkError, SinkSet, SinkStatus};
 use openim_callback_receiver::telemetry::RecordWriter;

@@ -3,8 +3,9 @@
 //! open, and positions saved ahead of what is on the disk.
 
 use crate::helpers::{RecordingSink, TestReceiver, packet, settings, wait_until};
+use openim_callback_receiver::MessageJournal as Journal;
 use openim_callback_receiver::callbacks::OperationId;
-use openim_callback_receiver::journal::{Journal, NewRecord, cursor};
+use openim_callback_receiver::journal::{NewRecord, cursor};
 use std::io::Write;
 use std::time::Duration;
 
