@@ -37,6 +37,8 @@ ENV OPENIM_CALLBACK__SERVER__LISTEN=0.0.0.0:10006
 # the /data volume: mount a named volume there, or they are gone with the container.
 ENV OPENIM_CALLBACK__JOURNAL__DIR=/data/journal
 ENV OPENIM_CALLBACK__STATS__SNAPSHOT_PATH=/data/stats.snapshot
+# The archive (every message, kept for good, searchable at /messages): SQLite in the same volume.
+ENV OPENIM_CALLBACK__SINKS__SQL__URL=sqlite:///data/archive.sqlite3
 # A config file, when you mount one: read by the server and by the healthcheck alike, so the
 # probe goes to the address the file sets.
 #   docker run -v ./receiver.toml:/etc/openim-callback-receiver.toml:ro \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per accepted request, counted by valgrind's callgrind (user
 # space, every thread: the request path, the journal, the sinks), for the
-# receiver in both journal modes and for the ceiling server. Unlike wall-clock
+# receiver with the log and stats sinks (the archive off) in both journal
+# modes and for the ceiling server. Unlike wall-clock
 # rates these counts repeat from run to run on a noisy machine.
 #
 # Each server runs under callgrind; after a warm-up its counters are zeroed,
@@ -81,7 +82,8 @@ for mode in os always; do
     (
         export OPENIM_CALLBACK__SERVER__LISTEN=$ADDR OPENIM_CALLBACK__TELEMETRY__FORMAT=json \
             OPENIM_CALLBACK__JOURNAL__DIR="$work/$mode/journal" OPENIM_CALLBACK__JOURNAL__SYNC=$mode \
-            OPENIM_CALLBACK__STATS__SNAPSHOT_PATH="$work/$mode/stats.snapshot"
+            OPENIM_CALLBACK__STATS__SNAPSHOT_PATH="$work/$mode/stats.snapshot" \
+            OPENIM_CALLBACK__SINKS__SQL__URL=""
         measure "receiver-sync-$mode" target/release/openim-callback-receiver
     )
 done

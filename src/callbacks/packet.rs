@@ -167,6 +167,26 @@ impl MessagePacket {
     pub fn is_group(&self) -> bool {
         !self.group_id.is_empty()
     }
+
+    /// The readable text of a text-like message, pulled out of its `content`
+    /// (a JSON object whose field depends on the type, as OpenIM's SDK writes
+    /// it): `content` of a text (101) or markdown (118), `text` of an @-text
+    /// (106), a quote (114) or an advanced text (117). Empty for every other
+    /// type, and for content that is not such an object.
+    pub fn readable_text(&self) -> String {
+        let field = match self.content_type.0 {
+            101 | 118 => "content",
+            106 | 114 | 117 => "text",
+            _ => return String::new(),
+        };
+        let Ok(serde_json::Value::Object(mut content)) = serde_json::from_str(&self.content) else {
+            return String::new();
+        };
+        match content.remove(field) {
+            Some(serde_json::Value::String(text)) => text,
+            _ => String::new(),
+        }
+    }
 }
 
 /// Fails naming `field` when `value` is empty.
@@ -195,6 +215,26 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = r#"{"sendID":"a","recvID":"b","contentType":101}"#;
+
+    #[test]
+    fn readable_text_is_taken_from_each_text_like_type_and_nothing_else() {
+        let text_of = |content_type: i32, content: &str| {
+            MessagePacket {
+                content_type: ContentType(content_type),
+                content: content.into(),
+                ..Default::default()
+            }
+            .readable_text()
+        };
+        assert_eq!(text_of(101, r#"{"content":"你好世界"}"#), "你好世界");
+        assert_eq!(text_of(118, r#"{"content":"**bold**"}"#), "**bold**");
+        assert_eq!(text_of(106, r#"{"text":"@bob hi","atUserList":["bob"]}"#), "@bob hi");
+        assert_eq!(text_of(114, r#"{"text":"quoted reply","quoteMessage":{}}"#), "quoted reply");
+        assert_eq!(text_of(117, r#"{"text":"rich","messageEntityList":[]}"#), "rich");
+        assert_eq!(text_of(102, r#"{"content":"not text"}"#), "", "a picture has none");
+        assert_eq!(text_of(101, "plain, not JSON"), "");
+        assert_eq!(text_of(101, r#"{"content":5}"#), "");
+    }
 
     fn single(body: &[u8]) -> Result<MessagePacket, PacketError> {
         match AFTER_SEND_SINGLE_MSG.parse(body)? {

@@ -8,11 +8,14 @@
 //! crash the records since its last saved cursor are written again
 //! (at-least-once).
 //!
-//! JSON records, the format of every deployment that ships logs, are
-//! serialized straight from the message: the same line tracing's JSON
-//! formatter would write, at a fraction of its cost (it re-validates every
-//! piece it writes as UTF-8). Human-readable records go through tracing's
-//! own formatter, as a tracing event.
+//! JSON records, the format of every deployment that ships logs, are written
+//! straight from the message: the same line tracing's JSON formatter would
+//! write, at a fraction of its cost (it re-validates every piece it writes as
+//! UTF-8). A message's record is written by hand (`Record::write_json`): its
+//! field names and punctuation are literals, copied without the escaping
+//! check serde gives every key, and only values go through serde_json's
+//! escaping. Human-readable records go through tracing's own formatter, as a
+//! tracing event.
 
 use super::{Entry, Sink, SinkError};
 use crate::callbacks::{Callback, MessagePacket, ReceivedMessage, RevokePacket, Role};
@@ -88,54 +91,98 @@ impl LogSink {
     }
 }
 
-/// One record, field for field, in the order it is written.
-#[derive(Serialize)]
+/// One message's record, field for field, in the order it is written.
 struct Record<'a> {
     timestamp: Timestamp,
-    level: &'static str,
-    target: &'static str,
     message: &'static str,
-    #[serde(rename = "callbackCommand")]
     callback_command: &'static str,
-    #[serde(rename = "operationID")]
     operation_id: &'a str,
-    #[serde(rename = "operationIDGenerated", skip_serializing_if = "is_false")]
     operation_id_generated: bool,
-    #[serde(rename = "serverMsgID")]
     server_msg_id: &'a str,
-    #[serde(rename = "clientMsgID")]
     client_msg_id: &'a str,
-    #[serde(rename = "sendID")]
     send_id: &'a str,
-    #[serde(rename = "recvID", skip_serializing_if = "str::is_empty")]
+    /// Left out when empty (a group's message), as `group_id` is for a single chat.
     recv_id: &'a str,
-    #[serde(rename = "groupID", skip_serializing_if = "str::is_empty")]
     group_id: &'a str,
-    #[serde(skip_serializing_if = "is_zero")]
+    /// Left out while 0: OpenIM sends the real seq only once the message is saved.
     seq: u32,
-    #[serde(rename = "senderPlatformID")]
     sender_platform_id: i32,
-    #[serde(rename = "senderPlatform")]
     sender_platform: &'a str,
-    #[serde(rename = "contentType")]
     content_type: i32,
-    #[serde(rename = "contentTypeName")]
     content_type_name: &'a str,
-    #[serde(rename = "sessionType")]
     session_type: i32,
-    #[serde(rename = "msgFrom")]
     msg_from: i32,
     status: i32,
-    #[serde(rename = "createTime")]
     create_time: i64,
-    #[serde(rename = "sendTime")]
     send_time: i64,
-    #[serde(rename = "atUserList")]
     at_user_list: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
-    #[serde(rename = "contentTruncated", skip_serializing_if = "is_false")]
     content_truncated: bool,
+}
+
+/// `,"name":`, the literal that starts a field after the first.
+macro_rules! field {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":").as_bytes()
+    };
+}
+
+impl Record<'_> {
+    /// The record as one line of JSON, appended to `line`.
+    fn write_json(&self, line: &mut Vec<u8>) -> serde_json::Result<()> {
+        let mut numbers = itoa::Buffer::new();
+        let mut number = |line: &mut Vec<u8>, name: &[u8], value: i64| {
+            line.extend_from_slice(name);
+            line.extend_from_slice(numbers.format(value).as_bytes());
+        };
+        let text = |line: &mut Vec<u8>, name: &[u8], value: &str| {
+            line.extend_from_slice(name);
+            serde_json::to_writer(&mut *line, value)
+        };
+        line.extend_from_slice(b"{\"timestamp\":\"");
+        line.extend_from_slice(crate::epoch::rfc3339_micros(self.timestamp.0).as_str().as_bytes());
+        line.extend_from_slice(b"\",\"level\":\"INFO\",\"target\":");
+        serde_json::to_writer(&mut *line, MESSAGE_TARGET)?;
+        text(line, field!("message"), self.message)?;
+        text(line, field!("callbackCommand"), self.callback_command)?;
+        text(line, field!("operationID"), self.operation_id)?;
+        if self.operation_id_generated {
+            line.extend_from_slice(field!("operationIDGenerated"));
+            line.extend_from_slice(b"true");
+        }
+        text(line, field!("serverMsgID"), self.server_msg_id)?;
+        text(line, field!("clientMsgID"), self.client_msg_id)?;
+        text(line, field!("sendID"), self.send_id)?;
+        if !self.recv_id.is_empty() {
+            text(line, field!("recvID"), self.recv_id)?;
+        }
+        if !self.group_id.is_empty() {
+            text(line, field!("groupID"), self.group_id)?;
+        }
+        if self.seq != 0 {
+            number(line, field!("seq"), self.seq.into());
+        }
+        number(line, field!("senderPlatformID"), self.sender_platform_id.into());
+        text(line, field!("senderPlatform"), self.sender_platform)?;
+        number(line, field!("contentType"), self.content_type.into());
+        text(line, field!("contentTypeName"), self.content_type_name)?;
+        number(line, field!("sessionType"), self.session_type.into());
+        number(line, field!("msgFrom"), self.msg_from.into());
+        number(line, field!("status"), self.status.into());
+        number(line, field!("createTime"), self.create_time);
+        number(line, field!("sendTime"), self.send_time);
+        line.extend_from_slice(field!("atUserList"));
+        serde_json::to_writer(&mut *line, self.at_user_list)?;
+        if let Some(content) = self.content {
+            text(line, field!("content"), content)?;
+        }
+        if self.content_truncated {
+            line.extend_from_slice(field!("contentTruncated"));
+            line.extend_from_slice(b"true");
+        }
+        line.push(b'}');
+        Ok(())
+    }
 }
 
 /// A revoke's record.
@@ -160,10 +207,6 @@ struct RevokeRecord<'a> {
 
 fn is_false(value: &bool) -> bool {
     !value
-}
-
-fn is_zero(value: &u32) -> bool {
-    *value == 0
 }
 
 /// Now, as RFC 3339 in UTC with microseconds, like tracing's timestamps.
@@ -209,8 +252,6 @@ impl LogSink {
         };
         let record = Record {
             timestamp: Timestamp(std::time::SystemTime::now()),
-            level: "INFO",
-            target: MESSAGE_TARGET,
             message: record_message(message, packet),
             callback_command: message.command.name,
             operation_id: &message.operation_id.value,
@@ -235,7 +276,12 @@ impl LogSink {
             content_truncated,
         };
         match &self.format {
-            RecordFormat::Json => write_json(&self.writer, &mut self.line, &record),
+            RecordFormat::Json => {
+                self.line.clear();
+                record.write_json(&mut self.line)?;
+                self.line.push(b'\n');
+                self.writer.lock_for_record().write_all(&self.line)
+            }
             RecordFormat::Pretty(dispatch) => {
                 tracing::dispatcher::with_default(dispatch, || emit_event(&record));
                 Ok(())

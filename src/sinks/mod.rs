@@ -373,7 +373,7 @@ impl SinkSet {
             )?;
         }
         let sql = &settings.sinks.sql;
-        if sql.enabled {
+        if sql.is_on() {
             let sink = sql::SqlSink::new(sql).map_err(|error| std::io::Error::other(error.message))?;
             set.spawn_filtered(sink, sql.batch_size, &sql.only)?;
         }

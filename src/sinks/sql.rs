@@ -1,9 +1,11 @@
 //! The SQL archive sink: every message as one row of `sinks.sql.table` in
-//! PostgreSQL or MySQL/MariaDB, through sqlx.
+//! SQLite (embedded, the default: `data/archive.sqlite3`), PostgreSQL or
+//! MySQL/MariaDB, through sqlx.
 //!
 //! Rows are inserted a batch per statement (UNNEST arrays on PostgreSQL,
-//! multi-row VALUES on MySQL) and keyed by `server_msg_id`, with
-//! `ON CONFLICT DO NOTHING` / `ON DUPLICATE KEY UPDATE` (a no-op): a batch
+//! multi-row VALUES on MySQL and SQLite: one transaction, so one fsync, per
+//! batch) and keyed by `server_msg_id`, with `ON CONFLICT DO NOTHING` /
+//! `ON DUPLICATE KEY UPDATE` (a no-op): a batch
 //! replayed after a crash or an outage never duplicates a row, and a row the
 //! database refuses (a value too long, a constraint) is refused loudly: the
 //! runner gives up that record alone, counted as `failed`.
@@ -27,24 +29,177 @@ use crate::callbacks::{AFTER_REVOKE_MSG, Callback, Role};
 use serde::{Deserialize, Serialize};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
-/// Rows per statement on MySQL (25 parameters a row, 65,535 at most a statement).
-const MYSQL_ROWS_PER_STATEMENT: usize = 1000;
+/// Rows per statement with multi-row VALUES (25 parameters a row: MySQL takes
+/// 65,535 parameters a statement, SQLite 32,766).
+const ROWS_PER_STATEMENT: usize = 1000;
 
-/// Columns added since the first release, with their definitions per engine
-/// (PostgreSQL, MySQL): a table an older release created gains them.
-const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
-    ("group_id", "TEXT NOT NULL DEFAULT ''", "VARCHAR(255) NOT NULL DEFAULT ''"),
-    ("conversation_id", "TEXT NOT NULL DEFAULT ''", "VARCHAR(255) NOT NULL DEFAULT ''"),
+/// Which database a definition or a statement is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+impl Engine {
+    /// This engine's one of (PostgreSQL, MySQL, SQLite).
+    fn pick<'a>(self, (postgres, mysql, sqlite): (&'a str, &'a str, &'a str)) -> &'a str {
+        match self {
+            Engine::Postgres => postgres,
+            Engine::MySql => mysql,
+            Engine::Sqlite => sqlite,
+        }
+    }
+}
+
+/// The first release's columns, with their types per engine (PostgreSQL,
+/// MySQL, SQLite). MySQL keeps text in LONGTEXT, so that nothing is cut short,
+/// and ids in VARCHAR(255), so that they can be keys.
+const FIRST_COLUMNS: [(&str, (&str, &str, &str)); 20] = [
+    ("server_msg_id", ("TEXT PRIMARY KEY", "VARCHAR(255) NOT NULL PRIMARY KEY", "TEXT PRIMARY KEY NOT NULL")),
+    ("client_msg_id", ("TEXT NOT NULL", "VARCHAR(255) NOT NULL", "TEXT NOT NULL")),
+    ("send_id", ("TEXT NOT NULL", "VARCHAR(255) NOT NULL", "TEXT NOT NULL")),
+    ("recv_id", ("TEXT NOT NULL", "VARCHAR(255) NOT NULL", "TEXT NOT NULL")),
+    ("sender_platform_id", ("INTEGER NOT NULL", "INT NOT NULL", "INTEGER NOT NULL")),
+    ("sender_nickname", ("TEXT NOT NULL", "LONGTEXT NOT NULL", "TEXT NOT NULL")),
+    ("session_type", ("INTEGER NOT NULL", "INT NOT NULL", "INTEGER NOT NULL")),
+    ("msg_from", ("INTEGER NOT NULL", "INT NOT NULL", "INTEGER NOT NULL")),
+    ("content_type", ("INTEGER NOT NULL", "INT NOT NULL", "INTEGER NOT NULL")),
+    ("status", ("INTEGER NOT NULL", "INT NOT NULL", "INTEGER NOT NULL")),
+    ("create_time", ("BIGINT NOT NULL", "BIGINT NOT NULL", "INTEGER NOT NULL")),
+    ("send_time", ("BIGINT NOT NULL", "BIGINT NOT NULL", "INTEGER NOT NULL")),
+    ("seq", ("BIGINT NOT NULL", "BIGINT NOT NULL", "INTEGER NOT NULL")),
+    ("content", ("TEXT NOT NULL", "LONGTEXT NOT NULL", "TEXT NOT NULL")),
+    ("at_user_list", ("JSONB NOT NULL", "JSON NOT NULL", "TEXT NOT NULL")),
+    ("face_url", ("TEXT NOT NULL", "LONGTEXT NOT NULL", "TEXT NOT NULL")),
+    ("ex", ("TEXT NOT NULL", "LONGTEXT NOT NULL", "TEXT NOT NULL")),
+    ("operation_id", ("TEXT NOT NULL", "VARCHAR(255) NOT NULL", "TEXT NOT NULL")),
+    // SQLite has no time type: RFC 3339 text in UTC (see `sqlite_time`).
+    ("received_at", ("TIMESTAMPTZ NOT NULL", "DATETIME(6) NOT NULL", "TEXT NOT NULL")),
+    ("packet", ("JSONB NOT NULL", "JSON NOT NULL", "TEXT NOT NULL")),
+];
+
+/// Columns added since the first release, with their definitions per engine:
+/// a table an older release created gains them.
+const ADDED_COLUMNS: [(&str, (&str, &str, &str)); 5] = [
+    (
+        "group_id",
+        ("TEXT NOT NULL DEFAULT ''", "VARCHAR(255) NOT NULL DEFAULT ''", "TEXT NOT NULL DEFAULT ''"),
+    ),
+    (
+        "conversation_id",
+        ("TEXT NOT NULL DEFAULT ''", "VARCHAR(255) NOT NULL DEFAULT ''", "TEXT NOT NULL DEFAULT ''"),
+    ),
     // Every row of an older release came from the single chat's callback.
     (
         "callback",
-        "TEXT NOT NULL DEFAULT 'afterSendSingleMsg'",
-        "VARCHAR(64) NOT NULL DEFAULT 'afterSendSingleMsg'",
+        (
+            "TEXT NOT NULL DEFAULT 'afterSendSingleMsg'",
+            "VARCHAR(64) NOT NULL DEFAULT 'afterSendSingleMsg'",
+            "TEXT NOT NULL DEFAULT 'afterSendSingleMsg'",
+        ),
     ),
-    ("revoked_at", "TIMESTAMPTZ NULL", "DATETIME(6) NULL"),
-    ("revoked_by", "TEXT NULL", "VARCHAR(255) NULL"),
+    ("revoked_at", ("TIMESTAMPTZ NULL", "DATETIME(6) NULL", "TEXT NULL")),
+    ("revoked_by", ("TEXT NULL", "VARCHAR(255) NULL", "TEXT NULL")),
 ];
+
+/// The first release's table, as it made it (the added columns come after).
+fn create_table(engine: Engine, table: &str) -> String {
+    let columns: Vec<String> = FIRST_COLUMNS
+        .iter()
+        .map(|(name, definitions)| format!("{name} {}", engine.pick(*definitions)))
+        .collect();
+    let columns = columns.join(", ");
+    match engine {
+        Engine::MySql => format!(
+            "CREATE TABLE IF NOT EXISTS {table} ({columns},
+                INDEX {table}_conversation (send_id, recv_id, create_time),
+                INDEX {table}_create_time (create_time)
+            ) DEFAULT CHARSET = utf8mb4"
+        ),
+        Engine::Postgres | Engine::Sqlite => format!("CREATE TABLE IF NOT EXISTS {table} ({columns})"),
+    }
+}
+
+/// Fills in OpenIM's conversation id of rows an older release wrote (single
+/// chats and notifications: the two ids sorted byte-wise, as Go sorts them).
+fn backfill_conversations(engine: Engine, table: &str) -> String {
+    let rows = "WHERE conversation_id = '' AND session_type IN (1, 4)";
+    match engine {
+        Engine::MySql => format!(
+            "UPDATE {table} SET conversation_id = CONCAT(IF(session_type = 4, 'sn_', 'si_'),
+                IF(BINARY send_id <= BINARY recv_id, CONCAT(send_id, '_', recv_id), CONCAT(recv_id, '_', send_id)))
+             {rows}"
+        ),
+        Engine::Postgres | Engine::Sqlite => {
+            // SQLite compares text byte-wise already (BINARY); PostgreSQL by its collation unless told.
+            let bytewise = if engine == Engine::Postgres { " COLLATE \"C\"" } else { "" };
+            format!(
+                "UPDATE {table} SET conversation_id = CASE session_type WHEN 4 THEN 'sn_' ELSE 'si_' END ||
+                    CASE WHEN send_id{bytewise} <= recv_id{bytewise} THEN send_id || '_' || recv_id
+                    ELSE recv_id || '_' || send_id END
+                 {rows}"
+            )
+        }
+    }
+}
+
+/// The columns every insert writes, in the order of its values.
+const INSERT_COLUMNS: &str = "server_msg_id, client_msg_id, send_id, recv_id, sender_platform_id,
+    sender_nickname, session_type, msg_from, content_type, status, create_time, send_time, seq, content,
+    at_user_list, face_url, ex, operation_id, received_at, packet, group_id, conversation_id, callback,
+    revoked_at, revoked_by";
+
+/// SQLite has no time type: a time is RFC 3339 text in UTC to the
+/// microsecond (`2026-12-01T19:01:25.123456Z`, which sorts as it reads).
+fn sqlite_time(micros: i64) -> String {
+    crate::epoch::rfc3339_micros(crate::epoch::from_micros(micros)).as_str().to_owned()
+}
+
+/// Multi-row VALUES, for MySQL and SQLite: the same columns and binds; each
+/// engine writes a time its own way (`$time`, given the builder and the
+/// microseconds) and says what a repeat of a key does (`$on_conflict`).
+macro_rules! insert_values {
+    ($db:ty, $pool:expr, $table:expr, $rows:expr, $time:expr, $on_conflict:expr) => {{
+        for chunk in $rows.chunks(ROWS_PER_STATEMENT) {
+            let mut builder =
+                sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO {} ({INSERT_COLUMNS}) ", $table));
+            builder.push_values(chunk, |mut values, row| {
+                values
+                    .push_bind(&row.server_msg_id)
+                    .push_bind(&row.client_msg_id)
+                    .push_bind(&row.send_id)
+                    .push_bind(&row.recv_id)
+                    .push_bind(row.sender_platform_id)
+                    .push_bind(&row.sender_nickname)
+                    .push_bind(row.session_type)
+                    .push_bind(row.msg_from)
+                    .push_bind(row.content_type)
+                    .push_bind(row.status)
+                    .push_bind(row.create_time)
+                    .push_bind(row.send_time)
+                    .push_bind(row.seq)
+                    .push_bind(&row.content)
+                    .push_bind(&row.at_user_list)
+                    .push_bind(&row.face_url)
+                    .push_bind(&row.ex)
+                    .push_bind(&row.operation_id);
+                $time(&mut values, Some(row.received_us));
+                values
+                    .push_bind(&row.packet)
+                    .push_bind(&row.group_id)
+                    .push_bind(&row.conversation_id)
+                    .push_bind(row.callback);
+                $time(&mut values, row.revoked_us);
+                values.push_bind(&row.revoked_by);
+            });
+            builder.push($on_conflict);
+            builder.build().execute($pool).await?;
+        }
+    }};
+}
 
 /// What a batch of rows does when its key is there already.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -59,7 +214,9 @@ enum OnConflict {
 #[serde(deny_unknown_fields)]
 pub struct SqlSinkSettings {
     pub enabled: bool,
-    /// `postgres://…` or `mysql://…` (MariaDB too); holds a password, so never shown.
+    /// `sqlite://path` (the default, `sqlite://data/archive.sqlite3`),
+    /// `postgres://…` or `mysql://…` (MariaDB too); empty for no archive.
+    /// Holds a password, so never shown.
     pub url: crate::settings::Secret,
     /// The archive table, created if missing.
     pub table: String,
@@ -73,12 +230,22 @@ pub struct SqlSinkSettings {
     /// How long one batch's statements may take before the delivery fails (and is retried).
     #[serde(with = "humantime_serde")]
     pub timeout: std::time::Duration,
+    /// With SQLite: below this much free space on the database's disk the
+    /// archive stops writing (degraded) and resumes by itself once there is
+    /// room, so a growing archive never fills the disk the journal shares.
+    #[serde(deserialize_with = "crate::settings::byte_size")]
+    pub min_free_bytes: u64,
     /// The records this sink takes (all when empty).
     #[serde(default)]
     pub only: crate::sinks::filter::RecordFilter,
 }
 
 impl SqlSinkSettings {
+    /// True when an archive is configured: enabled, with a URL.
+    pub fn is_on(&self) -> bool {
+        self.enabled && !self.url.expose().is_empty()
+    }
+
     pub(crate) fn validate(&self) -> Result<(), crate::settings::Invalid> {
         use crate::settings::{Invalid, LONGEST, check_count, check_duration, check_not_placeholder};
         check_duration("sinks.sql.connect_timeout", self.connect_timeout, LONGEST)?;
@@ -94,9 +261,10 @@ impl SqlSinkSettings {
             return Err(Invalid::new("sinks.sql.table", why));
         }
         check_not_placeholder("sinks.sql.url", &self.url)?;
-        let schemes = ["postgres://", "postgresql://", "mysql://", "mariadb://"];
-        if self.enabled && !schemes.iter().any(|scheme| self.url.expose().starts_with(scheme)) {
-            let why = "must start with postgres://, postgresql://, mysql:// or mariadb://";
+        check_count("sinks.sql.min_free_bytes", self.min_free_bytes, 0, 1 << 50)?;
+        let schemes = ["sqlite:", "postgres://", "postgresql://", "mysql://", "mariadb://"];
+        if self.is_on() && !schemes.iter().any(|scheme| self.url.expose().starts_with(scheme)) {
+            let why = "must start with sqlite://, postgres://, postgresql://, mysql:// or mariadb:// (empty: no archive)";
             return Err(Invalid::new("sinks.sql.url", why));
         }
         Ok(())
@@ -111,11 +279,14 @@ pub struct SqlSink {
     timeout: std::time::Duration,
     /// The table exists (created by this sink, or found).
     migrated: bool,
+    /// With SQLite: the database file's directory, and the free space it must keep.
+    keep_free: Option<(std::path::PathBuf, u64)>,
 }
 
 enum Database {
     Postgres(PgPool),
     MySql(MySqlPool),
+    Sqlite(SqlitePool),
 }
 
 impl SqlSink {
@@ -124,7 +295,12 @@ impl SqlSink {
     pub fn new(settings: &SqlSinkSettings) -> Result<Self, SinkError> {
         let url = settings.url.expose();
         let timeout = settings.connect_timeout;
-        let database = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut keep_free = None;
+        let database = if url.starts_with("sqlite:") {
+            let (pool, directory) = sqlite_pool(url, settings)?;
+            keep_free = Some((directory, settings.min_free_bytes));
+            Database::Sqlite(pool)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(settings.pool_size)
                 .acquire_timeout(timeout)
@@ -156,153 +332,120 @@ impl SqlSink {
             table: settings.table.clone(),
             timeout: settings.timeout,
             migrated: false,
+            keep_free,
         })
     }
 
-    /// Creates the table and its indexes if missing (never alters or drops).
+    /// Refuses to write while the SQLite database's disk has less free space
+    /// than `sinks.sql.min_free_bytes`: a transient failure, so the runner
+    /// retries (the sink shows degraded, naming why) and resumes once there is room.
+    fn check_free_space(&self) -> Result<(), SinkError> {
+        let Some((directory, min_free)) = &self.keep_free else { return Ok(()) };
+        let free = crate::journal::free_bytes(directory).map_err(|error| {
+            SinkError::transient(format!("free space of {}: {error}", directory.display()))
+        })?;
+        if free < *min_free {
+            return Err(SinkError::transient(format!(
+                "not writing: {free} bytes free on the disk of {}, below sinks.sql.min_free_bytes ({min_free}); \
+                 the journal keeps the messages, and the archive resumes once there is room",
+                directory.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates the table and its indexes if missing, and gives a table an
+    /// older release made the columns added since (never alters or drops).
     async fn migrate(&mut self) -> Result<(), sqlx::Error> {
         let table = &self.table;
-        match &self.database {
-            Database::Postgres(pool) => {
-                let statements = [
-                    format!(
-                        "CREATE TABLE IF NOT EXISTS {table} (
-                            server_msg_id TEXT PRIMARY KEY,
-                            client_msg_id TEXT NOT NULL,
-                            send_id TEXT NOT NULL,
-                            recv_id TEXT NOT NULL,
-                            sender_platform_id INTEGER NOT NULL,
-                            sender_nickname TEXT NOT NULL,
-                            session_type INTEGER NOT NULL,
-                            msg_from INTEGER NOT NULL,
-                            content_type INTEGER NOT NULL,
-                            status INTEGER NOT NULL,
-                            create_time BIGINT NOT NULL,
-                            send_time BIGINT NOT NULL,
-                            seq BIGINT NOT NULL,
-                            content TEXT NOT NULL,
-                            at_user_list JSONB NOT NULL,
-                            face_url TEXT NOT NULL,
-                            ex TEXT NOT NULL,
-                            operation_id TEXT NOT NULL,
-                            received_at TIMESTAMPTZ NOT NULL,
-                            packet JSONB NOT NULL)"
-                    ),
-                    format!(
-                        "CREATE INDEX IF NOT EXISTS {table}_conversation ON {table} (send_id, recv_id, create_time)"
-                    ),
-                    format!("CREATE INDEX IF NOT EXISTS {table}_create_time ON {table} (create_time)"),
-                ];
-                // Two replicas creating the table at one moment would race in
-                // PostgreSQL's catalog (a unique violation on pg_type): a lock
-                // held for the transaction makes the second wait, then find it.
-                let mut transaction = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                    .bind(format!("openim-callback-receiver create {table}"))
-                    .execute(&mut *transaction)
-                    .await?;
+        let engine = self.engine();
+        let mut statements = vec![create_table(engine, table)];
+        if engine != Engine::MySql {
+            // MySQL's are in its CREATE TABLE: it has no CREATE INDEX IF NOT EXISTS.
+            statements.push(format!(
+                "CREATE INDEX IF NOT EXISTS {table}_conversation ON {table} (send_id, recv_id, create_time)"
+            ));
+            statements
+                .push(format!("CREATE INDEX IF NOT EXISTS {table}_create_time ON {table} (create_time)"));
+        }
+        // sqlx types each query by its database: the same steps, once per pool type.
+        macro_rules! migrate_with {
+            ($pool:expr, $columns_query:expr) => {{
+                // Two replicas creating the table at one moment must not race:
+                // PostgreSQL takes an advisory lock for the transaction, SQLite
+                // has one writer at a time; MySQL's DDL commits as it goes.
+                let mut transaction = $pool.begin().await?;
+                if engine == Engine::Postgres {
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                        .bind(format!("openim-callback-receiver create {table}"))
+                        .execute(&mut *transaction)
+                        .await?;
+                }
                 for statement in &statements {
                     sqlx::query(statement).execute(&mut *transaction).await?;
                 }
-                let had_conversations = sqlx::query(
-                    "SELECT 1 FROM information_schema.columns
-                     WHERE table_schema = current_schema() AND table_name = $1 AND column_name = 'conversation_id'",
-                )
-                .bind(table)
-                .fetch_optional(&mut *transaction)
-                .await?
-                .is_some();
-                for (column, definition, _) in ADDED_COLUMNS {
-                    let statement =
-                        format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}");
-                    sqlx::query(&statement).execute(&mut *transaction).await?;
-                }
-                if !had_conversations {
-                    // Rows of an older release: single chats (and notifications), ids sorted byte-wise as Go does.
-                    let statement = format!(
-                        "UPDATE {table} SET conversation_id = CASE session_type WHEN 4 THEN 'sn_' ELSE 'si_' END ||
-                            CASE WHEN send_id COLLATE \"C\" <= recv_id COLLATE \"C\" THEN send_id || '_' || recv_id
-                            ELSE recv_id || '_' || send_id END
-                         WHERE conversation_id = '' AND session_type IN (1, 4)"
-                    );
-                    sqlx::query(&statement).execute(&mut *transaction).await?;
-                }
-                let statement = format!(
-                    "CREATE INDEX IF NOT EXISTS {table}_conversation_id ON {table} (conversation_id, create_time)"
-                );
-                sqlx::query(&statement).execute(&mut *transaction).await?;
-                transaction.commit().await?;
-            }
-            Database::MySql(pool) => {
-                let statement = format!(
-                    "CREATE TABLE IF NOT EXISTS {table} (
-                        server_msg_id VARCHAR(255) NOT NULL PRIMARY KEY,
-                        client_msg_id VARCHAR(255) NOT NULL,
-                        send_id VARCHAR(255) NOT NULL,
-                        recv_id VARCHAR(255) NOT NULL,
-                        sender_platform_id INT NOT NULL,
-                        sender_nickname LONGTEXT NOT NULL,
-                        session_type INT NOT NULL,
-                        msg_from INT NOT NULL,
-                        content_type INT NOT NULL,
-                        status INT NOT NULL,
-                        create_time BIGINT NOT NULL,
-                        send_time BIGINT NOT NULL,
-                        seq BIGINT NOT NULL,
-                        content LONGTEXT NOT NULL,
-                        at_user_list JSON NOT NULL,
-                        face_url LONGTEXT NOT NULL,
-                        ex LONGTEXT NOT NULL,
-                        operation_id VARCHAR(255) NOT NULL,
-                        received_at DATETIME(6) NOT NULL,
-                        packet JSON NOT NULL,
-                        INDEX {table}_conversation (send_id, recv_id, create_time),
-                        INDEX {table}_create_time (create_time)
-                    ) DEFAULT CHARSET = utf8mb4"
-                );
-                sqlx::query(&statement).execute(pool).await?;
-                let present: Vec<String> = sqlx::query_scalar(
-                    "SELECT CAST(column_name AS CHAR) FROM information_schema.columns
-                     WHERE table_schema = DATABASE() AND table_name = ?",
-                )
-                .bind(table)
-                .fetch_all(pool)
-                .await?;
+                let present: Vec<String> =
+                    sqlx::query_scalar($columns_query).bind(table).fetch_all(&mut *transaction).await?;
                 let has = |column: &str| present.iter().any(|name| name.eq_ignore_ascii_case(column));
                 let had_conversations = has("conversation_id");
-                for (column, _, definition) in ADDED_COLUMNS {
+                for (column, definitions) in ADDED_COLUMNS {
                     if !has(column) {
+                        let definition = engine.pick(definitions);
                         let statement = format!("ALTER TABLE {table} ADD COLUMN {column} {definition}");
-                        sqlx::query(&statement).execute(pool).await?;
+                        sqlx::query(&statement).execute(&mut *transaction).await?;
                     }
                 }
                 if !had_conversations {
-                    let statement = format!(
-                        "UPDATE {table} SET conversation_id = CONCAT(IF(session_type = 4, 'sn_', 'si_'),
-                            IF(BINARY send_id <= BINARY recv_id, CONCAT(send_id, '_', recv_id),
-                            CONCAT(recv_id, '_', send_id)))
-                         WHERE conversation_id = '' AND session_type IN (1, 4)"
-                    );
-                    sqlx::query(&statement).execute(pool).await?;
+                    let statement = backfill_conversations(engine, table);
+                    sqlx::query(&statement).execute(&mut *transaction).await?;
                 }
-                let indexed: Option<i64> = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM information_schema.statistics
-                     WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ?",
-                )
-                .bind(table)
-                .bind(format!("{table}_conversation_id"))
-                .fetch_optional(pool)
-                .await?;
-                if indexed.unwrap_or(0) == 0 {
+                if engine == Engine::MySql {
+                    let indexed: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM information_schema.statistics
+                         WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ?",
+                    )
+                    .bind(table)
+                    .bind(format!("{table}_conversation_id"))
+                    .fetch_one(&mut *transaction)
+                    .await?;
+                    if indexed == 0 {
+                        let statement = format!(
+                            "CREATE INDEX {table}_conversation_id ON {table} (conversation_id, create_time)"
+                        );
+                        sqlx::query(&statement).execute(&mut *transaction).await?;
+                    }
+                } else {
                     let statement = format!(
-                        "CREATE INDEX {table}_conversation_id ON {table} (conversation_id, create_time)"
+                        "CREATE INDEX IF NOT EXISTS {table}_conversation_id ON {table} (conversation_id, create_time)"
                     );
-                    sqlx::query(&statement).execute(pool).await?;
+                    sqlx::query(&statement).execute(&mut *transaction).await?;
                 }
-            }
+                transaction.commit().await?;
+            }};
+        }
+        match &self.database {
+            Database::Postgres(pool) => migrate_with!(
+                pool,
+                "SELECT CAST(column_name AS TEXT) FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = $1"
+            ),
+            Database::MySql(pool) => migrate_with!(
+                pool,
+                "SELECT CAST(column_name AS CHAR) FROM information_schema.columns
+                 WHERE table_schema = DATABASE() AND table_name = ?"
+            ),
+            Database::Sqlite(pool) => migrate_with!(pool, "SELECT name FROM pragma_table_info(?1)"),
         }
         self.migrated = true;
         Ok(())
+    }
+
+    fn engine(&self) -> Engine {
+        match self.database {
+            Database::Postgres(_) => Engine::Postgres,
+            Database::MySql(_) => Engine::MySql,
+            Database::Sqlite(_) => Engine::Sqlite,
+        }
     }
 
     /// A failure that may pass, explained: sqlx's bare "pool timed out" gets its cause.
@@ -310,6 +453,7 @@ impl SqlSink {
         let message = match (&error, &self.database) {
             (sqlx::Error::PoolTimedOut, Database::Postgres(pool)) => why_no_connection(pool).await,
             (sqlx::Error::PoolTimedOut, Database::MySql(pool)) => why_no_connection(pool).await,
+            (sqlx::Error::PoolTimedOut, Database::Sqlite(pool)) => why_no_connection(pool).await,
             _ => error.to_string(),
         };
         SinkError::transient(message)
@@ -380,55 +524,33 @@ impl SqlSink {
                     .await?;
             }
             Database::MySql(pool) => {
-                for chunk in rows.chunks(MYSQL_ROWS_PER_STATEMENT) {
-                    let mut builder = sqlx::QueryBuilder::<sqlx::MySql>::new(format!(
-                        "INSERT INTO {table} (server_msg_id, client_msg_id, send_id, recv_id,
-                            sender_platform_id, sender_nickname, session_type, msg_from, content_type, status,
-                            create_time, send_time, seq, content, at_user_list, face_url, ex, operation_id,
-                            received_at, packet, group_id, conversation_id, callback, revoked_at, revoked_by) "
-                    ));
-                    builder.push_values(chunk, |mut values, row| {
-                        values
-                            .push_bind(&row.server_msg_id)
-                            .push_bind(&row.client_msg_id)
-                            .push_bind(&row.send_id)
-                            .push_bind(&row.recv_id)
-                            .push_bind(row.sender_platform_id)
-                            .push_bind(&row.sender_nickname)
-                            .push_bind(row.session_type)
-                            .push_bind(row.msg_from)
-                            .push_bind(row.content_type)
-                            .push_bind(row.status)
-                            .push_bind(row.create_time)
-                            .push_bind(row.send_time)
-                            .push_bind(row.seq)
-                            .push_bind(&row.content)
-                            .push_bind(&row.at_user_list)
-                            .push_bind(&row.face_url)
-                            .push_bind(&row.ex)
-                            .push_bind(&row.operation_id)
-                            // Exact to the microsecond, whatever the session's time zone.
-                            .push("TIMESTAMPADD(MICROSECOND, ")
-                            .push_bind_unseparated(row.received_us)
-                            .push_unseparated(", '1970-01-01 00:00:00')")
-                            .push_bind(&row.packet)
-                            .push_bind(&row.group_id)
-                            .push_bind(&row.conversation_id)
-                            .push_bind(row.callback)
-                            .push("TIMESTAMPADD(MICROSECOND, ")
-                            .push_bind_unseparated(row.revoked_us)
-                            .push_unseparated(", '1970-01-01 00:00:00')")
-                            .push_bind(&row.revoked_by);
-                    });
-                    // A repeat (a replay after a crash) changes nothing; unlike INSERT
-                    // IGNORE, this keeps every other error an error, so a value too
-                    // long for its column is refused loudly instead of cut short.
-                    builder.push(match on_conflict {
-                        OnConflict::Keep => " ON DUPLICATE KEY UPDATE server_msg_id = server_msg_id",
-                        OnConflict::SetSeq => " ON DUPLICATE KEY UPDATE seq = VALUES(seq)",
-                    });
-                    builder.build().execute(pool).await?;
-                }
+                use sqlx::query_builder::Separated;
+                // Exact to the microsecond, whatever the session's time zone.
+                let time = |values: &mut Separated<'_, '_, sqlx::MySql, &str>, micros: Option<i64>| {
+                    values
+                        .push("TIMESTAMPADD(MICROSECOND, ")
+                        .push_bind_unseparated(micros)
+                        .push_unseparated(", '1970-01-01 00:00:00')");
+                };
+                // A repeat (a replay after a crash) changes nothing; unlike INSERT
+                // IGNORE, this keeps every other error an error, so a value too
+                // long for its column is refused loudly instead of cut short.
+                let on_conflict = match on_conflict {
+                    OnConflict::Keep => " ON DUPLICATE KEY UPDATE server_msg_id = server_msg_id",
+                    OnConflict::SetSeq => " ON DUPLICATE KEY UPDATE seq = VALUES(seq)",
+                };
+                insert_values!(sqlx::MySql, pool, table, rows, time, on_conflict);
+            }
+            Database::Sqlite(pool) => {
+                use sqlx::query_builder::Separated;
+                let time = |values: &mut Separated<'_, '_, sqlx::Sqlite, &str>, micros: Option<i64>| {
+                    values.push_bind(micros.map(sqlite_time));
+                };
+                let on_conflict = match on_conflict {
+                    OnConflict::Keep => " ON CONFLICT (server_msg_id) DO NOTHING",
+                    OnConflict::SetSeq => " ON CONFLICT (server_msg_id) DO UPDATE SET seq = excluded.seq",
+                };
+                insert_values!(sqlx::Sqlite, pool, table, rows, time, on_conflict);
             }
         }
         Ok(())
@@ -469,6 +591,7 @@ impl SqlSink {
         let revoked_at = match self.database {
             Database::Postgres(_) => format!("TIMESTAMPTZ 'epoch' + {at} * INTERVAL '1 microsecond'"),
             Database::MySql(_) => format!("TIMESTAMPADD(MICROSECOND, {at}, '1970-01-01 00:00:00')"),
+            Database::Sqlite(_) => at.clone(),
         };
         let update = format!(
             "UPDATE {table} SET revoked_at = {revoked_at}, revoked_by = {by}
@@ -481,9 +604,9 @@ impl SqlSink {
         );
         // sqlx types each query by its database: the same steps, once per pool type.
         macro_rules! mark_or_count {
-            ($pool:expr) => {{
+            ($pool:expr, $revoked_at:expr) => {{
                 let marked = sqlx::query(&update)
-                    .bind(revoked_us)
+                    .bind($revoked_at)
                     .bind(revoked_by)
                     .bind(&revoke.conversation_id)
                     .bind(revoke.seq)
@@ -504,8 +627,9 @@ impl SqlSink {
             }};
         }
         match &self.database {
-            Database::Postgres(pool) => mark_or_count!(pool),
-            Database::MySql(pool) => mark_or_count!(pool),
+            Database::Postgres(pool) => mark_or_count!(pool, revoked_us),
+            Database::MySql(pool) => mark_or_count!(pool, revoked_us),
+            Database::Sqlite(pool) => mark_or_count!(pool, sqlite_time(revoked_us)),
         }
     }
 
@@ -514,6 +638,7 @@ impl SqlSink {
         match self.database {
             Database::Postgres(_) => format!("${index}"),
             Database::MySql(_) => "?".to_owned(),
+            Database::Sqlite(_) => format!("?{index}"),
         }
     }
 
@@ -521,6 +646,21 @@ impl SqlSink {
     async fn link_revokes(&self, saved: &[&Row]) -> Result<(), sqlx::Error> {
         let table = &self.table;
         let conversations: Vec<String> = saved.iter().map(|row| row.conversation_id.clone()).collect();
+        // `head` joins each message row `m` to a revoke's row `r`; the rest is the same.
+        macro_rules! link_with {
+            ($db:ty, $pool:expr, $head:expr) => {{
+                let mut builder = sqlx::QueryBuilder::<$db>::new($head);
+                builder.push_bind(AFTER_REVOKE_MSG.key);
+                builder.push(" AND m.callback <> ").push_bind(AFTER_REVOKE_MSG.key);
+                builder.push(" AND m.revoked_at IS NULL AND m.conversation_id IN (");
+                let mut list = builder.separated(", ");
+                for conversation in &conversations {
+                    list.push_bind(conversation);
+                }
+                builder.push(")");
+                builder.build().execute($pool).await?;
+            }};
+        }
         match &self.database {
             Database::Postgres(pool) => {
                 let statement = format!(
@@ -533,21 +673,21 @@ impl SqlSink {
                 sqlx::query(&statement).bind(AFTER_REVOKE_MSG.key).bind(conversations).execute(pool).await?;
             }
             Database::MySql(pool) => {
-                let mut builder = sqlx::QueryBuilder::<sqlx::MySql>::new(format!(
+                let head = format!(
                     "UPDATE {table} AS m JOIN {table} AS r
                         ON r.conversation_id = m.conversation_id AND r.seq = m.seq
                      SET m.revoked_at = r.revoked_at, m.revoked_by = r.revoked_by
                      WHERE r.callback = "
-                ));
-                builder.push_bind(AFTER_REVOKE_MSG.key);
-                builder.push(" AND m.callback <> ").push_bind(AFTER_REVOKE_MSG.key);
-                builder.push(" AND m.revoked_at IS NULL AND m.conversation_id IN (");
-                let mut list = builder.separated(", ");
-                for conversation in &conversations {
-                    list.push_bind(conversation);
-                }
-                builder.push(")");
-                builder.build().execute(pool).await?;
+                );
+                link_with!(sqlx::MySql, pool, head);
+            }
+            Database::Sqlite(pool) => {
+                let head = format!(
+                    "UPDATE {table} AS m SET revoked_at = r.revoked_at, revoked_by = r.revoked_by
+                     FROM {table} AS r
+                     WHERE r.conversation_id = m.conversation_id AND r.seq = m.seq AND r.callback = "
+                );
+                link_with!(sqlx::Sqlite, pool, head);
             }
         }
         Ok(())
@@ -665,13 +805,49 @@ impl Row {
     }
 }
 
+/// The pool for `sqlite:<path>`: the file (and its directory) created if
+/// missing, WAL (readers such as `GET /messages` never wait for the writer),
+/// and a commit durable when it returns (`synchronous = FULL`): the sink's
+/// position moves past a batch only once its rows would survive a power loss.
+fn sqlite_pool(url: &str, settings: &SqlSinkSettings) -> Result<(SqlitePool, std::path::PathBuf), SinkError> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+    use std::str::FromStr;
+    let invalid = |error: sqlx::Error| SinkError::permanent(format!("sinks.sql.url: {error}"));
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(invalid)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(settings.timeout);
+    let file = options.get_filename().to_owned();
+    let directory = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&directory).map_err(|error| {
+        SinkError::permanent(format!("sinks.sql.url: cannot create {}: {error}", directory.display()))
+    })?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(settings.pool_size)
+        .acquire_timeout(settings.connect_timeout)
+        .connect_lazy_with(options);
+    Ok((pool, directory))
+}
+
 /// Data the database refuses (a value too long, bad JSON) is permanent for
 /// that row; everything else (no connection, a timeout, a restart) may pass.
 fn is_refused_data(error: &sqlx::Error) -> bool {
-    // SQLSTATE classes 22 (data exception) and 23 (integrity constraint); MySQL
-    // reports data errors as 22xxx and 23xxx too, or HY000 with these codes.
     let sqlx::Error::Database(database) = error else { return false };
     let code = database.code().unwrap_or_default();
+    if database.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // SQLite's primary result code, the low byte of an extended one:
+        // SQLITE_TOOBIG (18), SQLITE_CONSTRAINT (19), SQLITE_MISMATCH (20).
+        // A full disk (SQLITE_FULL, 13) or a busy lock passes.
+        let primary = code.parse::<i32>().ok().map(|code| code & 0xff);
+        return matches!(primary, Some(18..=20));
+    }
+    // SQLSTATE classes 22 (data exception) and 23 (integrity constraint); MySQL
+    // reports data errors as 22xxx and 23xxx too, or HY000 with these codes.
     code.starts_with("22") || code.starts_with("23")
 }
 
@@ -734,6 +910,7 @@ impl Sink for SqlSink {
                 return Err(self.transient(error).await);
             }
         }
+        self.check_free_space()?;
         let postgres = matches!(self.database, Database::Postgres(_));
         let rows: Vec<Row> = batch.iter().map(|entry| Row::of(entry, postgres)).collect();
         match self.write(&rows).await {

@@ -90,12 +90,12 @@ async fn a_journal_cut_back_below_saved_positions_gives_no_sequence_number_twice
 }
 
 /// A tmpfs of `megabytes`, mounted for the test's life (it needs root, as CI has).
-struct SmallDisk {
+pub(crate) struct SmallDisk {
     dir: tempfile::TempDir,
 }
 
 impl SmallDisk {
-    fn mount(megabytes: u32) -> Option<Self> {
+    pub(crate) fn mount(megabytes: u32) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         let mounted = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
@@ -117,7 +117,7 @@ impl SmallDisk {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -305,4 +305,46 @@ async fn a_journal_from_before_callback_kinds_is_read_and_goes_on_with_groups_an
     );
     assert_eq!(stats["messages"]["total"], 6, "the snapshot's five, and the group's message");
     assert_eq!((stats["groups"].as_u64(), stats["revoked"].as_u64()), (Some(1), Some(1)), "{stats}");
+}
+
+/// Rows in the SQLite archive at `url`.
+async fn archived(url: &str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+    sqlx::query_scalar("SELECT COUNT(*) FROM openim_messages").fetch_one(&pool).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_sqlite_archive_stops_writing_below_its_free_space_floor_and_resumes_by_itself() {
+    let Some(disk) = SmallDisk::mount(24) else { return };
+    let url = format!("sqlite://{}/archive.sqlite3", disk.path().display());
+    let receiver = crate::helpers::TestReceiver::start_with(
+        crate::helpers::settings(&[("SINKS__SQL__URL", &url), ("SINKS__SQL__MIN_FREE_BYTES", "12MiB")]),
+        |_| {},
+    )
+    .await;
+    receiver.post_packet("op-room", &crate::helpers::packet("alice", "bob", 101)).await.assert_accepted();
+    receiver.caught_up("sql", 1).await;
+    // Another program takes the disk down to about 8 MiB free.
+    std::fs::write(disk.path().join("other-program"), vec![0u8; 16 * 1024 * 1024]).unwrap();
+    for index in 0..3 {
+        let packet = crate::helpers::packet(&format!("user-{index}"), "bob", 101);
+        receiver.post_packet(&format!("op-low-{index}"), &packet).await.assert_accepted();
+    }
+    let report = receiver
+        .sink_report("sql", |report| {
+            report["state"] == "degraded"
+                && report["last_error"]
+                    .as_str()
+                    .is_some_and(|error| error.contains("sinks.sql.min_free_bytes"))
+        })
+        .await;
+    assert_eq!(report["lag_records"], 3, "{report}");
+    assert_eq!(archived(&url).await, 1, "nothing written below the floor");
+    let ready = receiver.client.get(receiver.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "callbacks go on: the journal holds the messages");
+    std::fs::remove_file(disk.path().join("other-program")).unwrap();
+    let report = receiver.caught_up("sql", 4).await;
+    assert_eq!(report["state"], "running", "{report}");
+    assert_eq!(archived(&url).await, 4);
+    assert!(receiver.stop().await.is_clean());
 }

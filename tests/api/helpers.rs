@@ -60,13 +60,18 @@ pub fn packet(send: &str, recv: &str, content_type: i32) -> Value {
 /// parallel in one working directory). The journal goes to a directory of
 /// the receiver's own unless the test names one.
 pub fn settings(overrides: &[(&str, &str)]) -> Settings {
-    // A small disk reserve: every test makes a journal of its own.
-    let env =
-        [("TELEMETRY__FORMAT", "json"), ("STATS__SNAPSHOT_PATH", ""), ("JOURNAL__RESERVE_BYTES", "64KiB")]
-            .iter()
-            .chain(overrides)
-            .map(|(key, value)| (format!("OPENIM_CALLBACK__{key}"), value.to_string()))
-            .collect::<HashMap<_, _>>();
+    // A small disk reserve: every test makes a journal of its own. The archive
+    // (on by default, in data/ of the working directory) only where a test asks for it.
+    let env = [
+        ("TELEMETRY__FORMAT", "json"),
+        ("STATS__SNAPSHOT_PATH", ""),
+        ("JOURNAL__RESERVE_BYTES", "64KiB"),
+        ("SINKS__SQL__URL", ""),
+    ]
+    .iter()
+    .chain(overrides)
+    .map(|(key, value)| (format!("OPENIM_CALLBACK__{key}"), value.to_string()))
+    .collect::<HashMap<_, _>>();
     Settings::load(None, EnvSource::Map(env)).expect("test settings are valid")
 }
 

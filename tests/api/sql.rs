@@ -1,5 +1,5 @@
 //! The SQL archive sink against the real PostgreSQL and MariaDB on this
-//! machine: every field arrives, an outage loses and duplicates nothing, a
+//! machine, and SQLite (the default archive): every field arrives, an outage loses and duplicates nothing, a
 //! crash of the binary loses no row answered 200.
 
 use crate::helpers::{TcpProxy, TestReceiver, packet, sample, service_url, settings, unique_table};
@@ -116,6 +116,22 @@ async fn every_field_arrives(url: &str, read_rows: impl AsyncFn(&str, &str) -> V
     drop_table(url, &table).await;
 }
 
+/// Rows as JSON, read by `i64` and `String` (PostgreSQL's and SQLite's rows alike).
+macro_rules! rows_json {
+    ($rows:expr) => {
+        $rows
+            .iter()
+            .map(|row| {
+                row_json(
+                    row,
+                    |row, index| row.try_get::<i64, _>(index).ok(),
+                    |row, index| row.try_get::<String, _>(index).ok(),
+                )
+            })
+            .collect()
+    };
+}
+
 async fn postgres_rows(url: &str, table: &str) -> Vec<Value> {
     let pool = sqlx::PgPool::connect(url).await.unwrap();
     let query = format!(
@@ -125,15 +141,7 @@ async fn postgres_rows(url: &str, table: &str) -> Vec<Value> {
             (EXTRACT(EPOCH FROM received_at) * 1000000)::BIGINT FROM {table}"
     );
     let rows = sqlx::query(&query).fetch_all(&pool).await.unwrap();
-    rows.iter()
-        .map(|row| {
-            row_json(
-                row,
-                |row, index| row.try_get::<i64, _>(index).ok(),
-                |row, index| row.try_get::<String, _>(index).ok(),
-            )
-        })
-        .collect()
+    rows_json!(rows)
 }
 
 async fn mariadb_rows(url: &str, table: &str) -> Vec<Value> {
@@ -160,7 +168,21 @@ async fn mariadb_rows(url: &str, table: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A row as JSON, by the columns both queries select in the same order.
+async fn sqlite_rows(url: &str, table: &str) -> Vec<Value> {
+    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+    // received_at is RFC 3339 text to the microsecond: whole seconds, then the fraction.
+    let query = format!(
+        "SELECT server_msg_id, client_msg_id, send_id, recv_id, sender_platform_id, sender_nickname, session_type,
+            msg_from, content_type, status, create_time, send_time, seq, content, at_user_list,
+            face_url, ex, operation_id, packet,
+            CAST(strftime('%s', substr(received_at, 1, 19)) AS INTEGER) * 1000000
+                + CAST(substr(received_at, 21, 6) AS INTEGER) FROM {table}"
+    );
+    let rows = sqlx::query(&query).fetch_all(&pool).await.unwrap();
+    rows_json!(rows)
+}
+
+/// A row as JSON, by the columns every query selects in the same order.
 fn row_json<R>(
     row: &R,
     number: impl Fn(&R, usize) -> Option<i64>,
@@ -205,6 +227,13 @@ fn row_json<R>(
 async fn every_field_arrives_in_postgresql() {
     let Some(url) = postgres().await else { return };
     every_field_arrives(&url, async |url, table| postgres_rows(url, table).await).await;
+}
+
+#[tokio::test]
+async fn every_field_arrives_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/archive.sqlite3", dir.path().display());
+    every_field_arrives(&url, async |url, table| sqlite_rows(url, table).await).await;
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! The message family in the SQL archive, on the real PostgreSQL and MariaDB:
+//! The message family in the SQL archive, on the real PostgreSQL and MariaDB
+//! and on SQLite:
 //! a table the previous release created gains the new columns without loss,
 //! groups get `group_id` and OpenIM's `conversation_id`, a saved-to-database
 //! callback fills the row's seq, and a revoke marks the row it names, or waits
@@ -9,9 +10,12 @@ use serde_json::Value;
 use sqlx::Row;
 
 /// The table as the release before the message family created it (its own statements).
-fn previous_release_table(table: &str, postgres: bool) -> String {
-    let (text, key, json, time, int) = if postgres {
+/// (SQLite came after it: its table is made the same way, to take the same path.)
+fn previous_release_table(table: &str, url: &str) -> String {
+    let (text, key, json, time, int) = if url.starts_with("postgres") {
         ("TEXT", "TEXT", "JSONB", "TIMESTAMPTZ", "INTEGER")
+    } else if url.starts_with("sqlite") {
+        ("TEXT", "TEXT", "TEXT", "TEXT", "INTEGER")
     } else {
         ("LONGTEXT", "VARCHAR(255)", "JSON", "DATETIME(6)", "INT")
     };
@@ -39,6 +43,12 @@ async fn execute(url: &str, statements: &[String]) {
         for statement in statements {
             sqlx::query(statement).execute(&pool).await.unwrap();
         }
+    } else if url.starts_with("sqlite") {
+        let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+        let pool = sqlx::SqlitePool::connect_with(options.create_if_missing(true)).await.unwrap();
+        for statement in statements {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
     } else {
         let pool = sqlx::MySqlPool::connect(url).await.unwrap();
         for statement in statements {
@@ -49,13 +59,17 @@ async fn execute(url: &str, statements: &[String]) {
 
 /// Rows as `{server_msg_id: [group_id, conversation_id, callback, seq, revoked_by, revoked]}`.
 async fn rows(url: &str, table: &str) -> serde_json::Map<String, Value> {
-    let cast = if url.starts_with("postgres") { "TEXT" } else { "CHAR" };
+    let cast = if url.starts_with("mysql") { "CHAR" } else { "TEXT" };
     let query = format!(
         "SELECT server_msg_id, group_id, conversation_id, callback, CAST(seq AS {cast}), COALESCE(revoked_by, ''),
             CASE WHEN revoked_at IS NULL THEN 'no' ELSE 'yes' END FROM {table}"
     );
     let texts: Vec<Vec<String>> = if url.starts_with("postgres") {
         let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let found = sqlx::query(&query).fetch_all(&pool).await.unwrap();
+        found.iter().map(|row| (0..7).map(|index| row.get::<String, _>(index)).collect()).collect()
+    } else if url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
         let found = sqlx::query(&query).fetch_all(&pool).await.unwrap();
         found.iter().map(|row| (0..7).map(|index| row.get::<String, _>(index)).collect()).collect()
     } else {
@@ -69,8 +83,7 @@ async fn rows(url: &str, table: &str) -> serde_json::Map<String, Value> {
 
 async fn the_family_is_archived(url: &str) {
     let table = unique_table("family");
-    let postgres = url.starts_with("postgres");
-    execute(url, &[previous_release_table(&table, postgres), OLD_ROW.replace("{table}", &table)]).await;
+    execute(url, &[previous_release_table(&table, url), OLD_ROW.replace("{table}", &table)]).await;
     let receiver = TestReceiver::start_with(
         settings(&[("SINKS__SQL__ENABLED", "true"), ("SINKS__SQL__URL", url), ("SINKS__SQL__TABLE", &table)]),
         |_| {},
@@ -110,7 +123,12 @@ async fn the_family_is_archived(url: &str) {
         format!("afterRevokeMsg:{single}:17"): ["", single, "afterRevokeMsg", "17", "3861937549", "yes"],
     });
     assert_eq!(Value::Object(rows), expected);
-    let found = if postgres {
+    let found = if url.starts_with("sqlite") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let query =
+            format!("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = '{table}_conversation_id'");
+        sqlx::query(&query).fetch_all(&pool).await.unwrap().len()
+    } else if url.starts_with("postgres") {
         let pool = sqlx::PgPool::connect(url).await.unwrap();
         sqlx::query(&format!("SELECT 1 FROM pg_indexes WHERE indexname = '{table}_conversation_id'"))
             .fetch_all(&pool)
@@ -137,5 +155,12 @@ async fn the_message_family_in_postgresql_on_a_table_the_previous_release_made()
 #[tokio::test]
 async fn the_message_family_in_mariadb_on_a_table_the_previous_release_made() {
     let Some(url) = crate::sql::mariadb().await else { return };
+    the_family_is_archived(&url).await;
+}
+
+#[tokio::test]
+async fn the_message_family_in_sqlite_on_a_table_without_the_family_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/archive.sqlite3", dir.path().display());
     the_family_is_archived(&url).await;
 }
