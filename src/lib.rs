@@ -68,8 +68,8 @@ impl Receiver {
 
     /// A receiver with sinks of the caller's choosing (tests add their own).
     pub fn with_sinks(settings: Settings, sinks: SinkSet, stats: Option<StatsHandle>) -> Self {
-        let state =
-            http::AppState::new(settings, std::sync::Arc::clone(sinks.journal()), sinks.statuses(), stats);
+        let journal = std::sync::Arc::clone(sinks.journal());
+        let state = http::AppState::new(settings, journal, sinks.statuses(), stats, sinks.archive().cloned());
         Receiver { state, sinks }
     }
 

@@ -185,9 +185,10 @@ impl Connection {
             let peer_address = self.limits.peer_address;
             let refusals = self.limits.refusals.clone();
             hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                // For auth.allow_ips: axum's ConnectInfo extractor reads this. Only
-                // then: the first extension costs every request an allocation.
-                if peer_address {
+                // For auth.allow_ips, and for /messages (private to loopback without
+                // auth.token): axum's ConnectInfo extractor reads this. Only then:
+                // the first extension costs every request an allocation.
+                if peer_address || request.uri().path().starts_with(crate::http::MESSAGES_PATH) {
                     request.extensions_mut().insert(ConnectInfo(peer));
                 }
                 let busy = activity.request_started();

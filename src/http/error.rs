@@ -85,6 +85,8 @@ rejections! {
     InvalidQuery => 4009, "invalid_query";
     JournalWriteFailed => 5034, "journal_write_failed";
     Internal => 5000, "internal_error";
+    MessagesArePrivate => 4031, "messages_are_private";
+    ArchiveUnavailable => 5035, "archive_unavailable";
 }
 
 impl Rejection {
@@ -172,6 +174,14 @@ pub enum ApiError {
     /// 400: a query parameter of a stats endpoint is not what it takes.
     #[error("invalid query parameter {parameter}: {expected}")]
     InvalidQuery { parameter: String, expected: &'static str },
+    /// 403: `/messages` from a client not on loopback while `auth.token` is unset.
+    #[error(
+        "forbidden: message content is private; without auth.token set, /messages answers only loopback (caller {caller})"
+    )]
+    MessagesArePrivate { caller: std::net::IpAddr },
+    /// 503: `/messages` with the archive off, or not answering.
+    #[error("archive unavailable: {why}")]
+    ArchiveUnavailable { why: String },
 }
 
 fn invalid_packet_message(error: &PacketError) -> String {
@@ -209,6 +219,8 @@ impl ApiError {
             ApiError::Overloaded { .. } => Rejection::Overloaded,
             ApiError::InvalidQuery { .. } => Rejection::InvalidQuery,
             ApiError::Internal => Rejection::Internal,
+            ApiError::MessagesArePrivate { .. } => Rejection::MessagesArePrivate,
+            ApiError::ArchiveUnavailable { .. } => Rejection::ArchiveUnavailable,
         }
     }
 

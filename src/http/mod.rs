@@ -4,6 +4,8 @@ pub mod auth;
 mod callback;
 pub mod error;
 mod extract;
+mod messages;
+pub use messages::MESSAGES_PATH;
 mod metrics;
 mod probes;
 pub mod refusals;
@@ -40,6 +42,8 @@ pub struct SharedState {
     pub sinks: Vec<Arc<SinkStatus>>,
     /// Present when the stats sink is enabled.
     pub stats: Option<StatsHandle>,
+    /// Present when the SQL archive is on: what `/messages` reads.
+    pub archive: Option<crate::sinks::sql::search::Archive>,
     pub requests: RequestCounters,
     /// Every refusal logged at WARN, within a rate limit (by the connection, which knows the peer).
     pub refusals: Arc<refusals::RefusalLog>,
@@ -74,6 +78,7 @@ impl AppState {
         journal: Arc<MessageJournal>,
         sinks: Vec<Arc<SinkStatus>>,
         stats: Option<StatsHandle>,
+        archive: Option<crate::sinks::sql::search::Archive>,
     ) -> Self {
         let in_flight = Arc::new(Semaphore::new(settings.server.max_in_flight));
         AppState(Arc::new(SharedState {
@@ -81,6 +86,7 @@ impl AppState {
             journal,
             sinks,
             stats,
+            archive,
             requests: RequestCounters::new(),
             refusals: Arc::default(),
             in_flight,
@@ -242,6 +248,8 @@ pub fn app(state: AppState) -> Router {
         .route("/stats", get(probes::stats).fallback(method_not_allowed))
         .route("/stats/daily", get(probes::daily).fallback(method_not_allowed))
         .route("/metrics", get(probes::metrics).fallback(method_not_allowed))
+        .route(MESSAGES_PATH, get(messages::find).fallback(method_not_allowed))
+        .route("/messages/export", get(messages::export).fallback(method_not_allowed))
         .fallback(not_found);
     let auth = &state.settings.auth;
     let routed = if auth.token.is_empty() && auth.allow_ips.is_empty() {

@@ -303,6 +303,8 @@ pub struct SinkSet {
     cursor_interval: Duration,
     commands: watch::Sender<Command>,
     runners: Vec<Runner>,
+    /// The SQL archive's database, for reading it back, when the archive is on.
+    archive: Option<sql::search::Archive>,
 }
 
 /// `[sinks]`: every sink's section.
@@ -350,11 +352,22 @@ impl SinksSettings {
 impl SinkSet {
     /// No sinks yet; cursors are saved every `cursor_interval`.
     pub fn new(journal: Arc<MessageJournal>, cursor_interval: Duration) -> Self {
-        SinkSet { journal, cursor_interval, commands: watch::Sender::new(Command::Run), runners: Vec::new() }
+        SinkSet {
+            journal,
+            cursor_interval,
+            commands: watch::Sender::new(Command::Run),
+            runners: Vec::new(),
+            archive: None,
+        }
     }
 
     pub fn journal(&self) -> &Arc<MessageJournal> {
         &self.journal
+    }
+
+    /// The SQL archive, when it is on: what `GET /messages` reads.
+    pub fn archive(&self) -> Option<&sql::search::Archive> {
+        self.archive.as_ref()
     }
 
     /// The sinks the settings enable; the log sink writes its records to `records`.
@@ -375,6 +388,7 @@ impl SinkSet {
         let sql = &settings.sinks.sql;
         if sql.is_on() {
             let sink = sql::SqlSink::new(sql).map_err(|error| std::io::Error::other(error.message))?;
+            set.archive = Some(sink.archive());
             set.spawn_filtered(sink, sql.batch_size, &sql.only)?;
         }
         let redis = &settings.sinks.redis_stream;

@@ -24,6 +24,8 @@
 //! the database is down, deliveries fail as transient and the runner
 //! retries; the journal holds the messages meanwhile.
 
+pub mod search;
+
 use super::{Entry, Sink, SinkError};
 use crate::callbacks::{AFTER_REVOKE_MSG, Callback, Role};
 use serde::{Deserialize, Serialize};
@@ -31,7 +33,7 @@ use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 
-/// Rows per statement with multi-row VALUES (25 parameters a row: MySQL takes
+/// Rows per statement with multi-row VALUES (26 parameters a row: MySQL takes
 /// 65,535 parameters a statement, SQLite 32,766).
 const ROWS_PER_STATEMENT: usize = 1000;
 
@@ -83,7 +85,7 @@ const FIRST_COLUMNS: [(&str, (&str, &str, &str)); 20] = [
 
 /// Columns added since the first release, with their definitions per engine:
 /// a table an older release created gains them.
-const ADDED_COLUMNS: [(&str, (&str, &str, &str)); 5] = [
+const ADDED_COLUMNS: [(&str, (&str, &str, &str)); 6] = [
     (
         "group_id",
         ("TEXT NOT NULL DEFAULT ''", "VARCHAR(255) NOT NULL DEFAULT ''", "TEXT NOT NULL DEFAULT ''"),
@@ -103,6 +105,9 @@ const ADDED_COLUMNS: [(&str, (&str, &str, &str)); 5] = [
     ),
     ("revoked_at", ("TIMESTAMPTZ NULL", "DATETIME(6) NULL", "TEXT NULL")),
     ("revoked_by", ("TEXT NULL", "VARCHAR(255) NULL", "TEXT NULL")),
+    // The readable text of a text-like message, what `GET /messages?q=` searches
+    // (MySQL cannot give a LONGTEXT a literal default: NULL there reads as '').
+    ("text", ("TEXT NOT NULL DEFAULT ''", "LONGTEXT NULL", "TEXT NOT NULL DEFAULT ''")),
 ];
 
 /// The first release's table, as it made it (the added columns come after).
@@ -120,6 +125,54 @@ fn create_table(engine: Engine, table: &str) -> String {
             ) DEFAULT CHARSET = utf8mb4"
         ),
         Engine::Postgres | Engine::Sqlite => format!("CREATE TABLE IF NOT EXISTS {table} ({columns})"),
+    }
+}
+
+/// SQLite's text search: an FTS5 index of `text` by trigrams (so `q` finds a
+/// substring in any script, Chinese as well as English, any case), kept
+/// from the table by triggers. It refers to rows by rowid, which only a
+/// VACUUM changes: after one, rebuild it (README, "Finding messages").
+fn sqlite_text_index(table: &str) -> [String; 4] {
+    let index = format!("{table}_text");
+    [
+        format!(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS {index}
+             USING fts5(text, content = '{table}', content_rowid = 'rowid', tokenize = 'trigram')"
+        ),
+        format!(
+            "CREATE TRIGGER IF NOT EXISTS {index}_insert AFTER INSERT ON {table} BEGIN
+                INSERT INTO {index} (rowid, text) VALUES (new.rowid, new.text);
+             END"
+        ),
+        format!(
+            "CREATE TRIGGER IF NOT EXISTS {index}_delete AFTER DELETE ON {table} BEGIN
+                INSERT INTO {index} ({index}, rowid, text) VALUES ('delete', old.rowid, old.text);
+             END"
+        ),
+        format!(
+            "CREATE TRIGGER IF NOT EXISTS {index}_update AFTER UPDATE OF text ON {table} BEGIN
+                INSERT INTO {index} ({index}, rowid, text) VALUES ('delete', old.rowid, old.text);
+                INSERT INTO {index} (rowid, text) VALUES (new.rowid, new.text);
+             END"
+        ),
+    ]
+}
+
+/// PostgreSQL's text search: a trigram GIN index on `text` (`pg_trgm`), which
+/// `ILIKE '%term%'` uses for a term of three characters or more. The
+/// extension needs a privileged user once per database: without it, search
+/// still works, by a scan, and the start-up log says so.
+async fn postgres_text_index(pool: &PgPool, table: &str) {
+    let statements = [
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm".to_owned(),
+        format!("CREATE INDEX IF NOT EXISTS {table}_text_trgm ON {table} USING gin (text gin_trgm_ops)"),
+    ];
+    for statement in &statements {
+        if let Err(error) = sqlx::query(statement).execute(pool).await {
+            tracing::warn!(%error, statement = statement.as_str(),
+                "no trigram index for text search: GET /messages?q= scans the table instead");
+            return;
+        }
     }
 }
 
@@ -150,7 +203,7 @@ fn backfill_conversations(engine: Engine, table: &str) -> String {
 const INSERT_COLUMNS: &str = "server_msg_id, client_msg_id, send_id, recv_id, sender_platform_id,
     sender_nickname, session_type, msg_from, content_type, status, create_time, send_time, seq, content,
     at_user_list, face_url, ex, operation_id, received_at, packet, group_id, conversation_id, callback,
-    revoked_at, revoked_by";
+    revoked_at, revoked_by, text";
 
 /// SQLite has no time type: a time is RFC 3339 text in UTC to the
 /// microsecond (`2026-12-01T19:01:25.123456Z`, which sorts as it reads).
@@ -193,7 +246,7 @@ macro_rules! insert_values {
                     .push_bind(&row.conversation_id)
                     .push_bind(row.callback);
                 $time(&mut values, row.revoked_us);
-                values.push_bind(&row.revoked_by);
+                values.push_bind(&row.revoked_by).push_bind(&row.text);
             });
             builder.push($on_conflict);
             builder.build().execute($pool).await?;
@@ -283,10 +336,21 @@ pub struct SqlSink {
     keep_free: Option<(std::path::PathBuf, u64)>,
 }
 
-enum Database {
+#[derive(Clone)]
+pub(crate) enum Database {
     Postgres(PgPool),
     MySql(MySqlPool),
     Sqlite(SqlitePool),
+}
+
+impl Database {
+    fn engine(&self) -> Engine {
+        match self {
+            Database::Postgres(_) => Engine::Postgres,
+            Database::MySql(_) => Engine::MySql,
+            Database::Sqlite(_) => Engine::Sqlite,
+        }
+    }
 }
 
 impl SqlSink {
@@ -420,6 +484,21 @@ impl SqlSink {
                     );
                     sqlx::query(&statement).execute(&mut *transaction).await?;
                 }
+                if engine == Engine::Sqlite {
+                    let indexed: Option<i64> =
+                        sqlx::query_scalar("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")
+                            .bind(format!("{table}_text"))
+                            .fetch_optional(&mut *transaction)
+                            .await?;
+                    for statement in sqlite_text_index(table) {
+                        sqlx::query(&statement).execute(&mut *transaction).await?;
+                    }
+                    if indexed.is_none() {
+                        // Rows from before the index: indexed once, from the table.
+                        let statement = format!("INSERT INTO {table}_text({table}_text) VALUES ('rebuild')");
+                        sqlx::query(&statement).execute(&mut *transaction).await?;
+                    }
+                }
                 transaction.commit().await?;
             }};
         }
@@ -436,16 +515,20 @@ impl SqlSink {
             ),
             Database::Sqlite(pool) => migrate_with!(pool, "SELECT name FROM pragma_table_info(?1)"),
         }
+        if let Database::Postgres(pool) = &self.database {
+            postgres_text_index(pool, table).await;
+        }
         self.migrated = true;
         Ok(())
     }
 
     fn engine(&self) -> Engine {
-        match self.database {
-            Database::Postgres(_) => Engine::Postgres,
-            Database::MySql(_) => Engine::MySql,
-            Database::Sqlite(_) => Engine::Sqlite,
-        }
+        self.database.engine()
+    }
+
+    /// The archive, for reading it back (`GET /messages`): the same pool.
+    pub fn archive(&self) -> search::Archive {
+        search::Archive { database: self.database.clone(), table: self.table.clone() }
     }
 
     /// A failure that may pass, explained: sqlx's bare "pool timed out" gets its cause.
@@ -474,24 +557,21 @@ impl SqlSink {
                     OnConflict::SetSeq => "DO UPDATE SET seq = EXCLUDED.seq",
                 };
                 let statement = format!(
-                    "INSERT INTO {table} (server_msg_id, client_msg_id, send_id, recv_id, sender_platform_id,
-                        sender_nickname, session_type, msg_from, content_type, status, create_time, send_time,
-                        seq, content, at_user_list, face_url, ex, operation_id, received_at, packet,
-                        group_id, conversation_id, callback, revoked_at, revoked_by)
+                    "INSERT INTO {table} ({INSERT_COLUMNS})
                      SELECT r.server_msg_id, r.client_msg_id, r.send_id, r.recv_id, r.sender_platform_id::INTEGER,
                         r.sender_nickname, r.session_type::INTEGER, r.msg_from::INTEGER, r.content_type::INTEGER,
                         r.status::INTEGER, r.create_time, r.send_time, r.seq, r.content, r.at_user_list::JSONB,
                         r.face_url, r.ex, r.operation_id, TIMESTAMPTZ 'epoch' + r.received_us * INTERVAL '1 microsecond', r.packet::JSONB,
                         r.group_id, r.conversation_id, r.callback,
-                        TIMESTAMPTZ 'epoch' + r.revoked_us * INTERVAL '1 microsecond', r.revoked_by
+                        TIMESTAMPTZ 'epoch' + r.revoked_us * INTERVAL '1 microsecond', r.revoked_by, r.text
                      FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[],
                         $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[],
                         $13::BIGINT[], $14::TEXT[], $15::TEXT[], $16::TEXT[], $17::TEXT[], $18::TEXT[],
-                        $19::BIGINT[], $20::TEXT[], $21::TEXT[], $22::TEXT[], $23::TEXT[], $24::BIGINT[], $25::TEXT[])
+                        $19::BIGINT[], $20::TEXT[], $21::TEXT[], $22::TEXT[], $23::TEXT[], $24::BIGINT[], $25::TEXT[], $26::TEXT[])
                         AS r(server_msg_id, client_msg_id, send_id, recv_id, sender_platform_id, sender_nickname,
                         session_type, msg_from, content_type, status, create_time, send_time, seq, content,
                         at_user_list, face_url, ex, operation_id, received_us, packet,
-                        group_id, conversation_id, callback, revoked_us, revoked_by)
+                        group_id, conversation_id, callback, revoked_us, revoked_by, text)
                      ON CONFLICT (server_msg_id) {on_conflict}"
                 );
                 sqlx::query(&statement)
@@ -520,6 +600,7 @@ impl SqlSink {
                     .bind(column(|r| r.callback.to_owned()))
                     .bind(rows.iter().map(|r| r.revoked_us).collect::<Vec<Option<i64>>>())
                     .bind(rows.iter().map(|r| r.revoked_by.clone()).collect::<Vec<Option<String>>>())
+                    .bind(column(|r| r.text.clone()))
                     .execute(pool)
                     .await?;
             }
@@ -723,6 +804,7 @@ struct Row {
     callback: &'static str,
     revoked_us: Option<i64>,
     revoked_by: Option<String>,
+    text: String,
 }
 
 impl Row {
@@ -765,6 +847,7 @@ impl Row {
                     callback: message.command.key,
                     revoked_us: Some(received_us),
                     revoked_by: Some(text(&revoke.user_id)),
+                    text: String::new(),
                 };
             }
         };
@@ -801,6 +884,7 @@ impl Row {
             callback: message.command.key,
             revoked_us: None,
             revoked_by: None,
+            text: text(&packet.readable_text()),
         }
     }
 }
