@@ -15,6 +15,7 @@ mod journal;
 mod journal_binary;
 mod journal_faults;
 mod log_records;
+mod messages;
 mod properties;
 mod redis_stream;
 mod settings_layers;

@@ -1,0 +1,241 @@
+//! Finding messages in the archive through `GET /messages` and its export,
+//! on SQLite, PostgreSQL and MariaDB alike: filters, text search in English
+//! and Chinese (terms shorter than a trigram too), keyset pages that neither
+//! skip nor repeat while messages arrive, JSON lines and CSV, clear refusals,
+//! and who may look.
+
+use crate::helpers::{TestReceiver, packet, settings, unique_table};
+use serde_json::{Value, json};
+
+const T0: i64 = 1_732_675_200_000;
+
+/// A message with `text` as its content, of `content_type`, created at `T0 + at`.
+fn message(id: &str, send: &str, recv: &str, content_type: i32, content: Value, at: i64) -> Value {
+    let mut message = packet(send, recv, content_type);
+    message["serverMsgID"] = id.into();
+    message["sessionType"] = 1.into();
+    message["content"] = content.to_string().into();
+    message["createTime"] = (T0 + at).into();
+    message
+}
+
+/// The messages of the scenario, in the order they are posted.
+fn scenario() -> Vec<(&'static str, Value)> {
+    let single = "callbackAfterSendSingleMsgCommand";
+    let group = "callbackAfterSendGroupMsgCommand";
+    let in_group = |mut message: Value| {
+        (message["recvID"], message["groupID"], message["sessionType"]) = ("".into(), "g1".into(), 3.into());
+        message["callbackCommand"] = group.into();
+        message
+    };
+    vec![
+        (single, message("a", "u1", "u2", 101, json!({"content": "Hello, world"}), 0)),
+        (single, message("b", "u2", "u1", 101, json!({"content": "你好世界"}), 1)),
+        (group, in_group(message("c", "u3", "", 101, json!({"content": "天气很好"}), 2))),
+        (single, message("d", "u1", "u2", 102, json!({"sourcePicture": {"url": "hello.png"}}), 3)),
+        (
+            group,
+            in_group(message(
+                "e",
+                "u1",
+                "",
+                106,
+                json!({"text": "@u3 hello again", "atUserList": ["u3"]}),
+                4,
+            )),
+        ),
+    ]
+}
+
+/// The serverMsgIDs of an answer's messages, in order.
+fn ids(answer: &Value) -> Vec<String> {
+    let messages = answer["messages"].as_array().unwrap_or_else(|| panic!("no messages: {answer}"));
+    messages.iter().map(|message| message["serverMsgID"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn finding_messages(url: &str) {
+    let table = unique_table("found");
+    let receiver = TestReceiver::start_with(
+        settings(&[("SINKS__SQL__URL", url), ("SINKS__SQL__TABLE", &table)]),
+        |_| {},
+    )
+    .await;
+    let posted = scenario();
+    for (command, body) in &posted {
+        let path = format!("/callbackExample/{command}");
+        receiver.post(&path, "op-find", body.to_string()).await.assert_accepted();
+    }
+    // "a" is saved with its seq, then revoked.
+    let mut saved = posted[0].1.clone();
+    (saved["callbackCommand"], saved["seq"]) = ("callbackAfterMsgSaveDBCommand".into(), 7.into());
+    let path = "/callbackExample/callbackAfterMsgSaveDBCommand";
+    receiver.post(path, "op-save", saved.to_string()).await.assert_accepted();
+    let revoke = json!({"callbackCommand": "callbackBeforeAfterMsgCommand", "conversationID": "si_u1_u2",
+        "seq": 7, "userID": "u1"});
+    let path = "/callbackExample/callbackBeforeAfterMsgCommand";
+    receiver.post(path, "op-revoke", revoke.to_string()).await.assert_accepted();
+    receiver.caught_up("sql", 7).await;
+
+    let find = async |query: &str| receiver.get_json(&format!("/messages?{query}")).await;
+    // Text search: any case, English and Chinese, a term shorter than a trigram too.
+    assert_eq!(ids(&find("q=hello").await), ["e", "a"], "newest first; the picture's content is no text");
+    assert_eq!(ids(&find("q=HELLO%2C%20WORLD").await), ["a"]);
+    assert_eq!(ids(&find("q=%E5%A5%BD%E4%B8%96").await), ["b"], "好世, two characters");
+    assert_eq!(ids(&find("q=%E4%BD%A0%E5%A5%BD%E4%B8%96").await), ["b"], "你好世, a trigram");
+    assert_eq!(ids(&find("q=%E5%A4%A9%E6%B0%94").await), ["c"], "天气");
+    assert_eq!(ids(&find("q=50%25_off").await), Vec::<String>::new(), "% and _ are taken literally");
+    // Filters.
+    assert_eq!(ids(&find("conversation_id=si_u1_u2&order=asc").await), ["a", "b", "d"]);
+    assert_eq!(ids(&find("conversation_id=sg_g1").await), ["e", "c"]);
+    assert_eq!(ids(&find("group_id=g1").await), ["e", "c"]);
+    assert_eq!(ids(&find("user=u2").await), ["d", "b", "a"]);
+    assert_eq!(ids(&find("send_id=u1").await), ["e", "d", "a"]);
+    assert_eq!(ids(&find("recv_id=u1").await), ["b"]);
+    assert_eq!(ids(&find("content_type=102").await), ["d"]);
+    let from_to = format!("from={}&to=2024-11-27T02:40:00.003Z", T0 + 1);
+    assert_eq!(ids(&find(&from_to).await), ["d", "c", "b"]);
+    assert_eq!(ids(&find("send_id=u1&q=hello").await), ["e", "a"]);
+    // What a message says of itself.
+    let found = find("q=hello%2C").await;
+    let a = &found["messages"][0];
+    assert_eq!(a["conversationID"], "si_u1_u2");
+    assert_eq!(a["callbackCommand"], "callbackAfterSendSingleMsgCommand");
+    assert_eq!(
+        (a["seq"].as_i64(), a["revoked"].as_bool(), a["revokedBy"].as_str()),
+        (Some(7), Some(true), Some("u1"))
+    );
+    assert_eq!(a["text"], "Hello, world");
+    assert_eq!(a["sendID"], "u1");
+    assert!(a["receivedAt"].as_str().is_some_and(|at| at.ends_with('Z') && at.len() == 27), "{a}");
+    assert!(a["revokedAt"].as_str().is_some_and(|at| at.ends_with('Z')), "{a}");
+    let e = &find("content_type=106").await["messages"][0];
+    assert_eq!((e["groupID"].as_str(), e["text"].as_str()), (Some("g1"), Some("@u3 hello again")));
+    assert_eq!(e["callbackCommand"], "callbackAfterSendGroupMsgCommand");
+
+    // Pages, with a message arriving between two of them: no skip, no repeat.
+    let first = find("limit=2").await;
+    assert_eq!(ids(&first), ["e", "d"]);
+    let newer = message("f", "u9", "u8", 101, json!({"content": "late"}), 9);
+    receiver.post_packet("op-late", &newer).await.assert_accepted();
+    receiver.caught_up("sql", 8).await;
+    let cursor = first["next"].as_str().unwrap();
+    let second = find(&format!("limit=2&cursor={cursor}")).await;
+    assert_eq!(ids(&second), ["c", "b"]);
+    let third = find(&format!("limit=2&cursor={}", second["next"].as_str().unwrap())).await;
+    assert_eq!(ids(&third), ["a"]);
+    assert!(third["next"].is_null(), "the last page says so: {third}");
+    let ascending = find("order=asc&limit=4").await;
+    assert_eq!(ids(&ascending), ["a", "b", "c", "d"]);
+    let rest = find(&format!("order=asc&limit=4&cursor={}", ascending["next"].as_str().unwrap())).await;
+    assert_eq!(ids(&rest), ["e", "f"]);
+
+    // Exports: every match, streamed.
+    let response =
+        receiver.client.get(receiver.url("/messages/export?format=jsonl&user=u1")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let disposition = response.headers()["content-disposition"].to_str().unwrap().to_owned();
+    assert!(disposition.starts_with("attachment; filename=\"messages-") && disposition.ends_with(".jsonl\""));
+    let lines: Vec<Value> =
+        response.text().await.unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let exported: Vec<&str> = lines.iter().map(|line| line["serverMsgID"].as_str().unwrap()).collect();
+    assert_eq!(exported, ["e", "d", "b", "a"]);
+    let csv =
+        receiver.client.get(receiver.url("/messages/export?format=csv&order=asc")).send().await.unwrap();
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = csv.text().await.unwrap();
+    let rows: Vec<&str> = csv.split("\r\n").filter(|row| !row.is_empty()).collect();
+    assert_eq!(rows.len(), 1 + 6, "a header and every message: {csv}");
+    assert!(rows[0].starts_with("serverMsgID,conversationID,sendID"));
+    assert!(rows[1].starts_with("a,si_u1_u2,u1,u2,,1,101,"), "{}", rows[1]);
+    assert!(rows[1].contains(",\"Hello, world\","), "a comma is quoted: {}", rows[1]);
+    assert!(receiver.stop().await.is_clean());
+}
+
+#[tokio::test]
+async fn messages_are_found_paged_and_exported_from_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    finding_messages(&format!("sqlite://{}/archive.sqlite3", dir.path().display())).await;
+}
+
+#[tokio::test]
+async fn messages_are_found_paged_and_exported_from_postgresql() {
+    let Some(url) = crate::sql::postgres().await else { return };
+    finding_messages(&url).await;
+}
+
+#[tokio::test]
+async fn messages_are_found_paged_and_exported_from_mariadb() {
+    let Some(url) = crate::sql::mariadb().await else { return };
+    finding_messages(&url).await;
+}
+
+#[tokio::test]
+async fn a_bad_parameter_is_named_and_an_archive_that_is_off_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/archive.sqlite3", dir.path().display());
+    let receiver = TestReceiver::start_with(settings(&[("SINKS__SQL__URL", &url)]), |_| {}).await;
+    for (query, named) in [
+        ("limit=0", "limit=0"),
+        ("limit=1001", "limit=1001"),
+        ("cursor=junk", "cursor=junk"),
+        ("from=yesterday", "from=yesterday"),
+        ("order=up", "order=up"),
+        ("content_type=text", "content_type=text"),
+        ("colour=red", "colour"),
+    ] {
+        let response = receiver.client.get(receiver.url(&format!("/messages?{query}"))).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["errCode"], 4009, "{body}");
+        assert!(body["errMsg"].as_str().unwrap().contains(named), "{body}");
+    }
+    let export = receiver.client.get(receiver.url("/messages/export?format=xml")).send().await.unwrap();
+    assert_eq!(export.status(), 400);
+    let export = receiver.client.get(receiver.url("/messages/export?limit=5")).send().await.unwrap();
+    assert_eq!(export.status(), 400, "an export has every match");
+    assert!(receiver.stop().await.is_clean());
+
+    let off = TestReceiver::start_with(settings(&[("SINKS__SQL__URL", "")]), |_| {}).await;
+    for path in ["/messages?q=hello", "/messages/export"] {
+        let response = off.client.get(off.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 503, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["errCode"], 5035, "{body}");
+        assert!(body["errMsg"].as_str().unwrap().contains("the archive is off"), "{body}");
+    }
+    assert!(off.stop().await.is_clean());
+}
+
+#[tokio::test]
+async fn messages_answer_only_loopback_without_a_token_and_only_its_holders_with_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/archive.sqlite3", dir.path().display());
+    // Behind a proxy on loopback: the client it names is the caller.
+    let proxied = [("SINKS__SQL__URL", url.as_str()), ("SERVER__TRUSTED_PROXIES", "127.0.0.1/32")];
+    let receiver = TestReceiver::start_with(settings(&proxied), |_| {}).await;
+    let from = |address: &str| {
+        receiver.client.get(receiver.url("/messages")).header("X-Forwarded-For", address).send()
+    };
+    let remote = from("203.0.113.7").await.unwrap();
+    assert_eq!(remote.status(), 403);
+    let body: Value = remote.json().await.unwrap();
+    assert_eq!(body["errCode"], 4031, "{body}");
+    assert!(body["errMsg"].as_str().unwrap().contains("203.0.113.7"), "{body}");
+    let export =
+        receiver.client.get(receiver.url("/messages/export")).header("X-Forwarded-For", "203.0.113.7");
+    assert_eq!(export.send().await.unwrap().status(), 403);
+    assert_eq!(from("127.0.0.1").await.unwrap().status(), 200, "a client on loopback may look");
+    assert!(receiver.stop().await.is_clean());
+
+    let with_token = [
+        ("SINKS__SQL__URL", url.as_str()),
+        ("SERVER__TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("AUTH__TOKEN", "s3cret-token-for-tests"),
+    ];
+    let receiver = TestReceiver::start_with(settings(&with_token), |_| {}).await;
+    let get = || receiver.client.get(receiver.url("/messages")).header("X-Forwarded-For", "203.0.113.7");
+    assert_eq!(get().send().await.unwrap().status(), 401, "no token");
+    let answer = get().bearer_auth("s3cret-token-for-tests").send().await.unwrap();
+    assert_eq!(answer.status(), 200, "the token lets a remote caller in");
+    assert!(receiver.stop().await.is_clean());
+}
