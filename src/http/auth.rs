@@ -24,6 +24,9 @@ use subtle::ConstantTimeEq;
 /// never sees the receiver healthy never starts OpenIM after it.
 const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
+/// The pages a person opens in a browser: asked for the token as a password.
+const BROWSER_PAGES: [&str; 2] = ["/", "/messages.html"];
+
 pub async fn check_caller(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let auth = &state.settings.auth;
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
@@ -42,9 +45,9 @@ pub async fn check_caller(State(state): State<AppState>, mut request: Request, n
         match strip_token(request.uri(), state.settings.callback_base(), token) {
             Some(stripped) => *request.uri_mut() = stripped,
             None if credentials_match(request.headers(), token) => {}
-            None if request.uri().path() == "/" => {
-                // The status page, opened in a browser: ask for the token as the
-                // password; the browser then sends it with the page's own requests.
+            None if BROWSER_PAGES.contains(&request.uri().path()) => {
+                // A page, opened in a browser: ask for the token as the password;
+                // the browser then sends it with the page's own requests.
                 let mut refused = ApiError::Unauthorized.into_response();
                 refused.headers_mut().insert(
                     header::WWW_AUTHENTICATE,

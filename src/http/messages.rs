@@ -26,6 +26,14 @@ pub const MAX_LIMIT: usize = 1000;
 /// Rows an export reads from the database at a time.
 const EXPORT_PAGE: usize = 500;
 
+/// `GET /messages.html`: the page to search and browse the archive (it reads `/messages`).
+pub async fn page(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    may_read_messages(&state, &request)?;
+    Ok(super::status_page::self_contained_page(PAGE))
+}
+
+const PAGE: &str = include_str!("messages.html");
+
 /// `GET /messages?…`: `{"messages": [...], "next": "<cursor>"}`.
 pub async fn find(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     may_read_messages(&state, &request)?;

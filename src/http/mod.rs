@@ -250,6 +250,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(probes::metrics).fallback(method_not_allowed))
         .route(MESSAGES_PATH, get(messages::find).fallback(method_not_allowed))
         .route("/messages/export", get(messages::export).fallback(method_not_allowed))
+        .route("/messages.html", get(messages::page).fallback(method_not_allowed))
         .fallback(not_found);
     let auth = &state.settings.auth;
     let routed = if auth.token.is_empty() && auth.allow_ips.is_empty() {

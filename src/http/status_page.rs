@@ -22,6 +22,12 @@ pub async fn favicon() -> Response {
 }
 
 pub async fn page() -> Response {
+    self_contained_page(PAGE)
+}
+
+/// One of the receiver's own pages: HTML that may run only what it holds and
+/// call back only to this receiver.
+pub fn self_contained_page(html: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -29,7 +35,7 @@ pub async fn page() -> Response {
             (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
-        PAGE,
+        html,
     )
         .into_response()
 }

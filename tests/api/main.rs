@@ -16,6 +16,7 @@ mod journal_binary;
 mod journal_faults;
 mod log_records;
 mod messages;
+mod messages_page;
 mod properties;
 mod redis_stream;
 mod settings_layers;

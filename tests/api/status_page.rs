@@ -16,7 +16,7 @@ fn now_ms() -> i64 {
 }
 
 /// The chromium binary, or None (after a "skipped" line) where there is none.
-fn chromium() -> Option<PathBuf> {
+pub(crate) fn chromium() -> Option<PathBuf> {
     let candidates = std::env::var_os("OPENIM_CALLBACK_TEST_CHROMIUM")
         .map(PathBuf::from)
         .into_iter()
@@ -31,7 +31,7 @@ fn chromium() -> Option<PathBuf> {
 }
 
 /// Runs headless chromium on `url` with `arguments`; its stdout and stderr.
-async fn run_chromium(chromium: &Path, url: &str, arguments: &[&str]) -> (String, String) {
+pub(crate) async fn run_chromium(chromium: &Path, url: &str, arguments: &[&str]) -> (String, String) {
     let profile = tempfile::tempdir().unwrap();
     let output = tokio::process::Command::new(chromium)
         .args([
@@ -63,7 +63,7 @@ async fn run_chromium(chromium: &Path, url: &str, arguments: &[&str]) -> (String
 }
 
 /// The value of `attribute` in the first tag of the DOM that contains `marker`.
-fn attribute_of(dom: &str, marker: &str, attribute: &str) -> String {
+pub(crate) fn attribute_of(dom: &str, marker: &str, attribute: &str) -> String {
     let at = dom.find(marker).unwrap_or_else(|| panic!("{marker} not in the page: {dom}"));
     let start = dom[..at + 1].rfind('<').unwrap();
     let tag = &dom[start..start + dom[start..].find('>').unwrap()];
@@ -135,16 +135,23 @@ async fn the_status_page_charts_what_was_posted_in_a_real_browser() {
     assert!(dom.contains(r#"data-reason="invalid_json""#), "{dom}");
     assert!(dom.contains("version 0."), "{dom}");
 
+    screenshot(&chromium, &url, "1280,1400", "OPENIM_CALLBACK_SCREENSHOT").await;
+    assert!(receiver.stop().await.is_clean());
+}
+
+/// Takes a screenshot of `url` at `window` ("width,height") and checks it is
+/// a real picture; kept at the path in `keep_variable` when that is set (how
+/// the pictures in docs/ are made).
+pub(crate) async fn screenshot(chromium: &Path, url: &str, window: &str, keep_variable: &str) {
     let shots = tempfile::tempdir().unwrap();
-    let shot = shots.path().join("status-page.png");
+    let shot = shots.path().join("page.png");
     let shot_argument = format!("--screenshot={}", shot.display());
-    run_chromium(&chromium, &url, &[&shot_argument, "--window-size=1280,1400"]).await;
+    run_chromium(chromium, url, &[&shot_argument, &format!("--window-size={window}")]).await;
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "a screenshot of the page");
-    if let Some(keep) = std::env::var_os("OPENIM_CALLBACK_SCREENSHOT") {
+    if let Some(keep) = std::env::var_os(keep_variable) {
         std::fs::write(&keep, &png).unwrap();
     }
-    assert!(receiver.stop().await.is_clean());
 }
 
 #[tokio::test]
