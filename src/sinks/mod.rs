@@ -389,6 +389,10 @@ impl SinkSet {
         if sql.is_on() {
             let sink = sql::SqlSink::new(sql).map_err(|error| std::io::Error::other(error.message))?;
             set.archive = Some(sink.archive());
+            if sql.retention_days > 0 {
+                // Beside the sink, on the server's runtime: trimming waits for no delivery.
+                tokio::spawn(sql::retention::keep_for(sink.archive(), sql.retention_days));
+            }
             set.spawn_filtered(sink, sql.batch_size, &sql.only)?;
         }
         let redis = &settings.sinks.redis_stream;

@@ -239,3 +239,54 @@ async fn messages_answer_only_loopback_without_a_token_and_only_its_holders_with
     assert_eq!(answer.status(), 200, "the token lets a remote caller in");
     assert!(receiver.stop().await.is_clean());
 }
+
+/// Rows older than `retention_days` go at start; the rest stay.
+async fn old_rows_are_trimmed_at_start(url: &str) {
+    let table = unique_table("kept");
+    let now = std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_millis() as i64;
+    let day = 86_400_000;
+    let first = TestReceiver::start_with(
+        settings(&[("SINKS__SQL__URL", url), ("SINKS__SQL__TABLE", &table)]),
+        |_| {},
+    )
+    .await;
+    for (id, age_days) in [("old-1", 40), ("old-2", 31), ("recent", 29), ("today", 0)] {
+        first
+            .post_packet(
+                &format!("op-{id}"),
+                &message(id, "u1", "u2", 101, json!({"content": id}), now - T0 - age_days * day),
+            )
+            .await
+            .assert_accepted();
+    }
+    first.caught_up("sql", 4).await;
+    assert!(first.stop().await.is_clean());
+    let kept =
+        [("SINKS__SQL__URL", url), ("SINKS__SQL__TABLE", &table), ("SINKS__SQL__RETENTION_DAYS", "30")];
+    let second = TestReceiver::start_with(settings(&kept), |_| {}).await;
+    let left = crate::helpers::wait_until(std::time::Duration::from_secs(30), async || {
+        let left = ids(&second.get_json("/messages").await);
+        if left.len() == 2 { Ok(left) } else { Err(format!("not trimmed: {left:?}")) }
+    })
+    .await;
+    assert_eq!(left, ["today", "recent"]);
+    assert!(second.stop().await.is_clean());
+}
+
+#[tokio::test]
+async fn rows_older_than_retention_days_are_deleted_at_start_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    old_rows_are_trimmed_at_start(&format!("sqlite://{}/archive.sqlite3", dir.path().display())).await;
+}
+
+#[tokio::test]
+async fn rows_older_than_retention_days_are_deleted_at_start_in_postgresql() {
+    let Some(url) = crate::sql::postgres().await else { return };
+    old_rows_are_trimmed_at_start(&url).await;
+}
+
+#[tokio::test]
+async fn rows_older_than_retention_days_are_deleted_at_start_in_mariadb() {
+    let Some(url) = crate::sql::mariadb().await else { return };
+    old_rows_are_trimmed_at_start(&url).await;
+}

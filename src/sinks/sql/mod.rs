@@ -24,6 +24,7 @@
 //! the database is down, deliveries fail as transient and the runner
 //! retries; the journal holds the messages meanwhile.
 
+pub mod retention;
 pub mod search;
 
 use super::{Entry, Sink, SinkError};
@@ -288,6 +289,9 @@ pub struct SqlSinkSettings {
     /// room, so a growing archive never fills the disk the journal shares.
     #[serde(deserialize_with = "crate::settings::byte_size")]
     pub min_free_bytes: u64,
+    /// Rows whose `create_time` is older than this many days are deleted, at
+    /// start and every hour; 0 keeps everything.
+    pub retention_days: u32,
     /// The records this sink takes (all when empty).
     #[serde(default)]
     pub only: crate::sinks::filter::RecordFilter,
@@ -315,6 +319,7 @@ impl SqlSinkSettings {
         }
         check_not_placeholder("sinks.sql.url", &self.url)?;
         check_count("sinks.sql.min_free_bytes", self.min_free_bytes, 0, 1 << 50)?;
+        check_count("sinks.sql.retention_days", self.retention_days.into(), 0, 100_000)?;
         let schemes = ["sqlite:", "postgres://", "postgresql://", "mysql://", "mariadb://"];
         if self.is_on() && !schemes.iter().any(|scheme| self.url.expose().starts_with(scheme)) {
             let why = "must start with sqlite://, postgres://, postgresql://, mysql:// or mariadb:// (empty: no archive)";
@@ -334,6 +339,7 @@ pub struct SqlSink {
     migrated: bool,
     /// With SQLite: the database file's directory, and the free space it must keep.
     keep_free: Option<(std::path::PathBuf, u64)>,
+    retention_days: u32,
 }
 
 #[derive(Clone)]
@@ -397,6 +403,7 @@ impl SqlSink {
             timeout: settings.timeout,
             migrated: false,
             keep_free,
+            retention_days: settings.retention_days,
         })
     }
 
@@ -970,9 +977,16 @@ impl Sink for SqlSink {
         format!("table {} at {}", self.table, self.shown_url)
     }
 
-    /// Connects and creates the table if it is missing, at start.
+    /// Connects and creates the table if it is missing, at start; then trims
+    /// it to `retention_days` once (an hourly task does it from then on).
     async fn check(&mut self) -> Result<(), SinkError> {
         match self.migrate().await {
+            Ok(()) if self.retention_days > 0 => {
+                self.archive().trim(self.retention_days).await.map_err(|error| {
+                    SinkError::transient(format!("trimming the archive to sinks.sql.retention_days: {error}"))
+                })?;
+                Ok(())
+            }
             Ok(()) => Ok(()),
             // The server answered, and said no: a wrong user, password or database.
             Err(sqlx::Error::Database(error)) => Err(SinkError::permanent(format!(
