@@ -151,23 +151,10 @@ async fn finding_messages(url: &str) {
     assert!(receiver.stop().await.is_clean());
 }
 
-#[tokio::test]
-async fn messages_are_found_paged_and_exported_from_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    finding_messages(&format!("sqlite://{}/archive.sqlite3", dir.path().display())).await;
-}
-
-#[tokio::test]
-async fn messages_are_found_paged_and_exported_from_postgresql() {
-    let Some(url) = crate::sql::postgres().await else { return };
-    finding_messages(&url).await;
-}
-
-#[tokio::test]
-async fn messages_are_found_paged_and_exported_from_mariadb() {
-    let Some(url) = crate::sql::mariadb().await else { return };
-    finding_messages(&url).await;
-}
+crate::sql::on_every_database!(finding_messages =>
+    messages_are_found_paged_and_exported_from_sqlite,
+    messages_are_found_paged_and_exported_from_postgresql,
+    messages_are_found_paged_and_exported_from_mariadb);
 
 #[tokio::test]
 async fn a_bad_parameter_is_named_and_an_archive_that_is_off_says_so() {
@@ -273,20 +260,7 @@ async fn old_rows_are_trimmed_at_start(url: &str) {
     assert!(second.stop().await.is_clean());
 }
 
-#[tokio::test]
-async fn rows_older_than_retention_days_are_deleted_at_start_in_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    old_rows_are_trimmed_at_start(&format!("sqlite://{}/archive.sqlite3", dir.path().display())).await;
-}
-
-#[tokio::test]
-async fn rows_older_than_retention_days_are_deleted_at_start_in_postgresql() {
-    let Some(url) = crate::sql::postgres().await else { return };
-    old_rows_are_trimmed_at_start(&url).await;
-}
-
-#[tokio::test]
-async fn rows_older_than_retention_days_are_deleted_at_start_in_mariadb() {
-    let Some(url) = crate::sql::mariadb().await else { return };
-    old_rows_are_trimmed_at_start(&url).await;
-}
+crate::sql::on_every_database!(old_rows_are_trimmed_at_start =>
+    rows_older_than_retention_days_are_deleted_at_start_in_sqlite,
+    rows_older_than_retention_days_are_deleted_at_start_in_postgresql,
+    rows_older_than_retention_days_are_deleted_at_start_in_mariadb);

@@ -7,6 +7,32 @@ use serde_json::Value;
 use sqlx::Row;
 use std::time::Duration;
 
+/// Three tests of one scenario (an `async fn(url: &str)`): on SQLite in a
+/// directory of its own, on PostgreSQL and on MariaDB (those two skipped, saying
+/// so, where the service is not running).
+macro_rules! on_every_database {
+    ($scenario:path => $sqlite:ident, $postgres:ident, $mariadb:ident) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let dir = tempfile::tempdir().unwrap();
+            $scenario(&format!("sqlite://{}/archive.sqlite3", dir.path().display())).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let Some(url) = crate::sql::postgres().await else { return };
+            $scenario(&url).await;
+        }
+
+        #[tokio::test]
+        async fn $mariadb() {
+            let Some(url) = crate::sql::mariadb().await else { return };
+            $scenario(&url).await;
+        }
+    };
+}
+pub(crate) use on_every_database;
+
 const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const MARIADB_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
