@@ -4,8 +4,9 @@
 # modes (journal.sync = "os" and "always") against the ceiling server
 # (examples/ceiling.rs: axum, reads the body, answers the envelope), measured
 # in the same run with wrk at 2 connections (OpenIM's two webhook workers) and
-# at 64; the "os" receiver once more with the SQL archive sink on (PostgreSQL
-# on loopback), and once more with fleet statistics in Redis (stats.backend =
+# at 64 (those three with the archive off: log and stats only); the "os"
+# receiver once more with the SQL archive on (as by default: the embedded
+# SQLite; ARCHIVE_URL=postgres://… for PostgreSQL), and once more with fleet statistics in Redis (stats.backend =
 # "redis", Redis on loopback), which also reports Redis commands per message. Prints requests/s, p50 and p99 for each, the ratios, the receivers'
 # peak RSS, the log sink's own rate, and checks that each log file holds a
 # record for every 200 answered. (It may hold a few more: with sync = "always"
@@ -24,8 +25,8 @@ CEILING_ADDR=127.0.0.1:18007
 declare -A ADDR=([ceiling]=$CEILING_ADDR [os]=127.0.0.1:18006 [always]=127.0.0.1:18008 [sql]=127.0.0.1:18009
     [redis]=127.0.0.1:18010)
 SERVERS="ceiling os always sql redis"
-# The "sql" receiver is the "os" one with the SQL archive sink on, into this PostgreSQL.
-PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/test}
+# The "sql" receiver is the "os" one with the SQL archive sink on: SQLite in the
+# run's directory, as the default receiver runs it, unless ARCHIVE_URL names another.
 SQL_TABLE=bench_load_$$
 # The "redis" receiver is the "os" one with stats.backend = "redis", into this Redis.
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
@@ -42,6 +43,7 @@ fi
 cargo build --release --quiet --bin openim-callback-receiver --example ceiling --example log_sink_rate
 
 work=$(mktemp -d)
+ARCHIVE_URL=${ARCHIVE_URL:-sqlite://$work/sql/archive.sqlite3}
 declare -A PID
 cleanup() {
     kill "${PID[@]}" 2>/dev/null || true
@@ -53,18 +55,20 @@ for mode in os always; do
     OPENIM_CALLBACK__SERVER__LISTEN=${ADDR[$mode]} OPENIM_CALLBACK__TELEMETRY__FORMAT=json \
         OPENIM_CALLBACK__STATS__SNAPSHOT_PATH="$work/$mode/stats.snapshot" \
         OPENIM_CALLBACK__JOURNAL__DIR="$work/$mode/journal" OPENIM_CALLBACK__JOURNAL__SYNC=$mode \
+        OPENIM_CALLBACK__SINKS__SQL__URL="" \
         target/release/openim-callback-receiver >"$work/$mode.log" 2>&1 &
     PID[$mode]=$!
 done
 OPENIM_CALLBACK__SERVER__LISTEN=${ADDR[sql]} OPENIM_CALLBACK__TELEMETRY__FORMAT=json \
     OPENIM_CALLBACK__STATS__SNAPSHOT_PATH="$work/sql/stats.snapshot" OPENIM_CALLBACK__JOURNAL__DIR="$work/sql/journal" \
-    OPENIM_CALLBACK__SINKS__SQL__ENABLED=true OPENIM_CALLBACK__SINKS__SQL__URL="$PG_URL" \
+    OPENIM_CALLBACK__SINKS__SQL__ENABLED=true OPENIM_CALLBACK__SINKS__SQL__URL="$ARCHIVE_URL" \
     OPENIM_CALLBACK__SINKS__SQL__TABLE=$SQL_TABLE \
     target/release/openim-callback-receiver >"$work/sql.log" 2>&1 &
 PID[sql]=$!
 OPENIM_CALLBACK__SERVER__LISTEN=${ADDR[redis]} OPENIM_CALLBACK__TELEMETRY__FORMAT=json \
     OPENIM_CALLBACK__JOURNAL__DIR="$work/redis/journal" OPENIM_CALLBACK__STATS__BACKEND=redis \
     OPENIM_CALLBACK__STATS__REDIS_URL="$REDIS_URL" OPENIM_CALLBACK__STATS__KEY_PREFIX=$REDIS_PREFIX \
+    OPENIM_CALLBACK__SINKS__SQL__URL="" \
     target/release/openim-callback-receiver >"$work/redis.log" 2>&1 &
 PID[redis]=$!
 target/release/examples/ceiling $CEILING_ADDR 2>/dev/null &
@@ -129,15 +133,23 @@ catchup_started=$(date +%s.%N)
 sql_left=$(sql_lag)
 sql_caught_up
 catchup_seconds=$(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $catchup_started}")
-# Unpaced, wrk at 2 connections sends faster than PostgreSQL on the same 2 cores
-# inserts; a paced load shows the rate the archive keeps up with: 40 connections,
+# Unpaced, wrk at 2 connections may send faster than the database on the same
+# 2 cores inserts; a paced load shows the rate the archive keeps up with: 40 connections,
 # each waiting 1 ms between requests, for 20 s.
 paced_rps=$(DELAY_MS=1 wrk -t1 -c40 -d20s -s scripts/post-sample.lua "http://${ADDR[sql]}$CALLBACK_PATH" |
     awk '/^Requests\/sec/ {printf "%.0f", $2}')
 paced_lag=$(sql_lag)
 sql_caught_up
-sql_rows=$(psql "$PG_URL" -tAc "SELECT count(*) FROM $SQL_TABLE" 2>/dev/null || echo "?")
-psql "$PG_URL" -qc "DROP TABLE IF EXISTS $SQL_TABLE" >/dev/null 2>&1 || true
+case $ARCHIVE_URL in
+sqlite:*)
+    sql_rows=$(python3 -c 'import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM " + sys.argv[2]).fetchone()[0])' \
+        "${ARCHIVE_URL#sqlite://}" "$SQL_TABLE" 2>/dev/null || echo "?")
+    ;;
+*)
+    sql_rows=$(psql "$ARCHIVE_URL" -tAc "SELECT count(*) FROM $SQL_TABLE" 2>/dev/null || echo "?")
+    psql "$ARCHIVE_URL" -qc "DROP TABLE IF EXISTS $SQL_TABLE" >/dev/null 2>&1 || true
+    ;;
+esac
 
 # Redis's own count of the commands it ran (scripts' commands included), once the sink caught up.
 while [ "$(curl -s "http://${ADDR[redis]}/stats" |
@@ -165,7 +177,7 @@ echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr)"
 echo "wrk: 1 thread, $DURATION per run, median of $ROUNDS rounds, body $SAMPLE"
 echo "servers: ceiling; os = receiver with journal.sync = \"os\"; always = receiver with journal.sync = \"always\";" \
-    "sql = os with the SQL archive sink on (PostgreSQL on loopback)"
+    "(those three: the archive off); sql = os with the SQL archive on (${ARCHIVE_URL%%:*})"
 printf '\n%-6s %-9s %12s %10s %10s\n' conns server "requests/s" "p50 (us)" "p99 (us)"
 declare -A result
 for connections in 2 64; do

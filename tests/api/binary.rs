@@ -516,3 +516,35 @@ async fn healthcheck(address: SocketAddr, env: &[(&str, &str)]) -> std::process:
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn with_the_built_in_defaults_a_posted_message_is_found_in_the_archive_after_a_restart() {
+    let workdir = tempfile::tempdir().unwrap();
+    let client = crate::helpers::http_client();
+    let mut binary = RunningBinary::start(workdir.path(), &[]).await;
+    let url = format!("http://{}/callbackExample/callbackAfterSendSingleMsgCommand", binary.address);
+    let posted = client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("operationID", "op-archive")
+        .body(crate::helpers::sample("text.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    assert_eq!(binary.terminate().await.code(), Some(0));
+    // The default archive: data/archive.sqlite3 in the working directory, kept across a restart.
+    assert!(workdir.path().join("data/archive.sqlite3").exists());
+    let mut binary = RunningBinary::start(workdir.path(), &[]).await;
+    let found: serde_json::Value = client
+        .get(format!("http://{}/messages?q=hello", binary.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["messages"][0]["serverMsgID"], "bdb2d2a5c18d4b6a0d4e1e4f2c6d8a11", "{found}");
+    assert_eq!(found["messages"][0]["text"], "hello <Bob> & welcome");
+    assert_eq!(binary.terminate().await.code(), Some(0));
+}

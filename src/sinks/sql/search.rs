@@ -336,6 +336,60 @@ impl Archive {
     }
 }
 
+impl Archive {
+    /// The bytes the archive takes: its table with every index (SQLite: the
+    /// database file's pages, text index included; InnoDB's figures are its estimates).
+    pub async fn size_bytes(&self) -> Result<u64, sqlx::Error> {
+        let table = &self.table;
+        let bytes: i64 = match &self.database {
+            Database::Postgres(pool) => {
+                sqlx::query_scalar("SELECT pg_total_relation_size($1::regclass)")
+                    .bind(table)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Database::MySql(pool) => {
+                sqlx::query(&format!("ANALYZE TABLE {table}")).execute(pool).await?;
+                sqlx::query_scalar(
+                    "SELECT CAST(data_length + index_length AS SIGNED) FROM information_schema.tables
+                     WHERE table_schema = DATABASE() AND table_name = ?",
+                )
+                .bind(table)
+                .fetch_one(pool)
+                .await?
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await?;
+                sqlx::query_scalar(
+                    "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                )
+                .fetch_one(pool)
+                .await?
+            }
+        };
+        Ok(bytes.max(0) as u64)
+    }
+
+    /// Drops the table and its text index (for the benchmark's own tables).
+    #[doc(hidden)]
+    pub async fn drop_table(&self) -> Result<(), sqlx::Error> {
+        let table = &self.table;
+        match &self.database {
+            Database::Postgres(pool) => {
+                sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(pool).await?;
+            }
+            Database::MySql(pool) => {
+                sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(pool).await?;
+            }
+            Database::Sqlite(pool) => {
+                sqlx::query(&format!("DROP TABLE IF EXISTS {table}_text")).execute(pool).await?;
+                sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The condition for text containing `term`, by what each engine indexes.
 fn text_condition(statement: &mut Statement, table: &str, term: &str) -> String {
     let trigram_indexable = term.chars().count() >= 3;
