@@ -42,7 +42,7 @@ fn message(i: u64, now: SystemTime) -> ReceivedMessage {
         word(&CHINESE, 3),
         word(&CHINESE, 11)
     );
-    let group = i % 10 == 0;
+    let group = i.is_multiple_of(10);
     let packet = MessagePacket {
         server_msg_id: format!("bench-{i:08}"),
         client_msg_id: format!("client-{i:08}"),

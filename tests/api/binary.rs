@@ -536,14 +536,13 @@ async fn with_the_built_in_defaults_a_posted_message_is_found_in_the_archive_aft
     // The default archive: data/archive.sqlite3 in the working directory, kept across a restart.
     assert!(workdir.path().join("data/archive.sqlite3").exists());
     let mut binary = RunningBinary::start(workdir.path(), &[]).await;
-    let found: serde_json::Value = client
-        .get(format!("http://{}/messages?q=hello", binary.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let found: serde_json::Value =
+        crate::helpers::http_get(format!("http://{}/messages?q=hello", binary.address))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(found["messages"][0]["serverMsgID"], "bdb2d2a5c18d4b6a0d4e1e4f2c6d8a11", "{found}");
     assert_eq!(found["messages"][0]["text"], "hello <Bob> & welcome");
     assert_eq!(binary.terminate().await.code(), Some(0));
