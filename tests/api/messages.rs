@@ -227,6 +227,15 @@ async fn messages_answer_only_loopback_without_a_token_and_only_its_holders_with
     assert!(receiver.stop().await.is_clean());
 }
 
+/// The messages `/messages` lists once there are `count` of them left.
+async fn once_trimmed_to(receiver: &TestReceiver, count: usize) -> Vec<String> {
+    crate::helpers::wait_until(std::time::Duration::from_secs(30), async || {
+        let left = ids(&receiver.get_json("/messages").await);
+        if left.len() == count { Ok(left) } else { Err(format!("not trimmed: {left:?}")) }
+    })
+    .await
+}
+
 /// Rows older than `retention_days` go at start; the rest stay.
 async fn old_rows_are_trimmed_at_start(url: &str) {
     let table = unique_table("kept");
@@ -251,11 +260,7 @@ async fn old_rows_are_trimmed_at_start(url: &str) {
     let kept =
         [("SINKS__SQL__URL", url), ("SINKS__SQL__TABLE", &table), ("SINKS__SQL__RETENTION_DAYS", "30")];
     let second = TestReceiver::start_with(settings(&kept), |_| {}).await;
-    let left = crate::helpers::wait_until(std::time::Duration::from_secs(30), async || {
-        let left = ids(&second.get_json("/messages").await);
-        if left.len() == 2 { Ok(left) } else { Err(format!("not trimmed: {left:?}")) }
-    })
-    .await;
+    let left = once_trimmed_to(&second, 2).await;
     assert_eq!(left, ["today", "recent"]);
     assert!(second.stop().await.is_clean());
 }
@@ -264,3 +269,87 @@ crate::sql::on_every_database!(old_rows_are_trimmed_at_start =>
     rows_older_than_retention_days_are_deleted_at_start_in_sqlite,
     rows_older_than_retention_days_are_deleted_at_start_in_postgresql,
     rows_older_than_retention_days_are_deleted_at_start_in_mariadb);
+
+/// The partitions of `table` in PostgreSQL, by name.
+async fn partitions_of(url: &str, table: &str) -> Vec<String> {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let mut names: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::TEXT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = to_regclass($1)",
+    )
+    .bind(table)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn monthly_partitions_on_postgresql_hold_each_month_and_retention_drops_whole_months() {
+    let Some(url) = crate::sql::postgres().await else { return };
+    let table = unique_table("monthly");
+    let now = std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_millis() as i64;
+    let day = 86_400_000;
+    let monthly = [
+        ("SINKS__SQL__URL", url.as_str()),
+        ("SINKS__SQL__TABLE", &table),
+        ("SINKS__SQL__PARTITION", "month"),
+    ];
+    let first = TestReceiver::start_with(settings(&monthly), |_| {}).await;
+    // 200 days back is in a month that ended before the cutoff (100 days back), whatever today is.
+    let ages = [("ancient", 200), ("old", 70), ("today", 0)];
+    for (id, age_days) in ages {
+        let posted = message(
+            id,
+            "u1",
+            "u2",
+            101,
+            json!({"content": format!("{id} hello")}),
+            now - T0 - age_days * day,
+        );
+        first.post_packet(&format!("op-{id}"), &posted).await.assert_accepted();
+        // A repeat (OpenIM's own retry, or a replay) meets its row.
+        first.post_packet(&format!("op-{id}-again"), &posted).await.assert_accepted();
+    }
+    first.caught_up("sql", 6).await;
+    assert_eq!(ids(&first.get_json("/messages?q=hello").await), ["today", "old", "ancient"]);
+    assert_eq!(partitions_of(&url, &table).await.len(), 3, "a partition per month of createTime");
+    assert!(first.stop().await.is_clean());
+
+    let kept = [monthly[0], monthly[1], monthly[2], ("SINKS__SQL__RETENTION_DAYS", "100")];
+    let second = TestReceiver::start_with(settings(&kept), |_| {}).await;
+    let left = once_trimmed_to(&second, 2).await;
+    assert_eq!(left, ["today", "old"]);
+    assert_eq!(partitions_of(&url, &table).await.len(), 2, "the month past the cutoff is dropped whole");
+    assert!(second.stop().await.is_clean());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!("DROP TABLE {table}")).execute(&pool).await.unwrap();
+}
+
+#[test]
+fn monthly_partitions_anywhere_but_postgresql_stop_start_up_naming_the_key() {
+    use openim_callback_receiver::settings::{EnvSource, Settings};
+    let env = |url: &str| {
+        let pairs =
+            [("OPENIM_CALLBACK__SINKS__SQL__URL", url), ("OPENIM_CALLBACK__SINKS__SQL__PARTITION", "month")];
+        EnvSource::Map(pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect())
+    };
+    let refused = Settings::load(None, env("sqlite://data/archive.sqlite3")).unwrap_err().to_string();
+    assert!(refused.contains("sinks.sql.partition") && refused.contains("PostgreSQL only"), "{refused}");
+    assert!(Settings::load(None, env("postgres://postgres@127.0.0.1:5432/test")).is_ok());
+}
+
+#[tokio::test]
+async fn an_archive_whose_table_is_not_made_yet_answers_an_empty_page() {
+    use openim_callback_receiver::sinks::sql::{SqlSink, search::Query};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/archive.sqlite3", dir.path().display());
+    // The sink makes its table at its first start: until then, nothing is archived.
+    let sink = SqlSink::new(&settings(&[("SINKS__SQL__URL", &url)]).sinks.sql).unwrap();
+    let page = sink
+        .archive()
+        .find(&Query { text: Some("hello".into()), limit: 50, ..Query::default() })
+        .await
+        .unwrap();
+    assert!(page.messages.is_empty() && page.next.is_none());
+}

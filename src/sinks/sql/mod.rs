@@ -24,6 +24,7 @@
 //! the database is down, deliveries fail as transient and the runner
 //! retries; the journal holds the messages meanwhile.
 
+pub mod partitions;
 pub mod retention;
 pub mod search;
 
@@ -112,12 +113,23 @@ const ADDED_COLUMNS: [(&str, (&str, &str, &str)); 6] = [
 ];
 
 /// The first release's table, as it made it (the added columns come after).
-fn create_table(engine: Engine, table: &str) -> String {
+/// `by_month`: PostgreSQL's, partitioned by month of `create_time` (see `partitions`).
+fn create_table(engine: Engine, table: &str, by_month: bool) -> String {
     let columns: Vec<String> = FIRST_COLUMNS
         .iter()
-        .map(|(name, definitions)| format!("{name} {}", engine.pick(*definitions)))
+        .map(|(name, definitions)| match (*name, by_month) {
+            // A partitioned table's key must hold the partition column.
+            ("server_msg_id", true) => "server_msg_id TEXT NOT NULL".to_owned(),
+            _ => format!("{name} {}", engine.pick(*definitions)),
+        })
         .collect();
     let columns = columns.join(", ");
+    if by_month && engine == Engine::Postgres {
+        return format!(
+            "CREATE TABLE IF NOT EXISTS {table} ({columns}, PRIMARY KEY (server_msg_id, create_time))
+             PARTITION BY RANGE (create_time)"
+        );
+    }
     match engine {
         Engine::MySql => format!(
             "CREATE TABLE IF NOT EXISTS {table} ({columns},
@@ -292,6 +304,9 @@ pub struct SqlSinkSettings {
     /// Rows whose `create_time` is older than this many days are deleted, at
     /// start and every hour; 0 keeps everything.
     pub retention_days: u32,
+    /// PostgreSQL only: `"month"` makes a new table partitioned by month of
+    /// `create_time`, so retention drops whole months.
+    pub partition: partitions::Partition,
     /// The records this sink takes (all when empty).
     #[serde(default)]
     pub only: crate::sinks::filter::RecordFilter,
@@ -320,6 +335,14 @@ impl SqlSinkSettings {
         check_not_placeholder("sinks.sql.url", &self.url)?;
         check_count("sinks.sql.min_free_bytes", self.min_free_bytes, 0, 1 << 50)?;
         check_count("sinks.sql.retention_days", self.retention_days.into(), 0, 100_000)?;
+        let postgres =
+            ["postgres://", "postgresql://"].iter().any(|scheme| self.url.expose().starts_with(scheme));
+        if self.partition == partitions::Partition::Month && self.is_on() && !postgres {
+            return Err(Invalid::new(
+                "sinks.sql.partition",
+                "\"month\" is for PostgreSQL only (sinks.sql.url)",
+            ));
+        }
         let schemes = ["sqlite:", "postgres://", "postgresql://", "mysql://", "mariadb://"];
         if self.is_on() && !schemes.iter().any(|scheme| self.url.expose().starts_with(scheme)) {
             let why = "must start with sqlite://, postgres://, postgresql://, mysql:// or mariadb:// (empty: no archive)";
@@ -340,6 +363,11 @@ pub struct SqlSink {
     /// With SQLite: the database file's directory, and the free space it must keep.
     keep_free: Option<(std::path::PathBuf, u64)>,
     retention_days: u32,
+    /// What `sinks.sql.partition` asks for a table this sink makes.
+    partition: partitions::Partition,
+    /// The table as it is: partitioned by month (PostgreSQL), with the months made so far.
+    partitioned: bool,
+    months_made: std::collections::HashSet<i64>,
 }
 
 #[derive(Clone)]
@@ -404,7 +432,26 @@ impl SqlSink {
             migrated: false,
             keep_free,
             retention_days: settings.retention_days,
+            partition: settings.partition,
+            partitioned: false,
+            months_made: std::collections::HashSet::new(),
         })
+    }
+
+    /// On a table partitioned by month, makes the partitions `rows` need.
+    async fn make_months(&mut self, rows: &[Row]) -> Result<(), sqlx::Error> {
+        let Database::Postgres(pool) = &self.database else { return Ok(()) };
+        if !self.partitioned {
+            return Ok(());
+        }
+        for row in rows {
+            let month = partitions::month_of(row.create_time);
+            if !self.months_made.contains(&month) {
+                partitions::make(pool, &self.table, month).await?;
+                self.months_made.insert(month);
+            }
+        }
+        Ok(())
     }
 
     /// Refuses to write while the SQLite database's disk has less free space
@@ -430,7 +477,8 @@ impl SqlSink {
     async fn migrate(&mut self) -> Result<(), sqlx::Error> {
         let table = &self.table;
         let engine = self.engine();
-        let mut statements = vec![create_table(engine, table)];
+        let by_month = self.partition == partitions::Partition::Month;
+        let mut statements = vec![create_table(engine, table, by_month)];
         if engine != Engine::MySql {
             // MySQL's are in its CREATE TABLE: it has no CREATE INDEX IF NOT EXISTS.
             statements.push(format!(
@@ -524,6 +572,13 @@ impl SqlSink {
         }
         if let Database::Postgres(pool) = &self.database {
             postgres_text_index(pool, table).await;
+            self.partitioned = partitions::is_partitioned(pool, table).await?;
+            if by_month && !self.partitioned {
+                tracing::warn!(
+                    table = table.as_str(),
+                    "sinks.sql.partition = \"month\", but the table exists without partitions: it is used as it is"
+                );
+            }
         }
         self.migrated = true;
         Ok(())
@@ -563,6 +618,8 @@ impl SqlSink {
                     OnConflict::Keep => "DO NOTHING",
                     OnConflict::SetSeq => "DO UPDATE SET seq = EXCLUDED.seq",
                 };
+                // A partitioned table's key holds create_time too (a message keeps its createTime).
+                let key = if self.partitioned { "server_msg_id, create_time" } else { "server_msg_id" };
                 let statement = format!(
                     "INSERT INTO {table} ({INSERT_COLUMNS})
                      SELECT r.server_msg_id, r.client_msg_id, r.send_id, r.recv_id, r.sender_platform_id::INTEGER,
@@ -579,7 +636,7 @@ impl SqlSink {
                         session_type, msg_from, content_type, status, create_time, send_time, seq, content,
                         at_user_list, face_url, ex, operation_id, received_us, packet,
                         group_id, conversation_id, callback, revoked_us, revoked_by, text)
-                     ON CONFLICT (server_msg_id) {on_conflict}"
+                     ON CONFLICT ({key}) {on_conflict}"
                 );
                 sqlx::query(&statement)
                     .bind(column(|r| r.server_msg_id.clone()))
@@ -1011,6 +1068,9 @@ impl Sink for SqlSink {
         self.check_free_space()?;
         let postgres = matches!(self.database, Database::Postgres(_));
         let rows: Vec<Row> = batch.iter().map(|entry| Row::of(entry, postgres)).collect();
+        if let Err(error) = self.make_months(&rows).await {
+            return Err(self.transient(error).await);
+        }
         match self.write(&rows).await {
             Ok(()) => Ok(()),
             Err(error) if is_refused_data(&error) => Err(SinkError::permanent(error.to_string())),

@@ -40,15 +40,18 @@ impl Archive {
     pub async fn delete_created_before(&self, cutoff_ms: i64) -> Result<u64, sqlx::Error> {
         let table = &self.table;
         let statement = match self.database.engine() {
+            // By key, not ctid: a row's ctid is unique only within its partition.
             Engine::Postgres => format!(
-                "DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table} WHERE create_time < $1 LIMIT $2)"
+                "DELETE FROM {table} WHERE (server_msg_id, create_time) IN
+                    (SELECT server_msg_id, create_time FROM {table} WHERE create_time < $1 LIMIT $2)"
             ),
             Engine::MySql => format!("DELETE FROM {table} WHERE create_time < ? LIMIT ?"),
             Engine::Sqlite => format!(
                 "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE create_time < ?1 LIMIT ?2)"
             ),
         };
-        let mut deleted = 0;
+        // Whole months first, where the table is partitioned by month.
+        let mut deleted = self.drop_months_before(cutoff_ms).await?;
         loop {
             // sqlx types each query by its database: the same statement, once per pool type.
             macro_rules! delete_with {

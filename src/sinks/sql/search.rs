@@ -263,7 +263,12 @@ impl Archive {
                         Bind::Number(number) => prepared.bind(number),
                     };
                 }
-                let rows = prepared.fetch_all($pool).await?;
+                let rows = match prepared.fetch_all($pool).await {
+                    Ok(rows) => rows,
+                    // Nothing archived yet: the sink makes the table at its first start.
+                    Err(error) if is_missing_table(&error) => Vec::new(),
+                    Err(error) => return Err(error),
+                };
                 rows.iter().map(decode_row!()).collect::<Result<Vec<_>, sqlx::Error>>()?
             }};
         }
@@ -388,6 +393,14 @@ impl Archive {
         }
         Ok(())
     }
+}
+
+/// The table (or its text index) is not there: PostgreSQL's undefined_table,
+/// MySQL's ER_NO_SUCH_TABLE, SQLite's "no such table".
+fn is_missing_table(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(database) = error else { return false };
+    matches!(database.code().as_deref(), Some("42P01" | "42S02"))
+        || database.message().starts_with("no such table")
 }
 
 /// The condition for text containing `term`, by what each engine indexes.
