@@ -545,5 +545,19 @@ async fn with_the_built_in_defaults_a_posted_message_is_found_in_the_archive_aft
             .unwrap();
     assert_eq!(found["messages"][0]["serverMsgID"], "bdb2d2a5c18d4b6a0d4e1e4f2c6d8a11", "{found}");
     assert_eq!(found["messages"][0]["text"], "hello <Bob> & welcome");
+    let export = format!("http://{}/messages/export?format=csv&user=3861937549", binary.address);
+    let csv = crate::helpers::http_get(export).await.unwrap().text().await.unwrap();
+    assert_eq!(csv.lines().count(), 2, "a header and the message: {csv}");
     assert_eq!(binary.terminate().await.code(), Some(0));
+    // Every export is logged: who asked, with which filters, how many rows.
+    let lines = binary.lines.await.unwrap();
+    let logged =
+        lines.iter().find(|line| line["message"] == "messages exported").expect("the export is logged");
+    assert_eq!(logged["level"], "INFO");
+    assert_eq!(
+        (logged["caller"].as_str(), logged["rows"].as_u64()),
+        (Some("127.0.0.1"), Some(1)),
+        "{logged}"
+    );
+    assert_eq!(logged["filters"], "format=csv&user=3861937549");
 }
