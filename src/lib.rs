@@ -11,6 +11,7 @@ pub mod epoch;
 pub mod healthcheck;
 pub mod http;
 pub mod journal;
+pub mod journal_cli;
 pub mod server;
 pub mod settings;
 pub mod sinks;

@@ -29,6 +29,52 @@ struct Cli {
 enum Command {
     /// Probe the running receiver's /healthz (at server.listen); exit 0 if healthy, 1 if not.
     Healthcheck,
+    /// Look inside the journal: read only, for a stopped receiver or beside a running one.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+        /// The journal's directory (default: journal.dir of the settings).
+        #[arg(long, value_name = "DIR", global = true)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Segments (sequence numbers, size, times) and each sink's saved position and lag.
+    Ls,
+    /// Records as JSON lines (packet, operationID, arrival time, command), for jq.
+    Cat {
+        /// The first record: a sequence number or a UTC time of arrival (2026-12-01T08:00:00Z).
+        #[arg(long)]
+        from: Option<openim_callback_receiver::journal_cli::Bound>,
+        /// The last record, the same way.
+        #[arg(long)]
+        to: Option<openim_callback_receiver::journal_cli::Bound>,
+        /// At most this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// Check every record's checksum; exit 0 when clean, 1 when any is damaged.
+    Verify,
+}
+
+/// `journal …`: its output on stdout; exit 0, or 1 (damage found), or 2 (cannot read).
+fn journal(command: JournalCommand, dir: &std::path::Path) -> ExitCode {
+    use openim_callback_receiver::journal_cli;
+    let mut out = std::io::stdout().lock();
+    let done = match command {
+        JournalCommand::Ls => journal_cli::ls(dir, &mut out).map(|()| true),
+        JournalCommand::Cat { from, to, limit } => {
+            journal_cli::cat(dir, from, to, limit, &mut out).map(|()| true)
+        }
+        JournalCommand::Verify => journal_cli::verify(dir, &mut out),
+    };
+    match done {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => refuse_to_start(format!("cannot read the journal in {}: {error}", dir.display())),
+    }
 }
 
 /// Every reason the receiver does not start (bad settings, the port taken,
@@ -48,6 +94,9 @@ fn main() -> ExitCode {
     if cli.print_config {
         print!("{}", settings.to_toml());
         return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Journal { command, dir }) = cli.command {
+        return journal(command, &dir.unwrap_or(settings.journal.dir));
     }
     if let Some(Command::Healthcheck) = cli.command {
         return match healthcheck::probe(&settings.server, Duration::from_secs(3)) {

@@ -18,6 +18,7 @@
 //! once every sink has saved a position past it.
 
 pub mod cursor;
+pub mod inspect;
 mod reader;
 pub mod record;
 pub mod segment;

@@ -13,6 +13,7 @@ mod hardening;
 mod helpers;
 mod journal;
 mod journal_binary;
+mod journal_cli;
 mod journal_faults;
 mod log_records;
 mod messages;

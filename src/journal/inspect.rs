@@ -1,0 +1,90 @@
+//! The journal read from outside the receiver: for `openim-callback-receiver
+//! journal ls|cat|verify`. Read only, and without the journal's lock, so it
+//! works on a stopped receiver's directory and beside a running one (a
+//! segment the receiver deletes meanwhile is passed over; a record being
+//! written is not read until it is whole).
+
+use super::record::Record;
+use super::segment::{self, SegmentReader, Step};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// One segment file, as read through.
+#[derive(Debug)]
+pub struct SegmentSummary {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// The first and last record's sequence numbers and arrival times; None for an empty segment.
+    pub records: Option<(u64, u64)>,
+    pub received: Option<(SystemTime, SystemTime)>,
+    pub damaged: Vec<Damage>,
+}
+
+/// Bytes of a segment that are not records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+/// The journal's segments, oldest first.
+pub fn segment_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    segment::list(dir)
+}
+
+/// Reads one segment through, calling `each` for every record; its summary.
+/// A segment deleted under the reader (a running receiver releasing it) reads as empty.
+pub fn read_segment(path: &Path, mut each: impl FnMut(Record) -> bool) -> io::Result<SegmentSummary> {
+    let mut summary = SegmentSummary {
+        path: path.to_owned(),
+        bytes: 0,
+        records: None,
+        received: None,
+        damaged: Vec::new(),
+    };
+    let mut reader = match SegmentReader::open(path, 0) {
+        Ok(reader) => reader,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(summary),
+        Err(error) => return Err(error),
+    };
+    summary.bytes = std::fs::metadata(path).map(|metadata| metadata.len()).unwrap_or(0);
+    loop {
+        match reader.step()? {
+            Step::Record(record) => {
+                let (seq, at) = (record.seq, record.received_at);
+                summary.records = Some(summary.records.map_or((seq, seq), |(first, _)| (first, seq)));
+                summary.received = Some(summary.received.map_or((at, at), |(first, _)| (first, at)));
+                if !each(record) {
+                    return Ok(summary);
+                }
+            }
+            Step::Damaged { offset, resumed_at } => {
+                summary.damaged.push(Damage { segment: path.to_owned(), offset, bytes: resumed_at - offset });
+            }
+            Step::End => return Ok(summary),
+        }
+    }
+}
+
+/// The positions sinks saved in `dir/cursors`, by sink name.
+pub fn saved_positions(dir: &Path) -> io::Result<Vec<(String, Option<u64>)>> {
+    let cursors = dir.join("cursors");
+    let entries = match std::fs::read_dir(&cursors) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let mut positions = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|name| name.to_str()) else { continue };
+        if name.starts_with('.') || name.ends_with(".tmp") {
+            continue;
+        }
+        positions.push((name.to_owned(), super::cursor::load(&path)?));
+    }
+    positions.sort();
+    Ok(positions)
+}
