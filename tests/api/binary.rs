@@ -142,6 +142,13 @@ impl RunningBinary {
             command.env(key, value);
         }
         let mut child = command.spawn().unwrap();
+        // Its stderr (a panic's message) shows with the test's own output when the test fails.
+        let mut errors = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = errors.next_line().await {
+                eprintln!("[receiver's stderr] {line}");
+            }
+        });
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         // Lines before the start line are kept too: start-up reports land there.
         let mut kept = Vec::new();
