@@ -43,6 +43,9 @@ pub struct ForwardTarget {
     pub append_command: bool,
     /// The records this target gets (all when empty).
     pub only: crate::sinks::filter::RecordFilter,
+    /// Where the sink starts when it has no saved position (see [`crate::sinks::Start`]).
+    #[serde(default)]
+    pub start: crate::sinks::Start,
 }
 
 impl Default for ForwardTarget {
@@ -55,6 +58,7 @@ impl Default for ForwardTarget {
             batch_size: 100,
             append_command: false,
             only: Default::default(),
+            start: Default::default(),
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct LogSinkSettings {
     /// The records this sink takes (all when empty).
     #[serde(default)]
     pub only: crate::sinks::filter::RecordFilter,
+    /// Where the sink starts when it has no saved position (see [`crate::sinks::Start`]).
+    #[serde(default)]
+    pub start: crate::sinks::Start,
 }
 
 impl LogSinkSettings {

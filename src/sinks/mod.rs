@@ -297,6 +297,19 @@ struct Runner {
     finished: oneshot::Receiver<()>,
 }
 
+/// Where a sink with no saved position starts (`sinks.<name>.start`):
+/// `oldest`, the default, takes every record still in the journal, so a sink
+/// added later misses nothing the journal kept (the at-least-once sinks make
+/// a repeat harmless); `now` takes only what arrives from its first start on,
+/// as for a relay target that should not get the past.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    #[default]
+    Oldest,
+    Now,
+}
+
 /// The running sinks.
 pub struct SinkSet {
     journal: Arc<MessageJournal>,
@@ -383,6 +396,7 @@ impl SinkSet {
                 LogSink::new(log, settings.telemetry.format, records),
                 log.batch_size,
                 &log.only,
+                log.start,
             )?;
         }
         let sql = &settings.sinks.sql;
@@ -393,20 +407,20 @@ impl SinkSet {
                 // Beside the sink, on the server's runtime: trimming waits for no delivery.
                 tokio::spawn(sql::retention::keep_for(sink.archive(), sql.retention_days));
             }
-            set.spawn_filtered(sink, sql.batch_size, &sql.only)?;
+            set.spawn_filtered(sink, sql.batch_size, &sql.only, sql.start)?;
         }
         let redis = &settings.sinks.redis_stream;
         if redis.enabled {
             let sink = redis_stream::RedisStreamSink::new(redis)
                 .map_err(|error| std::io::Error::other(error.message))?;
-            set.spawn_filtered(sink, redis.batch_size, &redis.only)?;
+            set.spawn_filtered(sink, redis.batch_size, &redis.only, redis.start)?;
         }
         for (name, target) in &settings.sinks.forward {
             let sink = forward::ForwardSink::new(name, target)
                 .map_err(|error| std::io::Error::other(error.message))?;
-            set.spawn_filtered(sink, target.batch_size, &target.only)?;
+            set.spawn_filtered(sink, target.batch_size, &target.only, target.start)?;
         }
-        let only = &settings.sinks.stats.only;
+        let (only, start) = (&settings.sinks.stats.only, settings.sinks.stats.start);
         let mut stats_handle = None;
         let batch_size = settings.sinks.stats.batch_size;
         if settings.sinks.stats.enabled && settings.stats.backend == StatsBackend::Redis {
@@ -415,12 +429,12 @@ impl SinkSet {
             let journal_id = set.journal.id().to_owned();
             let sink = stats::fleet::FleetSink::new(&settings.stats, &journal_id, handle.clone())
                 .map_err(|error| std::io::Error::other(error.message))?;
-            set.spawn_filtered(sink, batch_size, only)?;
+            set.spawn_filtered(sink, batch_size, only, start)?;
             stats_handle = Some(handle);
         } else if settings.sinks.stats.enabled {
             let sink = StatsSink::restore(&settings.stats)?;
             stats_handle = Some(sink.handle());
-            set.spawn_filtered(sink, batch_size, only)?;
+            set.spawn_filtered(sink, batch_size, only, start)?;
         }
         Ok((set, stats_handle))
     }
@@ -428,24 +442,34 @@ impl SinkSet {
     /// Starts `sink` on its own thread, reading the journal from its saved
     /// position (the oldest record when it has none) in batches of up to `batch_size`.
     pub fn spawn<S: Sink>(&mut self, sink: S, batch_size: usize) -> std::io::Result<()> {
-        self.spawn_filtered(sink, batch_size, &filter::RecordFilter::default())
+        self.spawn_filtered(sink, batch_size, &filter::RecordFilter::default(), Start::Oldest)
     }
 
-    /// [`SinkSet::spawn`], the sink taking only the records `only` admits.
+    /// [`SinkSet::spawn`], the sink taking only the records `only` admits,
+    /// and starting where `start` says when it has no saved position.
     pub fn spawn_filtered<S: Sink>(
         &mut self,
         sink: S,
         batch_size: usize,
         only: &filter::RecordFilter,
+        start: Start,
     ) -> std::io::Result<()> {
         let name = sink.name();
         let journal = &self.journal;
+        let now = journal.written() + 1;
         let (saved, keeper) = match sink.progress() {
             Progress::Cursor => {
-                let (file, saved) = cursor::CursorFile::open(&cursor::path(journal.dir(), name))?;
+                let (mut file, mut saved) = cursor::CursorFile::open(&cursor::path(journal.dir(), name))?;
+                if saved.is_none() && start == Start::Now {
+                    // Saved at once: a restart before the first delivery starts here too,
+                    // not at a later "now" that would pass over what came in between.
+                    file.save(now)?;
+                    saved = Some(now);
+                }
                 (saved, runner::PositionKeeper::cursor(file, self.cursor_interval))
             }
             Progress::WithState { restored, save_interval } => {
+                let restored = restored.or((start == Start::Now).then_some(now));
                 (restored, runner::PositionKeeper::with_state(save_interval))
             }
         };

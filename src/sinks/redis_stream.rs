@@ -60,6 +60,9 @@ pub struct RedisStreamSinkSettings {
     /// The records this sink takes (all when empty).
     #[serde(default)]
     pub only: crate::sinks::filter::RecordFilter,
+    /// Where the sink starts when it has no saved position (see [`crate::sinks::Start`]).
+    #[serde(default)]
+    pub start: crate::sinks::Start,
 }
 
 impl RedisStreamSinkSettings {

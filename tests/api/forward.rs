@@ -368,3 +368,49 @@ fn a_filter_naming_an_unknown_callback_stops_start_up_naming_it() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn a_target_added_later_takes_the_journal_from_its_oldest_record_or_only_what_comes_from_now() {
+    let journal = tempfile::tempdir().unwrap();
+    let dir = journal.path().to_str().unwrap();
+    let post = async |receiver: &TestReceiver, ids: &[&str]| {
+        for id in ids {
+            let mut message = packet("carol", "dave", 101);
+            message["serverMsgID"] = (*id).into();
+            receiver.post_packet("op-start", &message).await.assert_accepted();
+        }
+    };
+    // Before either target is configured.
+    let first = TestReceiver::start_with(settings(&[("JOURNAL__DIR", dir)]), |_| {}).await;
+    post(&first, &["early-0", "early-1", "early-2"]).await;
+    first.caught_up("log", 3).await;
+    assert!(first.stop().await.is_clean());
+
+    let (past, fresh) = (Downstream::start(0).await, Downstream::start(0).await);
+    let both = [
+        ("JOURNAL__DIR", dir),
+        ("SINKS__FORWARD__PAST__URL", past.url.as_str()),
+        ("SINKS__FORWARD__FRESH__URL", fresh.url.as_str()),
+        ("SINKS__FORWARD__FRESH__START", "now"),
+    ];
+    let second = TestReceiver::start_with(settings(&both), |_| {}).await;
+    post(&second, &["late-0", "late-1"]).await;
+    second.caught_up("forward.past", 5).await;
+    second.caught_up("forward.fresh", 5).await;
+    assert!(second.stop().await.is_clean());
+    assert_eq!(
+        past.keys(),
+        ["early-0", "early-1", "early-2", "late-0", "late-1"],
+        "start = oldest (the default)"
+    );
+    assert_eq!(fresh.keys(), ["late-0", "late-1"], "start = now");
+
+    // Once a target has a position, `start` no longer matters: it goes on from there.
+    let third = TestReceiver::start_with(settings(&both), |_| {}).await;
+    post(&third, &["later-0"]).await;
+    third.caught_up("forward.fresh", 6).await;
+    third.caught_up("forward.past", 6).await;
+    assert!(third.stop().await.is_clean());
+    assert_eq!(fresh.keys(), ["late-0", "late-1", "later-0"]);
+    assert_eq!(past.keys().len(), 6, "nothing twice");
+}

@@ -310,6 +310,9 @@ pub struct SqlSinkSettings {
     /// The records this sink takes (all when empty).
     #[serde(default)]
     pub only: crate::sinks::filter::RecordFilter,
+    /// Where the sink starts when it has no saved position (see [`crate::sinks::Start`]).
+    #[serde(default)]
+    pub start: crate::sinks::Start,
 }
 
 impl SqlSinkSettings {
