@@ -77,6 +77,12 @@ pub struct JournalSettings {
     /// How often a sink's position is saved while it works (and always when it stops).
     #[serde(with = "humantime_serde")]
     pub cursor_interval: Duration,
+    /// Segments every sink has read are kept at least this long after they
+    /// close (for a sink added with `start = "oldest"`, or a look with
+    /// `journal cat`); 0 deletes them at once. They give way when the journal
+    /// needs the room.
+    #[serde(with = "humantime_serde")]
+    pub retain: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -613,6 +619,9 @@ impl Settings {
                     &format!("must be longer than 0s and at most {}", humantime::format_duration(max)),
                 );
             }
+        }
+        if self.journal.retain > Duration::from_secs(366 * 86_400) {
+            return fail("journal.retain", "must be at most 366 days (0 keeps nothing past its readers)");
         }
         let counts = [
             // A journal record holds a body: below record::MAX_PAYLOAD_LEN with room to spare.

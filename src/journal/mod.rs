@@ -68,6 +68,9 @@ struct Segment {
     first_seq: u64,
     path: PathBuf,
     bytes: u64,
+    /// When it stopped being the live segment (its file's last change, for
+    /// one found at start); None while it is live. `journal.retain` counts from it.
+    closed_at: Option<std::time::SystemTime>,
 }
 
 /// What the writer's lock guards.
@@ -89,6 +92,14 @@ struct Writer {
     spare: Option<Spare>,
     /// A spare was asked of the sync thread and has not come yet.
     spare_asked: bool,
+}
+
+/// Whether `journal.retain` holds a segment every sink has read.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retained {
+    Kept,
+    /// The room is needed: retention gives way.
+    Given,
 }
 
 /// A segment made ahead, empty, to become the live one at record `segment.first_seq`.
@@ -253,8 +264,16 @@ impl<M: Stored> Journal<M> {
         };
         let mut kept: VecDeque<Segment> = segments
             .into_iter()
-            .map(|found| Segment { first_seq: found.first_seq, path: found.path, bytes: found.bytes })
+            .map(|found| Segment {
+                first_seq: found.first_seq,
+                closed_at: std::fs::metadata(&found.path).and_then(|metadata| metadata.modified()).ok(),
+                path: found.path,
+                bytes: found.bytes,
+            })
             .collect();
+        if let Some(live) = kept.back_mut() {
+            live.closed_at = None;
+        }
         if kept.is_empty() {
             kept.push_back(create_segment(&dir, next_seq).map_err(io_error)?);
             sync_dir_entry(&dir).map_err(io_error)?;
@@ -624,7 +643,7 @@ impl<M: Stored> Journal<M> {
     pub fn release(&self) {
         let to_delete = {
             let mut writer = self.lock_writer();
-            self.forget_passed(&mut writer);
+            self.forget_passed(&mut writer, Retained::Kept);
             std::mem::take(&mut writer.to_delete)
         };
         delete_files(to_delete);
@@ -721,8 +740,12 @@ impl<M: Stored> Journal<M> {
     /// On the request path: it only creates the new file; deleting, fdatasync
     /// of the old segment and the directory are the sync thread's.
     fn roll(&self, writer: &mut Writer) -> Result<(), AppendError> {
-        self.forget_passed(writer);
+        self.forget_passed(writer, Retained::Kept);
         let max_bytes = self.settings.max_bytes;
+        if writer.total_bytes + self.settings.segment_bytes > max_bytes {
+            // Segments kept only for `journal.retain` go before any sink loses a record.
+            self.forget_passed(writer, Retained::Given);
+        }
         while writer.total_bytes + self.settings.segment_bytes > max_bytes && writer.segments.len() > 1 {
             if self.settings.when_full == WhenFull::Refuse {
                 return Err(AppendError::Full { max_bytes });
@@ -750,6 +773,9 @@ impl<M: Stored> Journal<M> {
         writer.spare_asked = false;
         let old = std::mem::replace(&mut writer.live, file);
         writer.closed_unsynced.push(old);
+        if let Some(closed) = writer.segments.back_mut() {
+            closed.closed_at = Some(std::time::SystemTime::now());
+        }
         writer.segments.push_back(segment);
         self.segment_count.store(writer.segments.len() as u64, Ordering::Relaxed);
         self.wake_sync_thread();
@@ -804,7 +830,8 @@ impl<M: Stored> Journal<M> {
         // A roll on the request path opens what exists: it may have taken this file meanwhile.
         let in_use = writer.segments.iter().any(|segment| segment.first_seq == first_seq);
         if first_seq >= writer.next_seq && !in_use {
-            writer.spare = Some(Spare { segment: Segment { first_seq, path, bytes: 0 }, file });
+            writer.spare =
+                Some(Spare { segment: Segment { first_seq, path, bytes: 0, closed_at: None }, file });
             return;
         }
         drop(writer);
@@ -823,11 +850,25 @@ impl<M: Stored> Journal<M> {
 
     /// Takes the segments below every sink's saved position (never the live
     /// one) out of the journal; their files go in `to_delete`.
-    fn forget_passed(&self, writer: &mut Writer) {
+    /// Deletes the oldest segments every sink has read, once they have been
+    /// closed for `journal.retain` (kept that long for a rewind); with
+    /// `Retained::Given`, whatever their age (the journal needs the room).
+    fn forget_passed(&self, writer: &mut Writer, retained: Retained) {
         let lowest =
             self.consumers.lock().expect("not poisoned").iter().map(|c| c.0.load(Ordering::Acquire)).min();
         let lowest = lowest.unwrap_or(writer.next_seq);
-        while writer.segments.len() > 1 && writer.segments[1].first_seq <= lowest {
+        let now = std::time::SystemTime::now();
+        let kept_long_enough = |segment: &Segment| {
+            retained == Retained::Given
+                || self.settings.retain.is_zero()
+                || segment.closed_at.is_some_and(|closed| {
+                    now.duration_since(closed).unwrap_or_default() >= self.settings.retain
+                })
+        };
+        while writer.segments.len() > 1
+            && writer.segments[1].first_seq <= lowest
+            && kept_long_enough(&writer.segments[0])
+        {
             let passed = writer.segments.pop_front().expect("more than one segment");
             self.forget(writer, passed);
         }
@@ -1005,7 +1046,7 @@ fn recover(dir: &Path) -> io::Result<(Vec<FoundSegment>, DamageSet)> {
 fn create_segment(dir: &Path, first_seq: u64) -> io::Result<Segment> {
     let path = dir.join(segment::file_name(first_seq));
     OpenOptions::new().create(true).append(true).open(&path)?;
-    Ok(Segment { first_seq, path, bytes: 0 })
+    Ok(Segment { first_seq, path, bytes: 0, closed_at: None })
 }
 
 fn delete_files(paths: Vec<PathBuf>) {

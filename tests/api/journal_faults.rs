@@ -212,12 +212,49 @@ async fn a_lagging_sinks_batch_is_bounded_in_bytes_as_well_as_in_records() {
 
 /// A journal of 1 MiB segments in `dir`, opened directly.
 fn small_segments_in(dir: &tempfile::TempDir) -> std::sync::Arc<Journal> {
+    small_segments_keeping(dir, "64MiB", "0s")
+}
+
+/// The same, within `max_bytes`, keeping read segments for `retain`.
+fn small_segments_keeping(dir: &tempfile::TempDir, max_bytes: &str, retain: &str) -> std::sync::Arc<Journal> {
     let settings = settings(&[
         ("JOURNAL__DIR", dir.path().to_str().unwrap()),
         ("JOURNAL__SEGMENT_BYTES", "1MiB"),
-        ("JOURNAL__MAX_BYTES", "64MiB"),
+        ("JOURNAL__MAX_BYTES", max_bytes),
+        ("JOURNAL__RETAIN", retain),
     ]);
     Journal::open(&settings.journal).unwrap()
+}
+
+#[tokio::test]
+async fn segments_every_sink_has_read_are_kept_for_journal_retain_and_give_way_when_the_room_is_needed() {
+    for (retain, kept) in [("0s", false), ("1h", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = small_segments_keeping(&dir, "8MiB", retain);
+        let reader = journal.register(1);
+        let mut last = 0;
+        for index in 0..450 {
+            last = append(&journal, &ten_kilobytes(index));
+        }
+        // Every record read: only the live segment is needed now.
+        reader.saved(last + 1);
+        journal.release();
+        let segments = journal.report().segments;
+        if kept {
+            assert!(segments >= 4, "retain = {retain}: read segments kept: {segments}");
+            assert_eq!(journal.reader(1).read(1024).unwrap().entries.len(), 450, "and readable");
+        } else {
+            assert_eq!(segments, 1, "retain = {retain}: only the live segment");
+        }
+        // Past max_bytes (8 MiB), kept segments give way; no reader loses a record.
+        for index in 450..1500 {
+            last = append(&journal, &ten_kilobytes(index));
+            reader.saved(last + 1);
+        }
+        let report = journal.report();
+        assert!(report.bytes <= 8 * 1024 * 1024, "within max_bytes: {report:?}");
+        journal.close();
+    }
 }
 
 /// A packet of about 10 KB: a hundred fill a 1 MiB segment.
