@@ -188,7 +188,7 @@ impl Connection {
                 // For auth.allow_ips, and for /messages (private to loopback without
                 // auth.token): axum's ConnectInfo extractor reads this. Only then:
                 // the first extension costs every request an allocation.
-                if peer_address || request.uri().path().starts_with(crate::http::MESSAGES_PATH) {
+                if peer_address || crate::http::auth::private_to_loopback(request.uri().path()) {
                     request.extensions_mut().insert(ConnectInfo(peer));
                 }
                 let busy = activity.request_started();

@@ -63,6 +63,31 @@ pub async fn check_caller(State(state): State<AppState>, mut request: Request, n
     next.run(request).await
 }
 
+/// The caller, when it may use an endpoint that is private to loopback
+/// without `auth.token` (`/messages`, the admin endpoints); else the refusal
+/// saying `what`. With a token set, the caller check before routing has let
+/// only its holders in.
+pub fn loopback_or_token(
+    state: &AppState,
+    request: &Request,
+    what: &'static str,
+) -> Result<IpAddr, ApiError> {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
+    // No peer address (a transport that gives none) is no loopback.
+    let peer = peer.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+    let caller = client_address(peer, request.headers(), &state.settings.server.trusted_proxies);
+    if state.settings.auth.token.expose().is_empty() && !caller.is_loopback() {
+        return Err(ApiError::LoopbackOnly { caller, what });
+    }
+    Ok(caller)
+}
+
+/// True for the paths that need the peer's address whatever `auth.allow_ips`
+/// says: those private to loopback without a token.
+pub fn private_to_loopback(path: &str) -> bool {
+    path.starts_with(super::MESSAGES_PATH) || path.starts_with("/sinks/")
+}
+
 /// The caller's address: the peer, or, when the peer is a trusted proxy, the
 /// nearest address in `X-Forwarded-For` that is not one of the trusted proxies.
 pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpNet]) -> IpAddr {

@@ -85,8 +85,9 @@ rejections! {
     InvalidQuery => 4009, "invalid_query";
     JournalWriteFailed => 5034, "journal_write_failed";
     Internal => 5000, "internal_error";
-    MessagesArePrivate => 4031, "messages_are_private";
+    LoopbackOnly => 4031, "loopback_only";
     ArchiveUnavailable => 5035, "archive_unavailable";
+    UnknownSink => 4041, "unknown_sink";
 }
 
 impl Rejection {
@@ -174,11 +175,12 @@ pub enum ApiError {
     /// 400: a query parameter of a stats endpoint is not what it takes.
     #[error("invalid query parameter {parameter}: {expected}")]
     InvalidQuery { parameter: String, expected: &'static str },
-    /// 403: `/messages` from a client not on loopback while `auth.token` is unset.
-    #[error(
-        "forbidden: message content is private; without auth.token set, /messages answers only loopback (caller {caller})"
-    )]
-    MessagesArePrivate { caller: std::net::IpAddr },
+    /// 403: `/messages` or an admin endpoint from a client not on loopback while `auth.token` is unset.
+    #[error("forbidden: {what}; without auth.token set, it answers only loopback (caller {caller})")]
+    LoopbackOnly { caller: std::net::IpAddr, what: &'static str },
+    /// 404: no sink of that name runs.
+    #[error("no sink {name}: the running ones are {running}")]
+    UnknownSink { name: String, running: String },
     /// 503: `/messages` with the archive off, or not answering.
     #[error("archive unavailable: {why}")]
     ArchiveUnavailable { why: String },
@@ -219,7 +221,8 @@ impl ApiError {
             ApiError::Overloaded { .. } => Rejection::Overloaded,
             ApiError::InvalidQuery { .. } => Rejection::InvalidQuery,
             ApiError::Internal => Rejection::Internal,
-            ApiError::MessagesArePrivate { .. } => Rejection::MessagesArePrivate,
+            ApiError::LoopbackOnly { .. } => Rejection::LoopbackOnly,
+            ApiError::UnknownSink { .. } => Rejection::UnknownSink,
             ApiError::ArchiveUnavailable { .. } => Rejection::ArchiveUnavailable,
         }
     }

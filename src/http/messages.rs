@@ -8,17 +8,19 @@
 //! routing asks for it, as for `/stats`).
 
 use super::AppState;
-use super::auth::client_address;
+use super::auth::loopback_or_token;
 use super::error::ApiError;
 use crate::sinks::sql::search::{ArchivedMessage, Cursor, Query};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Json, Response};
 use bytes::Bytes;
-use std::net::{IpAddr, SocketAddr};
 
 /// Where the archive is read (and the start of every path that is private to loopback).
 pub const MESSAGES_PATH: &str = "/messages";
+
+/// Why `/messages` is refused to a caller elsewhere.
+const PRIVATE: &str = "message content is private";
 
 /// Rows a page holds unless `limit` says otherwise, and at most.
 pub const DEFAULT_LIMIT: usize = 50;
@@ -28,7 +30,7 @@ const EXPORT_PAGE: usize = 500;
 
 /// `GET /messages.html`: the page to search and browse the archive (it reads `/messages`).
 pub async fn page(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    may_read_messages(&state, &request)?;
+    loopback_or_token(&state, &request, PRIVATE)?;
     Ok(super::status_page::self_contained_page(PAGE))
 }
 
@@ -36,7 +38,7 @@ const PAGE: &str = include_str!("messages.html");
 
 /// `GET /messages?…`: `{"messages": [...], "next": "<cursor>"}`.
 pub async fn find(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    may_read_messages(&state, &request)?;
+    loopback_or_token(&state, &request, PRIVATE)?;
     let uri = request.uri();
     let query = parse_query(uri.query().unwrap_or_default(), Endpoint::Page)?;
     let archive = state.archive.as_ref().ok_or_else(archive_off)?;
@@ -48,7 +50,7 @@ pub async fn find(State(state): State<AppState>, request: Request) -> Result<Res
 /// match, read a page at a time and streamed, so memory stays flat however
 /// many there are. Logged at INFO: who asked, with which filters, how many rows.
 pub async fn export(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    let caller = may_read_messages(&state, &request)?;
+    let caller = loopback_or_token(&state, &request, PRIVATE)?;
     let query_text = request.uri().query().unwrap_or_default().to_owned();
     let mut format = Format::JsonLines;
     for (key, value) in form_urlencoded::parse(query_text.as_bytes()) {
@@ -241,19 +243,6 @@ fn write_csv_field(field: &str, out: &mut Vec<u8>) {
     if quoted {
         out.push(b'"');
     }
-}
-
-/// The caller, when it may read messages; else the refusal.
-pub(super) fn may_read_messages(state: &AppState, request: &Request) -> Result<IpAddr, ApiError> {
-    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-    // No peer address (a transport that gives none) is no loopback.
-    let peer = peer.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
-    let caller = client_address(peer, request.headers(), &state.settings.server.trusted_proxies);
-    // With a token set, the caller check before routing has let only its holders in.
-    if state.settings.auth.token.expose().is_empty() && !caller.is_loopback() {
-        return Err(ApiError::MessagesArePrivate { caller });
-    }
-    Ok(caller)
 }
 
 fn archive_off() -> ApiError {

@@ -376,6 +376,16 @@ impl prometheus_client::collector::Collector for StateCollector {
         )?;
         family(
             &mut encoder,
+            "sink_dead_letters",
+            "Records a sink gave up on, kept until retried or dropped (/sinks/<name>/dead-letters)",
+            MetricType::Gauge,
+            state
+                .sinks
+                .iter()
+                .map(|sink| (sink_label(sink), ConstGauge::new(sink.dead_letters.count() as i64))),
+        )?;
+        family(
+            &mut encoder,
             "sink_up",
             "1 while a sink delivers, 0 while its deliveries fail (retrying) or after it stopped",
             MetricType::Gauge,

@@ -1,5 +1,6 @@
 //! The HTTP face: routes, shared state, and the request counters.
 
+mod admin;
 pub mod auth;
 mod callback;
 pub mod error;
@@ -251,6 +252,11 @@ pub fn app(state: AppState) -> Router {
         .route(MESSAGES_PATH, get(messages::find).fallback(method_not_allowed))
         .route("/messages/export", get(messages::export).fallback(method_not_allowed))
         .route("/messages.html", get(messages::page).fallback(method_not_allowed))
+        .route(
+            "/sinks/{name}/dead-letters",
+            get(admin::list).delete(admin::drop_letters).fallback(method_not_allowed),
+        )
+        .route("/sinks/{name}/dead-letters/retry", post(admin::retry).fallback(method_not_allowed))
         .fallback(not_found);
     let auth = &state.settings.auth;
     let routed = if auth.token.is_empty() && auth.allow_ips.is_empty() {

@@ -94,6 +94,8 @@ struct SinkReport {
     panics: u64,
     /// Its last attempt to save its position (cursor or snapshot) failed.
     save_failing: bool,
+    /// Records it gave up on, kept until retried or dropped (`/sinks/<name>/dead-letters`).
+    dead_letters: usize,
     last_error: Option<String>,
 }
 
@@ -122,6 +124,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
                 retries: sink.retries.load(Ordering::Relaxed),
                 panics: sink.panics.load(Ordering::Relaxed),
                 save_failing: sink.save_failing(),
+                dead_letters: sink.dead_letters.count(),
                 last_error: sink.last_error(),
             };
             (sink.name(), report)

@@ -12,6 +12,7 @@ pub mod log;
 pub mod redis_stream;
 mod runner;
 pub(crate) use runner::panic_reason;
+pub mod dead_letters;
 pub mod sql;
 pub mod stats;
 
@@ -178,10 +179,39 @@ pub struct SinkStatus {
     /// Arrival time (µs since the epoch) of the oldest record not yet delivered; 0 when caught up.
     oldest_pending_us: AtomicI64,
     last_error: Mutex<Option<String>>,
+    /// The records this sink gave up on, until retried or dropped.
+    pub dead_letters: dead_letters::DeadLetters,
+    /// Asks the runner to deliver dead letters again (`POST /sinks/<name>/dead-letters/retry`).
+    retries_asked: tokio::sync::mpsc::UnboundedSender<RetryAsked>,
+}
+
+/// A retry of dead letters, asked of a sink's runner: all of them, or the one of `seq`.
+#[derive(Debug)]
+pub struct RetryAsked {
+    pub seq: Option<u64>,
+    pub answer: oneshot::Sender<RetryOutcome>,
+}
+
+/// What a retry did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RetryOutcome {
+    pub retried: usize,
+    pub delivered: usize,
+    /// Refused again, or failed: dead letters still, with their new error.
+    pub still_dead: usize,
+    /// Their records were no longer in the journal (a full journal dropped them): gone from the list.
+    pub gone: usize,
 }
 
 impl SinkStatus {
-    fn new(name: &'static str, affects_readiness: bool, journal: Arc<MessageJournal>, position: u64) -> Self {
+    fn new(
+        name: &'static str,
+        affects_readiness: bool,
+        journal: Arc<MessageJournal>,
+        position: u64,
+        dead_letters: dead_letters::DeadLetters,
+        retries_asked: tokio::sync::mpsc::UnboundedSender<RetryAsked>,
+    ) -> Self {
         SinkStatus {
             name,
             affects_readiness,
@@ -198,7 +228,17 @@ impl SinkStatus {
             position: AtomicU64::new(position),
             oldest_pending_us: AtomicI64::new(0),
             last_error: Mutex::new(None),
+            dead_letters,
+            retries_asked,
         }
+    }
+
+    /// Asks the runner to deliver this sink's dead letters again (all, or
+    /// the one of `seq`); what it did, once it has. None when the sink has stopped.
+    pub async fn retry_dead_letters(&self, seq: Option<u64>) -> Option<RetryOutcome> {
+        let (answer, outcome) = oneshot::channel();
+        self.retries_asked.send(RetryAsked { seq, answer }).ok()?;
+        outcome.await.ok()
     }
 
     pub fn name(&self) -> &'static str {
@@ -492,8 +532,18 @@ impl SinkSet {
             None => journal.oldest(),
         };
         let consumer: Consumer = journal.register(start);
-        let status =
-            Arc::new(SinkStatus::new(name, sink.failures_affect_readiness(), Arc::clone(journal), start));
+        let held = journal.register(journal.oldest());
+        let dead = dead_letters::DeadLetters::open(dead_letters::path(journal.dir(), name), held)?;
+        let (retries_asked, retries) = tokio::sync::mpsc::unbounded_channel();
+        let affects_readiness = sink.failures_affect_readiness();
+        let status = Arc::new(SinkStatus::new(
+            name,
+            affects_readiness,
+            Arc::clone(journal),
+            start,
+            dead,
+            retries_asked,
+        ));
         let work = runner::Work {
             reader: journal.reader(start),
             journal: Arc::clone(journal),
@@ -502,6 +552,7 @@ impl SinkSet {
             commands: self.commands.subscribe(),
             batch_size,
             only: (!only.is_empty()).then(|| only.clone()),
+            retries,
         };
         let (finished_tx, finished) = oneshot::channel();
         std::thread::Builder::new().name(format!("sink-{name}")).spawn(move || {

@@ -29,6 +29,8 @@ pub(super) struct Work {
     pub batch_size: usize,
     /// The sink takes only the records this admits.
     pub only: Option<super::filter::RecordFilter>,
+    /// Retries of dead letters, asked through the HTTP face.
+    pub retries: tokio::sync::mpsc::UnboundedReceiver<super::RetryAsked>,
 }
 
 pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: PositionKeeper) {
@@ -44,6 +46,9 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
         };
         if stop_at.is_some_and(|stop_at| Instant::now() >= stop_at) {
             break;
+        }
+        while let Ok(asked) = work.retries.try_recv() {
+            retry_dead_letters(&mut sink, &work, asked).await;
         }
         // A sink that keeps its position with its deliveries is handed durable
         // records only: its position must never be ahead of the disk.
@@ -106,6 +111,7 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
                 () = tokio::time::sleep(recheck_in.unwrap_or_default()), if recheck_in.is_some() => {
                     recheck_in = recheck(&mut sink, &work.status, recheck_in.unwrap_or_default()).await;
                 }
+                Some(asked) = work.retries.recv() => retry_dead_letters(&mut sink, &work, asked).await,
             }
             continue;
         }
@@ -285,8 +291,58 @@ async fn deliver_with_retries<S: Sink>(
     }
 }
 
-/// A record the sink refused for good: counted as failed and logged, and the
-/// sink goes on with the records behind it.
+/// Delivers dead letters again, each once (its record read back from the
+/// journal): a delivered one leaves the list; one that fails again stays,
+/// with one more attempt and its new error.
+async fn retry_dead_letters<S: Sink>(sink: &mut S, work: &Work, asked: super::RetryAsked) {
+    let mut outcome = super::RetryOutcome::default();
+    let letters = match work.status.dead_letters.take(asked.seq) {
+        Ok(letters) => letters,
+        Err(error) => {
+            tracing::error!(sink = sink.name(), %error, "cannot rewrite the dead letters' file: no retry");
+            let _ = asked.answer.send(outcome);
+            return;
+        }
+    };
+    for mut letter in letters {
+        outcome.retried += 1;
+        let read = work.journal.reader(letter.seq).read_through(1, letter.seq);
+        let Some(entry) =
+            read.ok().and_then(|batch| batch.entries.into_iter().find(|entry| entry.seq == letter.seq))
+        else {
+            outcome.gone += 1;
+            tracing::error!(
+                sink = sink.name(),
+                seq = letter.seq,
+                "dead letter's record no longer in the journal: dropped"
+            );
+            continue;
+        };
+        let attempt =
+            AssertUnwindSafe(within(sink.attempt_timeout(), sink.deliver(std::slice::from_ref(&entry))));
+        let error = match attempt.catch_unwind().await {
+            Ok(Ok(())) => {
+                outcome.delivered += 1;
+                work.status.handled.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(sink = sink.name(), seq = letter.seq, "dead letter delivered on retry");
+                continue;
+            }
+            Ok(Err(error)) => error.message,
+            Err(panic) => format!("sink panicked: {}", panic_reason(&*panic)),
+        };
+        outcome.still_dead += 1;
+        letter.attempts += 1;
+        letter.error = error;
+        letter.failed_at = crate::epoch::rfc3339_micros(std::time::SystemTime::now()).as_str().to_owned();
+        if let Err(error) = work.status.dead_letters.add(letter) {
+            tracing::error!(sink = sink.name(), %error, "cannot save a dead letter");
+        }
+    }
+    let _ = asked.answer.send(outcome);
+}
+
+/// A record the sink refused for good: counted as failed, logged and kept as
+/// a dead letter, and the sink goes on with the records behind it.
 fn give_up(sink: &'static str, entry: &Entry, reason: &str, status: &SinkStatus) {
     use crate::callbacks::{MAX_LOGGED_ID_CHARS, clip};
     let message = &entry.message;
@@ -302,6 +358,18 @@ fn give_up(sink: &'static str, entry: &Entry, reason: &str, status: &SinkStatus)
     );
     status.set_last_error(format!("record {} refused: {reason}", entry.seq));
     status.set_state(SinkState::Running);
+    let letter = super::dead_letters::DeadLetter {
+        seq: entry.seq,
+        failed_at: crate::epoch::rfc3339_micros(std::time::SystemTime::now()).as_str().to_owned(),
+        attempts: 1,
+        error: reason.to_owned(),
+        server_msg_id: message.server_msg_id().to_owned(),
+        operation_id: message.operation_id.value.clone(),
+        callback_command: message.command.name.to_owned(),
+    };
+    if let Err(error) = status.dead_letters.add(letter) {
+        tracing::error!(sink, seq = entry.seq, %error, "cannot save the dead letter: the record is counted as failed only");
+    }
 }
 
 /// Waits `duration`; false when the runner's stop time comes first.

@@ -45,7 +45,9 @@ impl Downstream {
     }
 
     /// A downstream whose answer `answer` picks from the attempt's number (from 1) and the body.
-    async fn answering(answer: impl Fn(u32, &[u8]) -> StatusCode + Clone + Send + Sync + 'static) -> Self {
+    pub(crate) async fn answering(
+        answer: impl Fn(u32, &[u8]) -> StatusCode + Clone + Send + Sync + 'static,
+    ) -> Self {
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let attempts = Arc::new(Mutex::new(0));
         let (kept, tried) = (Arc::clone(&accepted), Arc::clone(&attempts));

@@ -3,6 +3,7 @@
 mod binary;
 mod callback;
 mod commands;
+mod dead_letters;
 mod deadline;
 mod disk;
 mod errors;

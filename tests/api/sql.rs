@@ -422,6 +422,13 @@ async fn a_refused_row_costs_that_row_only(
     let report = receiver.caught_up("sql", 6).await;
     assert_eq!((report["handled"].as_u64(), report["failed"].as_u64()), (Some(5), Some(1)), "{report}");
     assert!(report["last_error"].as_str().unwrap().starts_with("record 3 refused"), "{report}");
+    assert_eq!(report["dead_letters"], 1, "{report}");
+    let dead = receiver.get_json("/sinks/sql/dead-letters").await;
+    assert_eq!(
+        (dead["dead_letters"][0]["seq"].as_u64(), dead["dead_letters"][0]["operationID"].as_str()),
+        (Some(3), Some("op-2")),
+        "{dead}"
+    );
     let mut archived: Vec<String> = read_rows(url, table)
         .await
         .iter()
