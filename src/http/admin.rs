@@ -93,3 +93,56 @@ pub async fn drop_letters(
     tracing::info!(sink = sink.name(), %caller, ?seqs, "dead letters dropped");
     Ok(Json(serde_json::json!({ "dropped": dropped.len() })).into_response())
 }
+
+/// `POST /sinks/<name>/rewind?to=<seq | RFC 3339 time>`: the sink goes back to
+/// the first record at or after that point still in the journal and delivers
+/// from there again.
+pub async fn rewind(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let caller = loopback_or_token(&state, &request, ADMIN)?;
+    let sink = sink(&state, &name)?;
+    if !sink.rewindable {
+        return Err(ApiError::NotRewindable { sink: sink.name() });
+    }
+    let query = request.uri().query().unwrap_or_default();
+    let mut to = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let invalid = || ApiError::InvalidQuery {
+            parameter: format!("{key}={value}"),
+            expected: "a sequence number, or a UTC time like 2026-12-01T08:00:00Z",
+        };
+        if key != "to" {
+            return Err(ApiError::InvalidQuery { parameter: key.into_owned(), expected: "to" });
+        }
+        to = Some(match value.parse::<u64>() {
+            Ok(seq) => seq,
+            Err(_) => {
+                let at = humantime::parse_rfc3339_weak(value.trim_end_matches(['Z', 'z']))
+                    .map_err(|_| invalid())?;
+                let dir = state.journal.dir().to_owned();
+                let first = tokio::task::spawn_blocking(move || {
+                    crate::journal::inspect::first_received_at_or_after(&dir, at)
+                })
+                .await
+                .map_err(|_| ApiError::Internal)?
+                .map_err(|error| ApiError::JournalWriteFailed {
+                    detail: format!("reading the journal: {error}"),
+                })?;
+                first.unwrap_or(state.journal.written() + 1)
+            }
+        });
+    }
+    let to = to.ok_or(ApiError::InvalidQuery {
+        parameter: "to".into(),
+        expected: "to=<seq or RFC 3339 time>, required",
+    })?;
+    let from = sink.rewind(to).await.ok_or_else(|| ApiError::SinkFailing {
+        sink: sink.name(),
+        error: "the sink has stopped".to_owned(),
+    })?;
+    tracing::info!(sink = sink.name(), %caller, to, from, "sink rewound");
+    Ok(Json(serde_json::json!({ "sink": sink.name(), "from": from })).into_response())
+}

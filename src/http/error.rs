@@ -88,6 +88,7 @@ rejections! {
     LoopbackOnly => 4031, "loopback_only";
     ArchiveUnavailable => 5035, "archive_unavailable";
     UnknownSink => 4041, "unknown_sink";
+    NotRewindable => 4090, "not_rewindable";
 }
 
 impl Rejection {
@@ -97,6 +98,7 @@ impl Rejection {
             403 => StatusCode::FORBIDDEN,
             404 => StatusCode::NOT_FOUND,
             405 => StatusCode::METHOD_NOT_ALLOWED,
+            409 => StatusCode::CONFLICT,
             413 => StatusCode::PAYLOAD_TOO_LARGE,
             500 => StatusCode::INTERNAL_SERVER_ERROR,
             415 => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -178,6 +180,12 @@ pub enum ApiError {
     /// 403: `/messages` or an admin endpoint from a client not on loopback while `auth.token` is unset.
     #[error("forbidden: {what}; without auth.token set, it answers only loopback (caller {caller})")]
     LoopbackOnly { caller: std::net::IpAddr, what: &'static str },
+    /// 409: a rewind of a sink that keeps its position in its own state.
+    #[error(
+        "sink {sink} cannot be rewound: it counts each record once in its own state (a rewind would count twice); \
+         rebuild its counts from zero instead (stop, delete stats.snapshot_path, start)"
+    )]
+    NotRewindable { sink: &'static str },
     /// 404: no sink of that name runs.
     #[error("no sink {name}: the running ones are {running}")]
     UnknownSink { name: String, running: String },
@@ -223,6 +231,7 @@ impl ApiError {
             ApiError::Internal => Rejection::Internal,
             ApiError::LoopbackOnly { .. } => Rejection::LoopbackOnly,
             ApiError::UnknownSink { .. } => Rejection::UnknownSink,
+            ApiError::NotRewindable { .. } => Rejection::NotRewindable,
             ApiError::ArchiveUnavailable { .. } => Rejection::ArchiveUnavailable,
         }
     }

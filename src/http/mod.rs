@@ -257,6 +257,7 @@ pub fn app(state: AppState) -> Router {
             get(admin::list).delete(admin::drop_letters).fallback(method_not_allowed),
         )
         .route("/sinks/{name}/dead-letters/retry", post(admin::retry).fallback(method_not_allowed))
+        .route("/sinks/{name}/rewind", post(admin::rewind).fallback(method_not_allowed))
         .fallback(not_found);
     let auth = &state.settings.auth;
     let routed = if auth.token.is_empty() && auth.allow_ips.is_empty() {

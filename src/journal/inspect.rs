@@ -68,6 +68,24 @@ pub fn read_segment(path: &Path, mut each: impl FnMut(Record) -> bool) -> io::Re
     }
 }
 
+/// The first record that arrived at or after `at`, if any did.
+pub fn first_received_at_or_after(dir: &Path, at: SystemTime) -> io::Result<Option<u64>> {
+    for (_, path) in segment_files(dir)? {
+        let mut found = None;
+        read_segment(&path, |record| {
+            if record.received_at >= at {
+                found = Some(record.seq);
+                return false;
+            }
+            true
+        })?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
 /// The positions sinks saved in `dir/cursors`, by sink name.
 pub fn saved_positions(dir: &Path) -> io::Result<Vec<(String, Option<u64>)>> {
     let cursors = dir.join("cursors");

@@ -181,15 +181,21 @@ pub struct SinkStatus {
     last_error: Mutex<Option<String>>,
     /// The records this sink gave up on, until retried or dropped.
     pub dead_letters: dead_letters::DeadLetters,
-    /// Asks the runner to deliver dead letters again (`POST /sinks/<name>/dead-letters/retry`).
-    retries_asked: tokio::sync::mpsc::UnboundedSender<RetryAsked>,
+    /// Requests for the runner from the admin endpoints.
+    asked: tokio::sync::mpsc::UnboundedSender<Asked>,
+    /// It keeps its position in a cursor file, so it can be moved back; a sink
+    /// whose position is in its own state (the stats) cannot.
+    pub rewindable: bool,
 }
 
-/// A retry of dead letters, asked of a sink's runner: all of them, or the one of `seq`.
+/// What the admin endpoints ask of a sink's runner.
 #[derive(Debug)]
-pub struct RetryAsked {
-    pub seq: Option<u64>,
-    pub answer: oneshot::Sender<RetryOutcome>,
+pub enum Asked {
+    /// Deliver dead letters again: all of them, or the one of `seq`.
+    Retry { seq: Option<u64>, answer: oneshot::Sender<RetryOutcome> },
+    /// Go back to record `to` (or the oldest the journal still holds) and
+    /// deliver from there; answers the record it goes on from.
+    Rewind { to: u64, answer: oneshot::Sender<u64> },
 }
 
 /// What a retry did.
@@ -210,7 +216,8 @@ impl SinkStatus {
         journal: Arc<MessageJournal>,
         position: u64,
         dead_letters: dead_letters::DeadLetters,
-        retries_asked: tokio::sync::mpsc::UnboundedSender<RetryAsked>,
+        asked: tokio::sync::mpsc::UnboundedSender<Asked>,
+        rewindable: bool,
     ) -> Self {
         SinkStatus {
             name,
@@ -229,7 +236,8 @@ impl SinkStatus {
             oldest_pending_us: AtomicI64::new(0),
             last_error: Mutex::new(None),
             dead_letters,
-            retries_asked,
+            asked,
+            rewindable,
         }
     }
 
@@ -237,8 +245,16 @@ impl SinkStatus {
     /// the one of `seq`); what it did, once it has. None when the sink has stopped.
     pub async fn retry_dead_letters(&self, seq: Option<u64>) -> Option<RetryOutcome> {
         let (answer, outcome) = oneshot::channel();
-        self.retries_asked.send(RetryAsked { seq, answer }).ok()?;
+        self.asked.send(Asked::Retry { seq, answer }).ok()?;
         outcome.await.ok()
+    }
+
+    /// Moves the sink back to record `to` (the oldest still in the journal
+    /// when that is gone); the record it goes on from. None when it has stopped.
+    pub async fn rewind(&self, to: u64) -> Option<u64> {
+        let (answer, from) = oneshot::channel();
+        self.asked.send(Asked::Rewind { to, answer }).ok()?;
+        from.await.ok()
     }
 
     pub fn name(&self) -> &'static str {
@@ -534,15 +550,17 @@ impl SinkSet {
         let consumer: Consumer = journal.register(start);
         let held = journal.register(journal.oldest());
         let dead = dead_letters::DeadLetters::open(dead_letters::path(journal.dir(), name), held)?;
-        let (retries_asked, retries) = tokio::sync::mpsc::unbounded_channel();
+        let (asked, requests) = tokio::sync::mpsc::unbounded_channel();
         let affects_readiness = sink.failures_affect_readiness();
+        let rewindable = matches!(sink.progress(), Progress::Cursor);
         let status = Arc::new(SinkStatus::new(
             name,
             affects_readiness,
             Arc::clone(journal),
             start,
             dead,
-            retries_asked,
+            asked,
+            rewindable,
         ));
         let work = runner::Work {
             reader: journal.reader(start),
@@ -552,7 +570,7 @@ impl SinkSet {
             commands: self.commands.subscribe(),
             batch_size,
             only: (!only.is_empty()).then(|| only.clone()),
-            retries,
+            requests,
         };
         let (finished_tx, finished) = oneshot::channel();
         std::thread::Builder::new().name(format!("sink-{name}")).spawn(move || {

@@ -29,8 +29,8 @@ pub(super) struct Work {
     pub batch_size: usize,
     /// The sink takes only the records this admits.
     pub only: Option<super::filter::RecordFilter>,
-    /// Retries of dead letters, asked through the HTTP face.
-    pub retries: tokio::sync::mpsc::UnboundedReceiver<super::RetryAsked>,
+    /// What the admin endpoints ask: dead letters retried, a rewind.
+    pub requests: tokio::sync::mpsc::UnboundedReceiver<super::Asked>,
 }
 
 pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: PositionKeeper) {
@@ -47,8 +47,8 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
         if stop_at.is_some_and(|stop_at| Instant::now() >= stop_at) {
             break;
         }
-        while let Ok(asked) = work.retries.try_recv() {
-            retry_dead_letters(&mut sink, &work, asked).await;
+        while let Ok(asked) = work.requests.try_recv() {
+            answer(&mut sink, &mut work, &mut keeper, asked).await;
         }
         // A sink that keeps its position with its deliveries is handed durable
         // records only: its position must never be ahead of the disk.
@@ -111,7 +111,7 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
                 () = tokio::time::sleep(recheck_in.unwrap_or_default()), if recheck_in.is_some() => {
                     recheck_in = recheck(&mut sink, &work.status, recheck_in.unwrap_or_default()).await;
                 }
-                Some(asked) = work.retries.recv() => retry_dead_letters(&mut sink, &work, asked).await,
+                Some(asked) = work.requests.recv() => answer(&mut sink, &mut work, &mut keeper, asked).await,
             }
             continue;
         }
@@ -291,17 +291,36 @@ async fn deliver_with_retries<S: Sink>(
     }
 }
 
+/// Does what the admin endpoints asked.
+async fn answer<S: Sink>(sink: &mut S, work: &mut Work, keeper: &mut PositionKeeper, asked: super::Asked) {
+    match asked {
+        super::Asked::Retry { seq, answer } => {
+            let outcome = retry_dead_letters(sink, work, seq).await;
+            let _ = answer.send(outcome);
+        }
+        super::Asked::Rewind { to, answer } => {
+            // The oldest record still there when `to` is gone; never past the end.
+            let from = to.max(work.journal.oldest()).min(work.journal.written() + 1);
+            work.consumer.saved(from);
+            work.reader = work.journal.reader(from);
+            work.status.position.store(from, Ordering::Release);
+            keeper.save(sink, work, Finality::WhileRunning).await;
+            tracing::info!(sink = sink.name(), to, from, "sink rewound: delivering again from this record");
+            let _ = answer.send(from);
+        }
+    }
+}
+
 /// Delivers dead letters again, each once (its record read back from the
 /// journal): a delivered one leaves the list; one that fails again stays,
 /// with one more attempt and its new error.
-async fn retry_dead_letters<S: Sink>(sink: &mut S, work: &Work, asked: super::RetryAsked) {
+async fn retry_dead_letters<S: Sink>(sink: &mut S, work: &Work, seq: Option<u64>) -> super::RetryOutcome {
     let mut outcome = super::RetryOutcome::default();
-    let letters = match work.status.dead_letters.take(asked.seq) {
+    let letters = match work.status.dead_letters.take(seq) {
         Ok(letters) => letters,
         Err(error) => {
             tracing::error!(sink = sink.name(), %error, "cannot rewrite the dead letters' file: no retry");
-            let _ = asked.answer.send(outcome);
-            return;
+            return outcome;
         }
     };
     for mut letter in letters {
@@ -338,7 +357,7 @@ async fn retry_dead_letters<S: Sink>(sink: &mut S, work: &Work, asked: super::Re
             tracing::error!(sink = sink.name(), %error, "cannot save a dead letter");
         }
     }
-    let _ = asked.answer.send(outcome);
+    outcome
 }
 
 /// A record the sink refused for good: counted as failed, logged and kept as

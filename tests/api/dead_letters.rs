@@ -151,3 +151,60 @@ async fn the_admin_endpoints_answer_only_loopback_without_a_token_and_only_its_h
     assert_eq!(get().bearer_auth(token).send().await.unwrap().status(), 200);
     assert!(receiver.stop().await.is_clean());
 }
+
+/// The serverMsgIDs the log sink wrote, in order.
+fn logged(receiver: &TestReceiver) -> Vec<String> {
+    let records = receiver.log.records();
+    let messages = records.iter().filter(|record| record["target"] == "message");
+    messages.map(|record| record["serverMsgID"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_rewind_delivers_again_from_a_time_or_a_sequence_number_and_refills_an_emptied_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/archive.sqlite3", dir.path().display());
+    let receiver = TestReceiver::start_with(settings(&[("SINKS__SQL__URL", &url)]), |_| {}).await;
+    post_ids(&receiver, &["m1", "m2", "m3"]).await;
+    receiver.caught_up("log", 3).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let since =
+        openim_callback_receiver::epoch::rfc3339_micros(std::time::SystemTime::now()).as_str().to_owned();
+    post_ids(&receiver, &["m4", "m5"]).await;
+    receiver.caught_up("log", 5).await;
+    receiver.caught_up("sql", 5).await;
+
+    // The log, from a time: exactly the records that arrived since then, again.
+    let (status, rewound) =
+        send(&receiver, reqwest::Method::POST, &format!("/sinks/log/rewind?to={since}")).await;
+    assert_eq!((status, rewound["from"].as_u64()), (200, Some(4)), "{rewound}");
+    let again = crate::helpers::wait_until(std::time::Duration::from_secs(30), async || {
+        let ids = logged(&receiver);
+        if ids.len() >= 7 { Ok(ids) } else { Err(format!("{ids:?}")) }
+    })
+    .await;
+    assert_eq!(again, ["m1", "m2", "m3", "m4", "m5", "m4", "m5"]);
+
+    // The archive, emptied by hand, refilled from the first record.
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("DELETE FROM openim_messages").execute(&pool).await.unwrap();
+    let (status, rewound) = send(&receiver, reqwest::Method::POST, "/sinks/sql/rewind?to=1").await;
+    assert_eq!((status, rewound["from"].as_u64()), (200, Some(1)), "{rewound}");
+    let rows = crate::helpers::wait_until(std::time::Duration::from_secs(30), async || {
+        let rows: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM openim_messages").fetch_one(&pool).await.unwrap();
+        if rows == 5 { Ok(rows) } else { Err(format!("{rows} rows")) }
+    })
+    .await;
+    assert_eq!(rows, 5);
+    assert_eq!(logged(&receiver).len(), 7, "the other sinks are not moved");
+
+    // The stats count each record once: refused, saying how to rebuild them.
+    let (status, refused) = send(&receiver, reqwest::Method::POST, "/sinks/stats/rewind?to=1").await;
+    assert_eq!((status, refused["errCode"].as_i64()), (409, Some(4090)), "{refused}");
+    assert!(refused["errMsg"].as_str().unwrap().contains("count twice"), "{refused}");
+    let (status, _) = send(&receiver, reqwest::Method::POST, "/sinks/log/rewind").await;
+    assert_eq!(status, 400, "to is required");
+    let (status, _) = send(&receiver, reqwest::Method::POST, "/sinks/log/rewind?to=yesterday").await;
+    assert_eq!(status, 400);
+    assert!(receiver.stop().await.is_clean());
+}
