@@ -106,7 +106,16 @@ pub fn ls(dir: &Path, out: &mut impl Write) -> io::Result<()> {
         }
     }
     writeln!(out, "(the stats sink keeps its position in its snapshot, not here)")?;
-    writeln!(out, "dead letters: none (this release keeps none)")
+    let dead: Vec<(String, Vec<u64>)> =
+        inspect::dead_letters(dir)?.into_iter().filter(|(_, seqs)| !seqs.is_empty()).collect();
+    if dead.is_empty() {
+        return writeln!(out, "dead letters: none");
+    }
+    for (sink, seqs) in dead {
+        let listed: Vec<String> = seqs.iter().map(u64::to_string).collect();
+        writeln!(out, "dead letters of {sink}: {} (records {})", seqs.len(), listed.join(", "))?;
+    }
+    Ok(())
 }
 
 /// One record as `cat` prints it.

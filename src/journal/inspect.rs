@@ -68,6 +68,15 @@ pub fn read_segment(path: &Path, mut each: impl FnMut(Record) -> bool) -> io::Re
     }
 }
 
+/// The paths in directory `dir`; none when it is not there (nothing was saved in it yet).
+fn files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|entry| entry.map(|entry| entry.path())).collect(),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(error) => Err(error),
+    }
+}
+
 /// The first record that arrived at or after `at`, if any did.
 pub fn first_received_at_or_after(dir: &Path, at: SystemTime) -> io::Result<Option<u64>> {
     for (_, path) in segment_files(dir)? {
@@ -86,17 +95,30 @@ pub fn first_received_at_or_after(dir: &Path, at: SystemTime) -> io::Result<Opti
     Ok(None)
 }
 
+/// The dead letters each sink keeps in `dir/dead-letters`, as (sink, their sequence numbers).
+pub fn dead_letters(dir: &Path) -> io::Result<Vec<(String, Vec<u64>)>> {
+    let mut found = Vec::new();
+    for path in files_in(&dir.join("dead-letters"))? {
+        let Some(sink) =
+            path.file_name().and_then(|name| name.to_str()).and_then(|name| name.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let letters: Vec<serde_json::Value> =
+            serde_json::from_slice(&std::fs::read(&path)?).map_err(|error| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("{}: {error}", path.display()))
+            })?;
+        let seqs = letters.iter().filter_map(|letter| letter["seq"].as_u64()).collect();
+        found.push((sink.to_owned(), seqs));
+    }
+    found.sort();
+    Ok(found)
+}
+
 /// The positions sinks saved in `dir/cursors`, by sink name.
 pub fn saved_positions(dir: &Path) -> io::Result<Vec<(String, Option<u64>)>> {
-    let cursors = dir.join("cursors");
-    let entries = match std::fs::read_dir(&cursors) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(error),
-    };
     let mut positions = Vec::new();
-    for entry in entries {
-        let path = entry?.path();
+    for path in files_in(&dir.join("cursors"))? {
         let Some(name) = path.file_name().and_then(|name| name.to_str()) else { continue };
         if name.starts_with('.') || name.ends_with(".tmp") {
             continue;

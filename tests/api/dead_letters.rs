@@ -81,6 +81,15 @@ async fn a_refused_record_waits_as_a_dead_letter_and_a_retry_after_the_fix_deliv
 
     // Kept across a restart, its record with it.
     assert!(receiver.stop().await.is_clean());
+    let listed = tokio::process::Command::new(crate::binary::BINARY)
+        .args(["journal", "ls", "--dir"])
+        .arg(journal.path())
+        .env_clear()
+        .output()
+        .await
+        .unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.contains("dead letters of forward.crm: 1 (records 2)"), "journal ls names it: {listed}");
     let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
     let (_, listed) = send(&receiver, reqwest::Method::GET, "/sinks/forward.crm/dead-letters").await;
     assert_eq!(listed["dead_letters"].as_array().unwrap().len(), 1, "{listed}");
