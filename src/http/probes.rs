@@ -85,6 +85,9 @@ struct SinkReport {
     lag_records: u64,
     /// Age of the oldest of those, in seconds.
     lag_seconds: f64,
+    /// At its recent delivery rate, seconds until it has caught up (a rewind
+    /// or a catch-up after an outage); 0 when caught up, null with no rate yet.
+    catch_up_seconds: Option<f64>,
     /// handled, failed, filtered, skipped, damaged: [`SinkStatus::record_counts`].
     ///
     /// [`SinkStatus::record_counts`]: crate::sinks::SinkStatus::record_counts
@@ -120,6 +123,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
                 position: sink.position(),
                 lag_records: sink.lag_records(),
                 lag_seconds: sink.lag_seconds(),
+                catch_up_seconds: sink.catch_up_seconds(),
                 records: sink.record_counts().into_iter().collect(),
                 retries: sink.retries.load(Ordering::Relaxed),
                 panics: sink.panics.load(Ordering::Relaxed),

@@ -186,6 +186,9 @@ pub struct SinkStatus {
     /// It keeps its position in a cursor file, so it can be moved back; a sink
     /// whose position is in its own state (the stats) cannot.
     pub rewindable: bool,
+    /// Records delivered since `.0`, to measure the delivery rate (`.2`,
+    /// records a second over the last full second of deliveries).
+    rate_window: Mutex<(Instant, u64, f64)>,
 }
 
 /// What the admin endpoints ask of a sink's runner.
@@ -238,7 +241,30 @@ impl SinkStatus {
             dead_letters,
             asked,
             rewindable,
+            rate_window: Mutex::new((Instant::now(), 0, 0.0)),
         }
+    }
+
+    /// Counts `records` delivered, and the delivery rate over each second of deliveries.
+    fn delivered(&self, records: u64) {
+        self.handled.fetch_add(records, Ordering::Relaxed);
+        let mut window = self.rate_window.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        window.1 += records;
+        let elapsed = window.0.elapsed();
+        if elapsed >= std::time::Duration::from_secs(1) {
+            *window = (Instant::now(), 0, window.1 as f64 / elapsed.as_secs_f64());
+        }
+    }
+
+    /// How long it will take to deliver what it is behind by, at its recent
+    /// rate: 0 when caught up, None before it has a rate to go by.
+    pub fn catch_up_seconds(&self) -> Option<f64> {
+        let lag = self.lag_records();
+        if lag == 0 {
+            return Some(0.0);
+        }
+        let rate = self.rate_window.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).2;
+        (rate > 0.0).then(|| lag as f64 / rate)
     }
 
     /// Asks the runner to deliver this sink's dead letters again (all, or
@@ -366,6 +392,31 @@ pub enum Start {
     Now,
 }
 
+/// How a sink is fed from the journal.
+#[derive(Clone, Debug, Default)]
+pub struct Feed {
+    /// Most records handed over at once.
+    pub batch_size: usize,
+    /// The records it takes (all when empty).
+    pub only: filter::RecordFilter,
+    /// Where it starts with no saved position.
+    pub start: Start,
+    /// Failed deliveries of a record before it is a dead letter; 0 for no limit.
+    pub max_attempts: u32,
+}
+
+/// The [`Feed`] a sink's settings section describes (each has these four keys).
+macro_rules! feed_of {
+    ($section:expr) => {
+        Feed {
+            batch_size: $section.batch_size,
+            only: $section.only.clone(),
+            start: $section.start,
+            max_attempts: $section.max_attempts,
+        }
+    };
+}
+
 /// The running sinks.
 pub struct SinkSet {
     journal: Arc<MessageJournal>,
@@ -448,12 +499,7 @@ impl SinkSet {
         let mut set = SinkSet::new(journal, settings.journal.cursor_interval);
         let log = &settings.sinks.log;
         if log.enabled {
-            set.spawn_filtered(
-                LogSink::new(log, settings.telemetry.format, records),
-                log.batch_size,
-                &log.only,
-                log.start,
-            )?;
+            set.spawn_fed(LogSink::new(log, settings.telemetry.format, records), feed_of!(log))?;
         }
         let sql = &settings.sinks.sql;
         if sql.is_on() {
@@ -463,34 +509,33 @@ impl SinkSet {
                 // Beside the sink, on the server's runtime: trimming waits for no delivery.
                 tokio::spawn(sql::retention::keep_for(sink.archive(), sql.retention_days));
             }
-            set.spawn_filtered(sink, sql.batch_size, &sql.only, sql.start)?;
+            set.spawn_fed(sink, feed_of!(sql))?;
         }
         let redis = &settings.sinks.redis_stream;
         if redis.enabled {
             let sink = redis_stream::RedisStreamSink::new(redis)
                 .map_err(|error| std::io::Error::other(error.message))?;
-            set.spawn_filtered(sink, redis.batch_size, &redis.only, redis.start)?;
+            set.spawn_fed(sink, feed_of!(redis))?;
         }
         for (name, target) in &settings.sinks.forward {
             let sink = forward::ForwardSink::new(name, target)
                 .map_err(|error| std::io::Error::other(error.message))?;
-            set.spawn_filtered(sink, target.batch_size, &target.only, target.start)?;
+            set.spawn_fed(sink, feed_of!(target))?;
         }
-        let (only, start) = (&settings.sinks.stats.only, settings.sinks.stats.start);
+        let stats_feed = feed_of!(settings.sinks.stats);
         let mut stats_handle = None;
-        let batch_size = settings.sinks.stats.batch_size;
         if settings.sinks.stats.enabled && settings.stats.backend == StatsBackend::Redis {
             let view = stats::fleet::FleetView::new(&settings.stats).map_err(std::io::Error::other)?;
             let handle = StatsHandle::for_fleet(view, settings.stats.calendar());
             let journal_id = set.journal.id().to_owned();
             let sink = stats::fleet::FleetSink::new(&settings.stats, &journal_id, handle.clone())
                 .map_err(|error| std::io::Error::other(error.message))?;
-            set.spawn_filtered(sink, batch_size, only, start)?;
+            set.spawn_fed(sink, stats_feed.clone())?;
             stats_handle = Some(handle);
         } else if settings.sinks.stats.enabled {
             let sink = StatsSink::restore(&settings.stats)?;
             stats_handle = Some(sink.handle());
-            set.spawn_filtered(sink, batch_size, only, start)?;
+            set.spawn_fed(sink, stats_feed.clone())?;
         }
         Ok((set, stats_handle))
     }
@@ -498,18 +543,13 @@ impl SinkSet {
     /// Starts `sink` on its own thread, reading the journal from its saved
     /// position (the oldest record when it has none) in batches of up to `batch_size`.
     pub fn spawn<S: Sink>(&mut self, sink: S, batch_size: usize) -> std::io::Result<()> {
-        self.spawn_filtered(sink, batch_size, &filter::RecordFilter::default(), Start::Oldest)
+        self.spawn_fed(sink, Feed { batch_size, ..Feed::default() })
     }
 
-    /// [`SinkSet::spawn`], the sink taking only the records `only` admits,
-    /// and starting where `start` says when it has no saved position.
-    pub fn spawn_filtered<S: Sink>(
-        &mut self,
-        sink: S,
-        batch_size: usize,
-        only: &filter::RecordFilter,
-        start: Start,
-    ) -> std::io::Result<()> {
+    /// [`SinkSet::spawn`], fed as `feed` says: its batches, its filter, where
+    /// it starts with no saved position, its attempts per record.
+    pub fn spawn_fed<S: Sink>(&mut self, sink: S, feed: Feed) -> std::io::Result<()> {
+        let Feed { batch_size, only, start, max_attempts } = feed;
         let name = sink.name();
         let journal = &self.journal;
         let now = journal.written() + 1;
@@ -569,8 +609,9 @@ impl SinkSet {
             status: Arc::clone(&status),
             commands: self.commands.subscribe(),
             batch_size,
-            only: (!only.is_empty()).then(|| only.clone()),
+            only: (!only.is_empty()).then_some(only),
             requests,
+            max_attempts,
         };
         let (finished_tx, finished) = oneshot::channel();
         std::thread::Builder::new().name(format!("sink-{name}")).spawn(move || {

@@ -31,6 +31,8 @@ pub(super) struct Work {
     pub only: Option<super::filter::RecordFilter>,
     /// What the admin endpoints ask: dead letters retried, a rewind.
     pub requests: tokio::sync::mpsc::UnboundedReceiver<super::Asked>,
+    /// Failed deliveries of one record before it is a dead letter (0: no limit).
+    pub max_attempts: u32,
 }
 
 pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: PositionKeeper) {
@@ -126,7 +128,8 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
             work.status.filtered.fetch_add((read - entries.len()) as u64, Ordering::Relaxed);
         }
         if !entries.is_empty()
-            && !deliver_until_done(&mut sink, &entries, &work.status, &mut work.commands).await
+            && !deliver_until_done(&mut sink, &entries, &work.status, &mut work.commands, work.max_attempts)
+                .await
         {
             break;
         }
@@ -210,24 +213,25 @@ async fn deliver_until_done<S: Sink>(
     batch: &[Entry],
     status: &SinkStatus,
     commands: &mut watch::Receiver<Command>,
+    max_attempts: u32,
 ) -> bool {
     if batch.is_empty() {
         return true;
     }
-    let records = match deliver_with_retries(sink, batch, status, commands).await {
+    let records = match deliver_with_retries(sink, batch, status, commands, max_attempts).await {
         Delivery::Done => return true,
         Delivery::Stopped => return false,
-        Delivery::Refused(reason) if batch.len() == 1 => {
-            give_up(sink.name(), &batch[0], &reason, status);
+        Delivery::Refused { reason, attempts } if batch.len() == 1 => {
+            give_up(sink.name(), &batch[0], &reason, attempts, status);
             return true;
         }
-        Delivery::Refused(_) => batch,
+        Delivery::Refused { .. } => batch,
     };
     for entry in records {
-        match deliver_with_retries(sink, std::slice::from_ref(entry), status, commands).await {
+        match deliver_with_retries(sink, std::slice::from_ref(entry), status, commands, max_attempts).await {
             Delivery::Done => {}
             Delivery::Stopped => return false,
-            Delivery::Refused(reason) => give_up(sink.name(), entry, &reason, status),
+            Delivery::Refused { reason, attempts } => give_up(sink.name(), entry, &reason, attempts, status),
         }
     }
     true
@@ -236,8 +240,12 @@ async fn deliver_until_done<S: Sink>(
 /// How one delivery of a batch ended.
 enum Delivery {
     Done,
-    /// The sink refused it for good (a permanent error), with the reason.
-    Refused(String),
+    /// The sink refused it for good (a permanent error), or it failed
+    /// `max_attempts` times: the reason, and the attempts it took.
+    Refused {
+        reason: String,
+        attempts: u32,
+    },
     /// The runner was told to stop first.
     Stopped,
 }
@@ -248,10 +256,13 @@ async fn deliver_with_retries<S: Sink>(
     batch: &[Entry],
     status: &SinkStatus,
     commands: &mut watch::Receiver<Command>,
+    max_attempts: u32,
 ) -> Delivery {
     let name = sink.name();
     let mut backoff = FIRST_BACKOFF;
+    let mut attempts = 0;
     loop {
+        attempts += 1;
         let limit = sink.attempt_timeout();
         let attempt = AssertUnwindSafe(within(limit, sink.deliver(batch))).catch_unwind();
         let outcome = tokio::select! {
@@ -260,17 +271,23 @@ async fn deliver_with_retries<S: Sink>(
         };
         let message = match outcome {
             Ok(Ok(())) => {
-                status.handled.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                status.delivered(batch.len() as u64);
                 status.set_state(SinkState::Running);
                 return Delivery::Done;
             }
-            Ok(Err(SinkError { message, retry: false })) => return Delivery::Refused(message),
+            Ok(Err(SinkError { message, retry: false })) => {
+                return Delivery::Refused { reason: message, attempts };
+            }
             Ok(Err(SinkError { message, retry: true })) => message,
             Err(panic) => {
                 status.panics.fetch_add(1, Ordering::Relaxed);
                 format!("sink panicked: {}", panic_reason(&*panic))
             }
         };
+        if max_attempts > 0 && attempts >= max_attempts {
+            let reason = format!("failed {attempts} times (sinks.{name}.max_attempts): {message}");
+            return Delivery::Refused { reason, attempts };
+        }
         status.retries.fetch_add(1, Ordering::Relaxed);
         status.set_state(SinkState::Retrying);
         // Jitter spreads the retries of several receivers hitting one target.
@@ -342,7 +359,7 @@ async fn retry_dead_letters<S: Sink>(sink: &mut S, work: &Work, seq: Option<u64>
         let error = match attempt.catch_unwind().await {
             Ok(Ok(())) => {
                 outcome.delivered += 1;
-                work.status.handled.fetch_add(1, Ordering::Relaxed);
+                work.status.delivered(1);
                 tracing::info!(sink = sink.name(), seq = letter.seq, "dead letter delivered on retry");
                 continue;
             }
@@ -362,7 +379,7 @@ async fn retry_dead_letters<S: Sink>(sink: &mut S, work: &Work, seq: Option<u64>
 
 /// A record the sink refused for good: counted as failed, logged and kept as
 /// a dead letter, and the sink goes on with the records behind it.
-fn give_up(sink: &'static str, entry: &Entry, reason: &str, status: &SinkStatus) {
+fn give_up(sink: &'static str, entry: &Entry, reason: &str, attempts: u32, status: &SinkStatus) {
     use crate::callbacks::{MAX_LOGGED_ID_CHARS, clip};
     let message = &entry.message;
     status.failed.fetch_add(1, Ordering::Relaxed);
@@ -380,7 +397,7 @@ fn give_up(sink: &'static str, entry: &Entry, reason: &str, status: &SinkStatus)
     let letter = super::dead_letters::DeadLetter {
         seq: entry.seq,
         failed_at: crate::epoch::rfc3339_micros(std::time::SystemTime::now()).as_str().to_owned(),
-        attempts: 1,
+        attempts,
         error: reason.to_owned(),
         server_msg_id: message.server_msg_id().to_owned(),
         operation_id: message.operation_id.value.clone(),

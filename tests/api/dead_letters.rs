@@ -206,6 +206,8 @@ async fn a_rewind_delivers_again_from_a_time_or_a_sequence_number_and_refills_an
     .await;
     assert_eq!(rows, 5);
     assert_eq!(logged(&receiver).len(), 7, "the other sinks are not moved");
+    let sql = receiver.caught_up("sql", 5).await;
+    assert_eq!(sql["catch_up_seconds"], 0.0, "caught up again: {sql}");
 
     // The stats count each record once: refused, saying how to rebuild them.
     let (status, refused) = send(&receiver, reqwest::Method::POST, "/sinks/stats/rewind?to=1").await;
@@ -215,5 +217,40 @@ async fn a_rewind_delivers_again_from_a_time_or_a_sequence_number_and_refills_an
     assert_eq!(status, 400, "to is required");
     let (status, _) = send(&receiver, reqwest::Method::POST, "/sinks/log/rewind?to=yesterday").await;
     assert_eq!(status, 400);
+    assert!(receiver.stop().await.is_clean());
+}
+
+#[tokio::test]
+async fn a_record_that_fails_max_attempts_times_becomes_a_dead_letter_and_the_rest_go_on() {
+    let fixed = Arc::new(AtomicBool::new(false));
+    let target_fixed = Arc::clone(&fixed);
+    // 503 (a failure that may pass) for "poison", until fixed.
+    let target = Downstream::answering(move |_, body| {
+        let poison = String::from_utf8_lossy(body).contains("poison");
+        if poison && !target_fixed.load(Ordering::Relaxed) {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        }
+    })
+    .await;
+    let overrides =
+        [("SINKS__FORWARD__CRM__URL", target.url.as_str()), ("SINKS__FORWARD__CRM__MAX_ATTEMPTS", "3")];
+    let receiver = TestReceiver::start_with(settings(&overrides), |_| {}).await;
+    post_ids(&receiver, &["ok-1", "poison-1", "ok-2"]).await;
+    receiver.caught_up("forward.crm", 3).await;
+    assert_eq!(taken(&target), ["ok-1", "ok-2"]);
+    let (_, listed) = send(&receiver, reqwest::Method::GET, "/sinks/forward.crm/dead-letters").await;
+    let letter = &listed["dead_letters"][0];
+    assert_eq!(
+        (letter["serverMsgID"].as_str(), letter["attempts"].as_u64()),
+        (Some("poison-1"), Some(3)),
+        "{listed}"
+    );
+    assert!(letter["error"].as_str().unwrap().contains("sinks.forward.crm.max_attempts"), "{listed}");
+    fixed.store(true, Ordering::Relaxed);
+    let (_, outcome) = send(&receiver, reqwest::Method::POST, "/sinks/forward.crm/dead-letters/retry").await;
+    assert_eq!(outcome["delivered"], 1, "{outcome}");
+    assert_eq!(taken(&target), ["ok-1", "ok-2", "poison-1"]);
     assert!(receiver.stop().await.is_clean());
 }

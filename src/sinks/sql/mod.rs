@@ -313,6 +313,10 @@ pub struct SqlSinkSettings {
     /// Where the sink starts when it has no saved position (see [`crate::sinks::Start`]).
     #[serde(default)]
     pub start: crate::sinks::Start,
+    /// Deliveries of one record that may fail before it becomes a dead letter
+    /// (0: retried until it passes, the default; a refusal for good is one already).
+    #[serde(default)]
+    pub max_attempts: u32,
 }
 
 impl SqlSinkSettings {
