@@ -400,11 +400,14 @@ async fn after_sigkill_under_load_every_row_answered_200_is_in_postgresql_exactl
 
 /// Posts six messages of which the one `refused` makes the database refuse its row: the others
 /// are all archived, behind it too, and the refused one is counted, not silently cut or dropped.
+/// `fix`: what lets the database take the refused row: run, then the dead
+/// letter is retried and must be archived, once.
 async fn a_refused_row_costs_that_row_only(
     url: &str,
     table: &str,
     refused: Value,
     read_rows: impl AsyncFn(&str, &str) -> Vec<Value>,
+    fix: impl AsyncFn(),
 ) {
     let receiver = TestReceiver::start_with(sql_settings(url, table, &[]), |_| {}).await;
     let mut expected = Vec::new();
@@ -436,6 +439,17 @@ async fn a_refused_row_costs_that_row_only(
         .collect();
     archived.sort();
     assert_eq!(archived, expected);
+    fix().await;
+    let retried = receiver.client.post(receiver.url("/sinks/sql/dead-letters/retry")).send().await.unwrap();
+    let outcome: Value = retried.json().await.unwrap();
+    assert_eq!((outcome["retried"].as_u64(), outcome["delivered"].as_u64()), (Some(1), Some(1)), "{outcome}");
+    let archived = read_rows(url, table).await;
+    let refused_id = refused["serverMsgID"].as_str().unwrap();
+    assert_eq!(
+        archived.iter().filter(|row| row["server_msg_id"] == refused_id).count(),
+        1,
+        "archived once, after the fix"
+    );
     assert!(receiver.stop().await.is_clean());
 }
 
@@ -455,7 +469,10 @@ async fn a_row_postgresql_refuses_is_counted_and_the_rows_behind_it_are_archived
     sqlx::query(&constraint).execute(&pool).await.unwrap();
     let mut poison = packet("a", "b", 101);
     poison["serverMsgID"] = "srv-poison".into();
-    a_refused_row_costs_that_row_only(&url, &table, poison, postgres_rows).await;
+    let fix = async || {
+        sqlx::query(&format!("ALTER TABLE {table} DROP CONSTRAINT no_poison")).execute(&pool).await.unwrap();
+    };
+    a_refused_row_costs_that_row_only(&url, &table, poison, postgres_rows, fix).await;
     drop_table(&url, &table).await;
 }
 
@@ -466,7 +483,12 @@ async fn a_row_mariadb_refuses_is_counted_and_long_values_are_kept_whole() {
     // An id longer than its VARCHAR(255) column: refused loudly, never cut short.
     let mut too_long = packet("a", &"r".repeat(300), 101);
     too_long["serverMsgID"] = "srv-long-recv".into();
-    a_refused_row_costs_that_row_only(&url, &table, too_long, mariadb_rows).await;
+    let fix = async || {
+        let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
+        let widen = format!("ALTER TABLE {table} MODIFY recv_id VARCHAR(320) NOT NULL");
+        sqlx::query(&widen).execute(&pool).await.unwrap();
+    };
+    a_refused_row_costs_that_row_only(&url, &table, too_long, mariadb_rows, fix).await;
     // A 100 KiB ex (past TEXT's 64 KiB) is stored whole.
     let receiver = TestReceiver::start_with(sql_settings(&url, &table, &[]), |_| {}).await;
     let mut large = packet("big", "b", 101);
