@@ -22,6 +22,50 @@ pub fn seconds(time: SystemTime) -> u64 {
     micros(time).max(0) as u64 / 1_000_000
 }
 
+/// A time in RFC 3339 (`2026-12-01T08:00:00Z`, `2026-12-01T16:00:00+08:00`,
+/// with or without a fraction); without a zone, read as UTC.
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let (local, offset_minutes) = match text.strip_suffix(['Z', 'z']) {
+        Some(local) => (local, 0),
+        None => {
+            match text.len().checked_sub(6).and_then(|split| Some((text.get(..split)?, text.get(split..)?))) {
+                Some((local, offset)) if offset.starts_with(['+', '-']) => {
+                    (local, parse_utc_offset(offset).ok()?)
+                }
+                _ => (text, 0),
+            }
+        }
+    };
+    let utc_wall = humantime::parse_rfc3339_weak(local).ok()?;
+    let shift = Duration::from_secs(u64::from(offset_minutes.unsigned_abs()) * 60);
+    if offset_minutes >= 0 { utc_wall.checked_sub(shift) } else { utc_wall.checked_add(shift) }
+}
+
+/// Parses `+08:00`, `-05:30`, `+00:00` (also `+0800`, `Z`) into minutes east of UTC.
+pub fn parse_utc_offset(text: &str) -> Result<i32, String> {
+    let invalid = || format!("{text:?} is not a UTC offset like +08:00");
+    if text == "Z" {
+        return Ok(0);
+    }
+    let (sign, rest) = match text.as_bytes().first() {
+        Some(b'+') => (1, &text[1..]),
+        Some(b'-') => (-1, &text[1..]),
+        _ => return Err(invalid()),
+    };
+    let digits: String = rest.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let (hours, minutes) = (
+        digits[..2].parse::<i32>().map_err(|_| invalid())?,
+        digits[2..].parse::<i32>().map_err(|_| invalid())?,
+    );
+    if hours > 14 || minutes > 59 {
+        return Err(invalid());
+    }
+    Ok(sign * (hours * 60 + minutes))
+}
+
 /// The time `micros` microseconds from the epoch.
 pub fn from_micros(micros: i64) -> SystemTime {
     let magnitude = Duration::from_micros(micros.unsigned_abs());
@@ -93,6 +137,18 @@ impl Rfc3339 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_takes_z_an_offset_or_none() {
+        let at = |text| parse_rfc3339(text).map(millis);
+        assert_eq!(at("2024-11-27T02:40:00Z"), Some(1_732_675_200_000));
+        assert_eq!(at("2024-11-27T10:40:00+08:00"), Some(1_732_675_200_000));
+        assert_eq!(at("2024-11-26T21:40:00-05:00"), Some(1_732_675_200_000));
+        assert_eq!(at("2024-11-27T02:40:00"), Some(1_732_675_200_000), "no zone: UTC");
+        assert_eq!(at("2024-11-27T02:40:00.5Z"), Some(1_732_675_200_500));
+        assert_eq!(at("yesterday"), None);
+        assert_eq!(at("2024-11-27T02:40:00+8"), None);
+    }
 
     #[test]
     fn rfc3339_is_humantimes_to_the_microsecond() {

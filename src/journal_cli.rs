@@ -24,9 +24,9 @@ impl std::str::FromStr for Bound {
         if let Ok(seq) = text.parse() {
             return Ok(Bound::Seq(seq));
         }
-        humantime::parse_rfc3339_weak(text.trim_end_matches(['Z', 'z'])).map(Bound::ReceivedAt).map_err(
-            |_| format!("{text:?} is neither a sequence number nor a UTC time like 2026-12-01T08:00:00Z"),
-        )
+        crate::epoch::parse_rfc3339(text).map(Bound::ReceivedAt).ok_or_else(|| {
+            format!("{text:?} is neither a sequence number nor a time like 2026-12-01T08:00:00Z")
+        })
     }
 }
 

@@ -120,8 +120,7 @@ pub async fn rewind(
         to = Some(match value.parse::<u64>() {
             Ok(seq) => seq,
             Err(_) => {
-                let at = humantime::parse_rfc3339_weak(value.trim_end_matches(['Z', 'z']))
-                    .map_err(|_| invalid())?;
+                let at = crate::epoch::parse_rfc3339(&value).ok_or_else(invalid)?;
                 let dir = state.journal.dir().to_owned();
                 let first = tokio::task::spawn_blocking(move || {
                     crate::journal::inspect::first_received_at_or_after(&dir, at)

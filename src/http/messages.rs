@@ -333,16 +333,7 @@ fn parse_time(text: &str) -> Option<i64> {
     if !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()) {
         return text.parse().ok();
     }
-    let (local, offset_minutes) = match text.strip_suffix(['Z', 'z']) {
-        Some(local) => (local, 0),
-        None => {
-            let split = text.len().checked_sub(6)?;
-            let (local, offset) = (text.get(..split)?, text.get(split..)?);
-            (local, crate::sinks::stats::daily::Calendar::parse_offset(offset).ok()?)
-        }
-    };
-    let utc_wall = humantime::parse_rfc3339_weak(local).ok()?;
-    Some(crate::epoch::millis(utc_wall) - i64::from(offset_minutes) * 60_000)
+    crate::epoch::parse_rfc3339(text).map(crate::epoch::millis)
 }
 
 #[cfg(test)]

@@ -46,27 +46,7 @@ impl Calendar {
 
     /// Parses `+08:00`, `-05:30`, `+00:00` (also `+0800`, `Z`) into minutes east of UTC.
     pub fn parse_offset(text: &str) -> Result<i32, String> {
-        let invalid = || format!("{text:?} is not a UTC offset like +08:00");
-        if text == "Z" {
-            return Ok(0);
-        }
-        let (sign, rest) = match text.as_bytes().first() {
-            Some(b'+') => (1, &text[1..]),
-            Some(b'-') => (-1, &text[1..]),
-            _ => return Err(invalid()),
-        };
-        let digits: String = rest.chars().filter(|c| *c != ':').collect();
-        if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid());
-        }
-        let (hours, minutes) = (
-            digits[..2].parse::<i32>().map_err(|_| invalid())?,
-            digits[2..].parse::<i32>().map_err(|_| invalid())?,
-        );
-        if hours > 14 || minutes > 59 {
-            return Err(invalid());
-        }
-        Ok(sign * (hours * 60 + minutes))
+        crate::epoch::parse_utc_offset(text)
     }
 }
 
