@@ -107,7 +107,7 @@ pub fn ls(dir: &Path, out: &mut impl Write) -> io::Result<()> {
     }
     writeln!(out, "(the stats sink keeps its position in its snapshot, not here)")?;
     let dead: Vec<(String, Vec<u64>)> =
-        inspect::dead_letters(dir)?.into_iter().filter(|(_, seqs)| !seqs.is_empty()).collect();
+        dead_letters(dir)?.into_iter().filter(|(_, seqs)| !seqs.is_empty()).collect();
     if dead.is_empty() {
         return writeln!(out, "dead letters: none");
     }
@@ -116,6 +116,25 @@ pub fn ls(dir: &Path, out: &mut impl Write) -> io::Result<()> {
         writeln!(out, "dead letters of {sink}: {} (records {})", seqs.len(), listed.join(", "))?;
     }
     Ok(())
+}
+
+/// The dead letters each sink keeps beside the journal, as (sink, their sequence numbers).
+fn dead_letters(dir: &Path) -> io::Result<Vec<(String, Vec<u64>)>> {
+    let mut found = Vec::new();
+    for path in inspect::files_in(&dir.join("dead-letters"))? {
+        let Some(sink) =
+            path.file_name().and_then(|name| name.to_str()).and_then(|name| name.strip_suffix(".jsonl"))
+        else {
+            continue;
+        };
+        let mut seqs: Vec<u64> =
+            crate::sinks::dead_letters::read_lines(&path)?.iter().map(|letter| letter.seq).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        found.push((sink.to_owned(), seqs));
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// One record as `cat` prints it.

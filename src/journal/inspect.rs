@@ -69,7 +69,7 @@ pub fn read_segment(path: &Path, mut each: impl FnMut(Record) -> bool) -> io::Re
 }
 
 /// The paths in directory `dir`; none when it is not there (nothing was saved in it yet).
-fn files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
+pub fn files_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
     match std::fs::read_dir(dir) {
         Ok(entries) => entries.map(|entry| entry.map(|entry| entry.path())).collect(),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -93,26 +93,6 @@ pub fn first_received_at_or_after(dir: &Path, at: SystemTime) -> io::Result<Opti
         }
     }
     Ok(None)
-}
-
-/// The dead letters each sink keeps in `dir/dead-letters`, as (sink, their sequence numbers).
-pub fn dead_letters(dir: &Path) -> io::Result<Vec<(String, Vec<u64>)>> {
-    let mut found = Vec::new();
-    for path in files_in(&dir.join("dead-letters"))? {
-        let Some(sink) =
-            path.file_name().and_then(|name| name.to_str()).and_then(|name| name.strip_suffix(".json"))
-        else {
-            continue;
-        };
-        let letters: Vec<serde_json::Value> =
-            serde_json::from_slice(&std::fs::read(&path)?).map_err(|error| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{}: {error}", path.display()))
-            })?;
-        let seqs = letters.iter().filter_map(|letter| letter["seq"].as_u64()).collect();
-        found.push((sink.to_owned(), seqs));
-    }
-    found.sort();
-    Ok(found)
 }
 
 /// The positions sinks saved in `dir/cursors`, by sink name.

@@ -1,7 +1,9 @@
 //! A sink's dead letters: the records it gave up on (a permanent refusal by
 //! its target, or `max_attempts` failures), each with its sequence number,
 //! when, how many attempts and the last error, in
-//! `<journal.dir>/dead-letters/<sink>.json`. The sink goes on with the records
+//! `<journal.dir>/dead-letters/<sink>.jsonl`, one JSON line each (a later line
+//! of the same record replaces an earlier one, so a new dead letter is one
+//! appended line, whatever the list's length). The sink goes on with the records
 //! behind them; the journal keeps a dead letter's record (it holds the journal
 //! at its oldest one, like a position) until it is retried or dropped.
 
@@ -38,20 +40,19 @@ pub struct DeadLetters {
 
 /// The file of `sink`'s dead letters in `journal_dir`.
 pub fn path(journal_dir: &Path, sink: &str) -> PathBuf {
-    journal_dir.join("dead-letters").join(format!("{sink}.json"))
+    journal_dir.join("dead-letters").join(format!("{sink}.jsonl"))
 }
 
 impl DeadLetters {
     /// The dead letters saved at `path` (none when there is no file), holding
     /// the journal through `hold` (registered at the journal's oldest record).
     pub fn open(path: PathBuf, hold: Consumer) -> io::Result<Self> {
-        let letters: Vec<DeadLetter> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("{}: {error}", path.display()))
-            })?,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(error) => return Err(error),
-        };
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        for letter in read_lines(&path)? {
+            letters.retain(|kept| kept.seq != letter.seq);
+            letters.push(letter);
+        }
+        letters.sort_by_key(|letter| letter.seq);
         let dead = DeadLetters { path, letters: Mutex::new(letters), hold };
         dead.hold_journal(&dead.lock());
         Ok(dead)
@@ -66,23 +67,37 @@ impl DeadLetters {
         self.hold.saved(letters.iter().map(|letter| letter.seq).min().unwrap_or(u64::MAX));
     }
 
-    /// Rewrites the file (atomically: a crash leaves the old list or the new one).
+    /// Rewrites the file with `letters` (atomically: a crash leaves the old list or the new one).
     fn save(&self, letters: &[DeadLetter]) -> io::Result<()> {
         if let Some(directory) = self.path.parent() {
             std::fs::create_dir_all(directory)?;
         }
-        let bytes = serde_json::to_vec_pretty(letters).map_err(io::Error::other)?;
+        let mut bytes = Vec::new();
+        for letter in letters {
+            serde_json::to_writer(&mut bytes, letter).map_err(io::Error::other)?;
+            bytes.push(b'\n');
+        }
         cursor::write_atomically(&self.path, &bytes)
     }
 
-    /// Adds `letter` (replacing an earlier one of the same record).
+    /// Adds `letter` (replacing an earlier one of the same record): one line
+    /// appended and synced before the sink goes on past its record.
     pub fn add(&self, letter: DeadLetter) -> io::Result<()> {
+        use std::io::Write;
+        let mut line = serde_json::to_vec(&letter).map_err(io::Error::other)?;
+        line.push(b'\n');
         let mut letters = self.lock();
+        if let Some(directory) = self.path.parent() {
+            std::fs::create_dir_all(directory)?;
+        }
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        file.write_all(&line)?;
+        file.sync_data()?;
         letters.retain(|kept| kept.seq != letter.seq);
         letters.push(letter);
         letters.sort_by_key(|letter| letter.seq);
         self.hold_journal(&letters);
-        self.save(&letters)
+        Ok(())
     }
 
     pub fn list(&self) -> Vec<DeadLetter> {
@@ -104,4 +119,29 @@ impl DeadLetters {
         self.hold_journal(&letters);
         Ok(taken)
     }
+}
+
+/// The dead letters in the file at `path`, line by line, as written (none
+/// when there is no file). A torn last line (a crash mid-append) is left out.
+pub fn read_lines(path: &Path) -> io::Result<Vec<DeadLetter>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+    let mut letters = Vec::with_capacity(lines.len());
+    for (index, line) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(letter) => letters.push(letter),
+            Err(_) if index + 1 == lines.len() && !text.ends_with('\n') => {}
+            Err(error) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} line {}: {error}", path.display(), index + 1),
+                ));
+            }
+        }
+    }
+    Ok(letters)
 }
