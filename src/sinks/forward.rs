@@ -23,33 +23,26 @@ use sha2::Sha256;
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-/// One HTTP relay target. Every key but `url` has a default, so a target can
-/// be set from the environment alone: `OPENIM_CALLBACK__SINKS__FORWARD__<NAME>__URL`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ForwardTarget {
-    /// Where every message is POSTed; credentials in it are never shown.
-    pub url: crate::settings::Secret,
-    /// Signs each request the Standard Webhooks way when set (`whsec_<base64>` or plain text).
-    pub secret: crate::settings::Secret,
-    /// No answer within this is a failed attempt.
-    #[serde(with = "humantime_serde")]
-    pub timeout: std::time::Duration,
-    /// Requests in flight at once (1 keeps the journal's order).
-    pub concurrency: usize,
-    /// Most messages taken from the journal at once.
-    pub batch_size: usize,
-    /// POST to `<url>/<command>` (OpenIM v3.4.2+'s form) instead of `<url>`.
-    pub append_command: bool,
-    /// The records this target gets (all when empty).
-    pub only: crate::sinks::filter::RecordFilter,
-    /// Where the sink starts when it has no saved position (see [`crate::sinks::Start`]).
-    #[serde(default)]
-    pub start: crate::sinks::Start,
-    /// Deliveries of one record that may fail before it becomes a dead letter
-    /// (0: retried until it passes, the default; a refusal for good is one already).
-    #[serde(default)]
-    pub max_attempts: u32,
+crate::sinks::sink_settings! {
+    /// One HTTP relay target. Every key but `url` has a default, so a target can
+    /// be set from the environment alone: `OPENIM_CALLBACK__SINKS__FORWARD__<NAME>__URL`.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct ForwardTarget {
+        /// Where every message is POSTed; credentials in it are never shown.
+        pub url: crate::settings::Secret,
+        /// Signs each request the Standard Webhooks way when set (`whsec_<base64>` or plain text).
+        pub secret: crate::settings::Secret,
+        /// No answer within this is a failed attempt.
+        #[serde(with = "humantime_serde")]
+        pub timeout: std::time::Duration,
+        /// Requests in flight at once (1 keeps the journal's order).
+        pub concurrency: usize,
+        /// Most messages taken from the journal at once.
+        pub batch_size: usize,
+        /// POST to `<url>/<command>` (OpenIM v3.4.2+'s form) instead of `<url>`.
+        pub append_command: bool,
+    }
 }
 
 impl Default for ForwardTarget {

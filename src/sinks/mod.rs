@@ -6,6 +6,29 @@
 //! section under `[sinks]` in the settings, and one line in
 //! [`SinkSet::from_settings`]. Neither the HTTP handler nor the journal changes.
 
+/// A sink's settings struct: its own fields, then those every sink's section
+/// has, which say how the runner feeds it (`only`, `start`, `max_attempts`;
+/// see [`Feed`]). Written once here, so every sink takes them alike.
+macro_rules! sink_settings {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($fields:tt)* }) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($fields)*
+            /// The records this sink takes (all when empty).
+            #[serde(default)]
+            pub only: crate::sinks::filter::RecordFilter,
+            /// Where the sink starts when it has no saved position (see [`crate::sinks::Start`]).
+            #[serde(default)]
+            pub start: crate::sinks::Start,
+            /// Deliveries of one record that may fail before it becomes a dead letter
+            /// (0: retried until it passes, the default; a refusal for good is one already).
+            #[serde(default)]
+            pub max_attempts: u32,
+        }
+    };
+}
+pub(crate) use sink_settings;
+
 pub mod filter;
 pub mod forward;
 pub mod log;

@@ -42,31 +42,23 @@ pub(crate) async fn ping(connection: &mut impl redis::aio::ConnectionLike) -> Re
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisStreamSinkSettings {
-    pub enabled: bool,
-    /// `redis://host:6379/0` (`rediss://` for TLS); may hold a password, so never shown.
-    pub url: crate::settings::Secret,
-    /// The stream every message is added to.
-    pub stream: String,
-    /// Trim the stream to about this many entries (`MAXLEN ~`); 0 keeps every entry.
-    pub max_len: u64,
-    /// Most messages added per round trip.
-    pub batch_size: usize,
-    /// Connecting, or an answer, taking longer than this fails the batch (retried).
-    #[serde(with = "humantime_serde")]
-    pub timeout: std::time::Duration,
-    /// The records this sink takes (all when empty).
-    #[serde(default)]
-    pub only: crate::sinks::filter::RecordFilter,
-    /// Where the sink starts when it has no saved position (see [`crate::sinks::Start`]).
-    #[serde(default)]
-    pub start: crate::sinks::Start,
-    /// Deliveries of one record that may fail before it becomes a dead letter
-    /// (0: retried until it passes, the default; a refusal for good is one already).
-    #[serde(default)]
-    pub max_attempts: u32,
+crate::sinks::sink_settings! {
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RedisStreamSinkSettings {
+        pub enabled: bool,
+        /// `redis://host:6379/0` (`rediss://` for TLS); may hold a password, so never shown.
+        pub url: crate::settings::Secret,
+        /// The stream every message is added to.
+        pub stream: String,
+        /// Trim the stream to about this many entries (`MAXLEN ~`); 0 keeps every entry.
+        pub max_len: u64,
+        /// Most messages added per round trip.
+        pub batch_size: usize,
+        /// Connecting, or an answer, taking longer than this fails the batch (retried).
+        #[serde(with = "humantime_serde")]
+        pub timeout: std::time::Duration,
+    }
 }
 
 impl RedisStreamSinkSettings {

@@ -276,47 +276,39 @@ enum OnConflict {
     SetSeq,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SqlSinkSettings {
-    pub enabled: bool,
-    /// `sqlite://path` (the default, `sqlite://data/archive.sqlite3`),
-    /// `postgres://…` or `mysql://…` (MariaDB too); empty for no archive.
-    /// Holds a password, so never shown.
-    pub url: crate::settings::Secret,
-    /// The archive table, created if missing.
-    pub table: String,
-    /// Most rows inserted per statement.
-    pub batch_size: usize,
-    /// Connections kept to the database.
-    pub pool_size: u32,
-    /// How long getting a connection may take before a delivery fails (and is retried).
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: std::time::Duration,
-    /// How long one batch's statements may take before the delivery fails (and is retried).
-    #[serde(with = "humantime_serde")]
-    pub timeout: std::time::Duration,
-    /// With SQLite: below this much free space on the database's disk the
-    /// archive stops writing (degraded) and resumes by itself once there is
-    /// room, so a growing archive never fills the disk the journal shares.
-    #[serde(deserialize_with = "crate::settings::byte_size")]
-    pub min_free_bytes: u64,
-    /// Rows whose `create_time` is older than this many days are deleted, at
-    /// start and every hour; 0 keeps everything.
-    pub retention_days: u32,
-    /// PostgreSQL only: `"month"` makes a new table partitioned by month of
-    /// `create_time`, so retention drops whole months.
-    pub partition: partitions::Partition,
-    /// The records this sink takes (all when empty).
-    #[serde(default)]
-    pub only: crate::sinks::filter::RecordFilter,
-    /// Where the sink starts when it has no saved position (see [`crate::sinks::Start`]).
-    #[serde(default)]
-    pub start: crate::sinks::Start,
-    /// Deliveries of one record that may fail before it becomes a dead letter
-    /// (0: retried until it passes, the default; a refusal for good is one already).
-    #[serde(default)]
-    pub max_attempts: u32,
+crate::sinks::sink_settings! {
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SqlSinkSettings {
+        pub enabled: bool,
+        /// `sqlite://path` (the default, `sqlite://data/archive.sqlite3`),
+        /// `postgres://…` or `mysql://…` (MariaDB too); empty for no archive.
+        /// Holds a password, so never shown.
+        pub url: crate::settings::Secret,
+        /// The archive table, created if missing.
+        pub table: String,
+        /// Most rows inserted per statement.
+        pub batch_size: usize,
+        /// Connections kept to the database.
+        pub pool_size: u32,
+        /// How long getting a connection may take before a delivery fails (and is retried).
+        #[serde(with = "humantime_serde")]
+        pub connect_timeout: std::time::Duration,
+        /// How long one batch's statements may take before the delivery fails (and is retried).
+        #[serde(with = "humantime_serde")]
+        pub timeout: std::time::Duration,
+        /// With SQLite: below this much free space on the database's disk the
+        /// archive stops writing (degraded) and resumes by itself once there is
+        /// room, so a growing archive never fills the disk the journal shares.
+        #[serde(deserialize_with = "crate::settings::byte_size")]
+        pub min_free_bytes: u64,
+        /// Rows whose `create_time` is older than this many days are deleted, at
+        /// start and every hour; 0 keeps everything.
+        pub retention_days: u32,
+        /// PostgreSQL only: `"month"` makes a new table partitioned by month of
+        /// `create_time`, so retention drops whole months.
+        pub partition: partitions::Partition,
+    }
 }
 
 impl SqlSinkSettings {

@@ -68,22 +68,14 @@ impl StatsSettings {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatsSinkSettings {
-    pub enabled: bool,
-    /// Most records the sink takes from the journal at once.
-    pub batch_size: usize,
-    /// The records this sink takes (all when empty).
-    #[serde(default)]
-    pub only: crate::sinks::filter::RecordFilter,
-    /// Where the sink starts when it has no saved position (see [`crate::sinks::Start`]).
-    #[serde(default)]
-    pub start: crate::sinks::Start,
-    /// Deliveries of one record that may fail before it becomes a dead letter
-    /// (0: retried until it passes, the default; a refusal for good is one already).
-    #[serde(default)]
-    pub max_attempts: u32,
+crate::sinks::sink_settings! {
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct StatsSinkSettings {
+        pub enabled: bool,
+        /// Most records the sink takes from the journal at once.
+        pub batch_size: usize,
+    }
 }
 
 crate::settings::named_choices!(StatsBackend { Memory => "memory", Redis => "redis" });
