@@ -27,7 +27,7 @@ async fn main() -> std::io::Result<()> {
         let record =
             NewRecord { kind: 0, received_at: SystemTime::now(), operation_id: &operation_id, body: &raw };
         // No parsed message kept: the sink reads the file and parses, its slow path.
-        journal.append_record(&record, None).map_err(std::io::Error::other)?;
+        journal.append_record(&record, None).await.map_err(std::io::Error::other)?;
     }
     let writer = RecordWriter::new(std::fs::File::create(&path)?);
     let mut sinks = SinkSet::new(journal.clone(), settings.journal.cursor_interval);

@@ -89,21 +89,27 @@ async fn append_by(
             ApiError::JournalWriteFailed { detail: error.to_string() }
         }
     };
-    let seq = state.journal.append(message).map_err(refused)?;
+    // Past the deadline the record is still written (the sinks get it), but
+    // the answer must not promise what the disk has not confirmed. A timer is
+    // set only when the write or the fdatasync makes this request wait.
+    let not_confirmed = |waited_for: &str| {
+        tracing::warn!(
+            operationID = clip(&message.operation_id.value, MAX_LOGGED_ID_CHARS),
+            "message not confirmed: {waited_for} did not finish by the deadline (it stays in the journal)"
+        );
+        ApiError::DeadlineExceeded { deadline_ms: state.settings.server.response_timeout.as_millis() }
+    };
+    let seq = tokio::time::timeout_at(deadline, state.journal.append(message))
+        .await
+        .map_err(|_elapsed| not_confirmed("its journal write"))?
+        .map_err(refused)?;
     // With sync = "always", the fdatasync that covers it; otherwise at once.
-    // Past the deadline the record stays in the journal (the sinks get it),
-    // but the answer must not promise what the disk has not confirmed.
     if state.settings.journal.sync == SyncMode::Os {
         return Ok(());
     }
-    let durable = tokio::time::timeout_at(deadline, state.journal.durable(seq)).await.map_err(|_elapsed| {
-        tracing::warn!(
-            operationID = clip(&message.operation_id.value, MAX_LOGGED_ID_CHARS),
-            seq,
-            "message not confirmed: its fdatasync did not finish by the deadline (it stays in the journal)"
-        );
-        ApiError::DeadlineExceeded { deadline_ms: state.settings.server.response_timeout.as_millis() }
-    })?;
+    let durable = tokio::time::timeout_at(deadline, state.journal.durable(seq))
+        .await
+        .map_err(|_elapsed| not_confirmed("its fdatasync"))?;
     // Its fdatasync failed: the record may not be on the disk, so no 200.
     durable.map_err(refused)
 }

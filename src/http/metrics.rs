@@ -418,13 +418,21 @@ impl prometheus_client::collector::Collector for StateCollector {
             let gauge = ConstGauge::new(value as i64);
             gauge.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
         }
-        let failures = ConstCounter::new(journal.append_failures);
-        failures.encode(encoder.encode_descriptor(
-            "journal_append_failures",
-            "Appends to the journal that failed (disk full or failing; the callback got 503)",
-            None,
-            MetricType::Counter,
-        )?)?;
+        for (name, help, value) in [
+            (
+                "journal_append_failures",
+                "Appends to the journal that failed (disk full or failing; the callback got 503)",
+                journal.append_failures,
+            ),
+            (
+                "journal_writes",
+                "writev calls that wrote journal records (requests arriving together share one)",
+                journal.writes,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
         Ok(())
     }
 }

@@ -17,12 +17,14 @@
 //! `LOCK` file held while a receiver uses the directory. A segment is deleted
 //! once every sink has saved a position past it.
 
+mod append;
 pub mod cursor;
 pub mod inspect;
 mod reader;
 pub mod record;
 pub mod segment;
 
+pub use append::WriterTurn;
 pub use reader::{JournalReader, MAX_BATCH_BYTES, ReadBatch};
 pub use record::{NewRecord, OperationId, Record};
 
@@ -31,7 +33,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
 use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -183,6 +185,8 @@ pub struct Journal<M: Stored> {
     dir: PathBuf,
     settings: JournalSettings,
     writer: Mutex<Writer>,
+    /// Records waiting for the writer (see `append`); never locked while taking `writer`.
+    queue: Mutex<append::Queue<M>>,
     recent: Mutex<Recent<M>>,
     /// Highest sequence number written to the OS (0: none yet).
     written: AtomicU64,
@@ -214,6 +218,8 @@ pub struct Journal<M: Stored> {
     total_bytes: AtomicU64,
     segment_count: AtomicU64,
     append_failures: AtomicU64,
+    /// `writev` calls that wrote records: fewer than the records when requests shared them.
+    writes: AtomicU64,
     /// Rolls that had to create their segment on the request path (no spare ready).
     rolls_without_spare: AtomicU64,
     /// Seconds each fdatasync took.
@@ -243,6 +249,8 @@ pub struct JournalReport {
     pub last_seq: u64,
     pub synced_seq: u64,
     pub append_failures: u64,
+    /// `writev` calls that wrote records (requests arriving together share one).
+    pub writes: u64,
 }
 
 impl<M: Stored> Journal<M> {
@@ -297,6 +305,7 @@ impl<M: Stored> Journal<M> {
                 spare: None,
                 spare_asked: false,
             }),
+            queue: Mutex::new(append::Queue::new(next_seq)),
             recent: Mutex::new(Recent { first_seq: next_seq, messages: VecDeque::new(), body_bytes: 0 }),
             written: AtomicU64::new(written),
             // What start-up read back is on disk as far as this process can tell.
@@ -318,6 +327,7 @@ impl<M: Stored> Journal<M> {
             total_bytes: AtomicU64::new(total_bytes),
             segment_count: AtomicU64::new(segment_count),
             append_failures: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             rolls_without_spare: AtomicU64::new(0),
             fsync_seconds: Histogram::new([
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
@@ -347,76 +357,6 @@ impl<M: Stored> Journal<M> {
     /// This journal's id: its sequence numbers mean something only with it.
     pub fn id(&self) -> &str {
         &self.id
-    }
-
-    /// Appends an accepted message; returns its sequence number. The record
-    /// is in the OS (write(2) returned) when this returns; see [`Journal::durable`].
-    pub fn append(&self, message: &Arc<M>) -> Result<u64, AppendError> {
-        self.append_record(&message.as_record(), Some(message))
-    }
-
-    /// Appends a record; `message` is its parsed form, kept for readers that keep up.
-    pub fn append_record(
-        &self,
-        record: &NewRecord<'_>,
-        message: Option<&Arc<M>>,
-    ) -> Result<u64, AppendError> {
-        // The sync thread takes the reserve back once there is room (no 8 MiB write here).
-        if self.reserve_released.load(Ordering::Acquire) {
-            let error = AppendError::Io(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!(
-                    "the journal's disk is full: callbacks are refused until {} bytes are free there",
-                    self.settings.reserve_bytes + FREE_TO_RESUME
-                ),
-            ));
-            self.append_failed(&error);
-            return Err(error);
-        }
-        // The body's checksum, the costly part, is taken outside the lock.
-        let body_crc = crc32c::crc32c(record.body);
-        let frame_len = (record::FRAME_HEADER_LEN + record.payload_len()) as u64;
-        let mut writer = self.lock_writer();
-        if self.sync_failed.load(Ordering::Acquire) {
-            return Err(AppendError::SyncFailed(self.sync_failure().unwrap_or_default()));
-        }
-        let mut live_bytes = writer.segments.back().map_or(0, |live| live.bytes);
-        if self.roll_due(&writer, live_bytes + frame_len) {
-            self.roll(&mut writer).inspect_err(|error| self.append_failed(error))?;
-            live_bytes = 0;
-        }
-        let ask_for_spare =
-            writer.spare.is_none() && !writer.spare_asked && 2 * live_bytes >= self.settings.segment_bytes;
-        writer.spare_asked |= ask_for_spare;
-        let seq = writer.next_seq;
-        let head = record.encode_head(seq, body_crc);
-        if let Err(error) = write_all_vectored(&writer.live, &head, record.body) {
-            // Take back whatever part of the frame made it, so the next record follows a
-            // whole one. Readers never read past the published end (`readable_end`), so
-            // they cannot see these bytes even while they are there.
-            let _ = writer.live.set_len(live_bytes);
-            let error = AppendError::from(error);
-            self.append_failed(&error);
-            return Err(error);
-        }
-        writer.next_seq += 1;
-        writer.total_bytes += frame_len;
-        writer.segments.back_mut().expect("a live segment").bytes += frame_len;
-        self.total_bytes.store(writer.total_bytes, Ordering::Relaxed);
-        if let Some(message) = message {
-            self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(seq, message);
-        }
-        // Published under the lock: records are written, and so published, in order.
-        self.written.store(seq, Ordering::Release);
-        drop(writer);
-        if self.blocked.load(Ordering::Acquire) {
-            self.set_blocked(None);
-        }
-        self.appended.notify_waiters();
-        if self.settings.sync == SyncMode::Always || ask_for_spare {
-            self.wake_sync_thread();
-        }
-        Ok(seq)
     }
 
     fn append_failed(&self, error: &AppendError) {
@@ -596,6 +536,7 @@ impl<M: Stored> Journal<M> {
         writer.closed_unsynced.push(old);
         writer.segments.push_back(segment);
         writer.next_seq = next;
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).advance_to(next);
         self.segment_count.store(writer.segments.len() as u64, Ordering::Relaxed);
         self.written.store(next - 1, Ordering::Release);
         self.synced.fetch_max(next - 1, Ordering::AcqRel);
@@ -711,6 +652,7 @@ impl<M: Stored> Journal<M> {
             last_seq: self.written(),
             synced_seq: self.synced.load(Ordering::Acquire),
             append_failures: self.append_failures.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
         }
     }
 
@@ -782,17 +724,19 @@ impl<M: Stored> Journal<M> {
         Ok(())
     }
 
-    /// A roll is due at the spare's first record, or when a record would take
-    /// the live segment past `journal.segment_bytes` while no spare is coming
-    /// (past twice that with one coming: a spare is worth waiting a little for).
-    fn roll_due(&self, writer: &Writer, live_bytes_after: u64) -> bool {
-        let frame_alone = writer.segments.back().is_none_or(|live| live.bytes == 0);
+    /// Whether a roll is due before record `seq`, of `frame_len` bytes, with
+    /// `live_bytes` in the live segment before it: at the spare's first
+    /// record, or when the record would take the live segment past
+    /// `journal.segment_bytes` while no spare is coming (past twice that with
+    /// one coming: a spare is worth waiting a little for). Never before the
+    /// first record of a segment, however large.
+    fn roll_due(&self, writer: &Writer, seq: u64, live_bytes: u64, frame_len: u64) -> bool {
         let limit = match &writer.spare {
-            Some(spare) if spare.segment.first_seq == writer.next_seq => return true,
+            Some(spare) if spare.segment.first_seq == seq => return true,
             Some(_) => 2 * self.settings.segment_bytes,
             None => self.settings.segment_bytes,
         };
-        !frame_alone && live_bytes_after > limit
+        live_bytes > 0 && live_bytes + frame_len > limit
     }
 
     /// The sync thread's part of a roll: once the live segment is half full,
@@ -1099,22 +1043,6 @@ fn sync_dir_entry(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// One write(2) for the frame's head and the body, looping on short writes.
-fn write_all_vectored(file: &File, head: &[u8], body: &[u8]) -> io::Result<()> {
-    let mut file = file;
-    let mut parts = [IoSlice::new(head), IoSlice::new(body)];
-    let mut slices: &mut [IoSlice<'_>] = &mut parts;
-    IoSlice::advance_slices(&mut slices, 0);
-    while !slices.is_empty() {
-        match file.write_vectored(slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => IoSlice::advance_slices(&mut slices, written),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(())
-}
 /// The id in `<dir>/ID`, made (a random UUID) when the journal has none:
 /// with a new directory, or one from before ids.
 fn journal_id(dir: &Path) -> std::io::Result<String> {

@@ -42,7 +42,7 @@ fn journal_in(dir: &tempfile::TempDir) -> std::sync::Arc<Journal> {
 }
 
 /// Appends `body` as a record, as the request path does; its sequence number.
-fn append(journal: &Journal, body: &str) -> u64 {
+async fn append(journal: &Journal, body: &str) -> u64 {
     let id = OperationId { value: "op".into(), generated: false };
     let record = NewRecord {
         kind: 0,
@@ -50,7 +50,7 @@ fn append(journal: &Journal, body: &str) -> u64 {
         operation_id: &id,
         body: body.as_bytes(),
     };
-    journal.append_record(&record, None).unwrap()
+    journal.append_record(&record, None).await.unwrap()
 }
 
 #[tokio::test]
@@ -58,7 +58,7 @@ async fn a_lagging_reader_never_reads_the_bytes_of_an_append_being_taken_back() 
     let dir = tempfile::tempdir().unwrap();
     let journal = journal_in(&dir);
     let body = packet("a", "b", 101).to_string();
-    append(&journal, &body);
+    append(&journal, &body).await;
     // Half of a next record in the file, past what the journal published: the state while a
     // failed append (a full disk) is being taken back.
     let segment = std::fs::read_dir(dir.path())
@@ -85,7 +85,7 @@ async fn a_lagging_reader_never_reads_the_bytes_of_an_append_being_taken_back() 
         .unwrap()
         .set_len(length - (partial.len() / 2) as u64)
         .unwrap();
-    append(&journal, &body);
+    append(&journal, &body).await;
     let batch = reader.read(100).unwrap();
     assert_eq!(
         (batch.entries.iter().map(|entry| entry.seq).collect::<Vec<_>>(), batch.damaged),
@@ -193,7 +193,7 @@ async fn a_lagging_sinks_batch_is_bounded_in_bytes_as_well_as_in_records() {
     body["content"] = "x".repeat(3 * 1024 * 1024).into();
     let body = body.to_string();
     for _ in 0..10 {
-        append(&journal, &body);
+        append(&journal, &body).await;
     }
     let mut reader = journal.reader(1);
     let mut seqs = Vec::new();
@@ -234,7 +234,7 @@ async fn segments_every_sink_has_read_are_kept_for_journal_retain_and_give_way_w
         let reader = journal.register(1);
         let mut last = 0;
         for index in 0..450 {
-            last = append(&journal, &ten_kilobytes(index));
+            last = append(&journal, &ten_kilobytes(index)).await;
         }
         // Every record read: only the live segment is needed now.
         reader.saved(last + 1);
@@ -248,7 +248,7 @@ async fn segments_every_sink_has_read_are_kept_for_journal_retain_and_give_way_w
         }
         // Past max_bytes (8 MiB), kept segments give way; no reader loses a record.
         for index in 450..1500 {
-            last = append(&journal, &ten_kilobytes(index));
+            last = append(&journal, &ten_kilobytes(index)).await;
             reader.saved(last + 1);
         }
         let report = journal.report();
@@ -272,7 +272,7 @@ async fn a_roll_swaps_in_the_segment_the_sync_thread_made_ahead_instead_of_creat
     // A reader at the start keeps every segment.
     let _reader_at_start = journal.register(1);
     for index in 0..450 {
-        let seq = append(&journal, &ten_kilobytes(index));
+        let seq = append(&journal, &ten_kilobytes(index)).await;
         // A sync round after each record: the sync thread has had its chance to make the spare.
         journal.sync_through(seq).await.unwrap();
     }
@@ -298,7 +298,7 @@ async fn a_spare_segment_left_by_a_stop_is_dropped_at_start_and_numbering_goes_o
     let journal = small_segments_in(&dir);
     let mut last = 0;
     for index in 0..60 {
-        last = append(&journal, &ten_kilobytes(index));
+        last = append(&journal, &ten_kilobytes(index)).await;
         journal.sync_through(last).await.unwrap();
     }
     let segments = openim_callback_receiver::journal::segment::list(dir.path()).unwrap();
@@ -309,7 +309,7 @@ async fn a_spare_segment_left_by_a_stop_is_dropped_at_start_and_numbering_goes_o
     let journal = small_segments_in(&dir);
     let segments = openim_callback_receiver::journal::segment::list(dir.path()).unwrap();
     assert_eq!(segments.len(), 1, "the spare no record reached is gone: {segments:?}");
-    assert_eq!(append(&journal, &ten_kilobytes(60)), last + 1);
+    assert_eq!(append(&journal, &ten_kilobytes(60)).await, last + 1);
     let batch = journal.reader(1).read(1024).unwrap();
     assert_eq!((batch.entries.len(), batch.damaged), (61, 0));
 }
@@ -318,7 +318,7 @@ async fn a_spare_segment_left_by_a_stop_is_dropped_at_start_and_numbering_goes_o
 async fn a_position_saved_after_the_journal_closed_is_synced_by_the_saver_not_waited_for_forever() {
     let dir = tempfile::tempdir().unwrap();
     let journal = journal_in(&dir);
-    let seq = append(&journal, &packet("a", "b", 101).to_string());
+    let seq = append(&journal, &packet("a", "b", 101).to_string()).await;
     // Shutdown closed the journal while a stuck sink was still winding down: its final
     // save asks for an fdatasync that no sync thread is left to do.
     journal.close();

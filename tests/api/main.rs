@@ -16,6 +16,7 @@ mod journal;
 mod journal_binary;
 mod journal_cli;
 mod journal_faults;
+mod journal_writes;
 mod log_records;
 mod messages;
 mod messages_page;
