@@ -12,6 +12,10 @@
 #
 #   scripts/bench-instructions.sh              # 2000 requests per server
 #   REQUESTS=500 scripts/bench-instructions.sh
+#   RECEIVER=/tmp/old-receiver scripts/bench-instructions.sh   # another build, e.g. an older commit's
+#   NO_BUILD=1 scripts/bench-instructions.sh   # what target/release holds, without building
+#   KEEP=dir scripts/bench-instructions.sh     # keep the profiles; then, built with
+#       CARGO_PROFILE_RELEASE_DEBUG=line-tables-only, scripts/instruction-stages.py dir/receiver-sync-os.out.1 2000
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +30,14 @@ fi
 # Two builds: an example brings the dev-dependencies' features (tokio's
 # "process" and "test-util") into whatever is built with it; the receiver
 # measured is the one a user builds, alone.
-cargo build --release --quiet --example ceiling
-cargo build --release --quiet --bin openim-callback-receiver
+# NO_BUILD=1 measures what target/release holds (or RECEIVER) as it is.
+if [ -z "${NO_BUILD:-}" ]; then
+    cargo build --release --quiet --example ceiling
+    if [ -z "${RECEIVER:-}" ]; then
+        cargo build --release --quiet --bin openim-callback-receiver
+    fi
+fi
+RECEIVER=${RECEIVER:-target/release/openim-callback-receiver}
 
 work=$(mktemp -d)
 server_pid=
@@ -88,7 +98,7 @@ for mode in os always; do
             OPENIM_CALLBACK__JOURNAL__DIR="$work/$mode/journal" OPENIM_CALLBACK__JOURNAL__SYNC=$mode \
             OPENIM_CALLBACK__STATS__SNAPSHOT_PATH="$work/$mode/stats.snapshot" \
             OPENIM_CALLBACK__SINKS__SQL__URL=""
-        measure "receiver-sync-$mode" target/release/openim-callback-receiver
+        measure "receiver-sync-$mode" "$RECEIVER"
     )
 done
 ceiling=$(cat "$work/ceiling.total")

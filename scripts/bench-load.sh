@@ -165,9 +165,12 @@ redis_fleet_total=$(curl -s "http://${ADDR[redis]}/stats" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["messages"]["total"])')
 redis DEL $(redis KEYS "${REDIS_PREFIX}*") >/dev/null 2>&1 || true
 
-declare -A ACCEPTED RSS RECORDS
+declare -A ACCEPTED JOURNALED RSS RECORDS
 for mode in os always sql redis; do
     ACCEPTED[$mode]=$(curl -s "http://${ADDR[$mode]}/stats" | python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"]["accepted"])')
+    # Every record journaled: the 200s, and requests whose connection wrk closed at the end
+    # of a run while they waited for their write or fdatasync (written, never answered).
+    JOURNALED[$mode]=$(curl -s "http://${ADDR[$mode]}/stats" | python3 -c 'import json, sys; print(json.load(sys.stdin)["journal"]["last_seq"])')
     RSS[$mode]=$(awk '/^VmHWM/ {print $2}' "/proc/${PID[$mode]}/status")
     kill -TERM "${PID[$mode]}"
     wait "${PID[$mode]}" || { echo "receiver ($mode) exited non-zero"; exit 1; }
@@ -198,16 +201,19 @@ os2=$(ratio os-2 ceiling-2); os64=$(ratio os-64 ceiling-64)
 always2=$(rps always-2)
 log_ratio=$(awk "BEGIN {printf \"%.1f\", $log_rate / $(rps os-64)}")
 echo
-echo "sync=os:     receiver/ceiling requests/s at 2 connections:  $os2  (target >= 0.85) $(verdict "$os2 >= 0.85")"
+read -r _ _ os2_p99 <<<"${result[os-2]}"
+echo "sync=os:     receiver/ceiling requests/s at 2 connections:  $os2  (target >= 0.90) $(verdict "$os2 >= 0.90")"
 echo "sync=os:     receiver/ceiling requests/s at 64 connections: $os64  (target >= 0.75) $(verdict "$os64 >= 0.75")"
+echo "sync=os:     p99 at 2 connections: $os2_p99 us  (target <= 500) $(verdict "$os2_p99 <= 500")"
 echo "sync=always: receiver/ceiling at 2 / 64 connections:        $(ratio always-2 ceiling-2) / $(ratio always-64 ceiling-64)"
-echo "sync=always: requests/s at 2 connections:                   $(printf '%.0f' "$always2")  (target >= 2000) $(verdict "$always2 >= 2000")"
+echo "sync=always: requests/s at 2 connections:                   $(printf '%.0f' "$always2")  (target >= 5000) $(verdict "$always2 >= 5000")"
 for mode in os always; do
     wrk_ok=$(cat "$work/$mode"-2 "$work/$mode"-64 | awk '{s += $4} END {print s}')
     echo "sync=$mode: peak RSS $((RSS[$mode] / 1024)) MiB (target <= 32) $(verdict "${RSS[$mode]} <= 32768");" \
         "log records ${RECORDS[$mode]}, answered 200 (receiver's count) ${ACCEPTED[$mode]}, 200s seen by wrk $wrk_ok" \
         "$(verdict "${RECORDS[$mode]} >= ${ACCEPTED[$mode]} && ${ACCEPTED[$mode]} >= $wrk_ok")"
 done
+echo "peak RSS with the archive on (sql): $((RSS[sql] / 1024)) MiB; with the stats in Redis: $((RSS[redis] / 1024)) MiB"
 echo "log sink alone (journal read, parse, format): $log_rate records/s = ${log_ratio}x the 64-connection rate"
 sql2=$(ratio sql-2 os-2); sql64=$(ratio sql-64 os-64)
 lag2=$(sort -n "$work/sqllag-2" | tail -1)
@@ -219,8 +225,9 @@ redis2=$(ratio redis-2 os-2); redis64=$(ratio redis-64 os-64)
 redislag2=$(sort -n "$work/redislag-2" | tail -1)
 echo "stats in Redis / in memory, requests/s at 2 connections:  $redis2  (target >= 0.90) $(verdict "$redis2 >= 0.90")"
 echo "stats in Redis / in memory, requests/s at 64 connections: $redis64  (target >= 0.90) $(verdict "$redis64 >= 0.90")"
-echo "fleet stats lag when a 2-connection run stops: at most $redislag2 records $(verdict "$redislag2 <= 5000")"
-echo "fleet total ${redis_fleet_total}, answered 200: ${ACCEPTED[redis]} $(verdict "\"$redis_fleet_total\" == \"${ACCEPTED[redis]}\"")"
+# The fleet is handed fdatasynced records only: at a stop it is up to journal.sync_interval (1 s) behind.
+echo "fleet stats lag when a 2-connection run stops: at most $redislag2 records (bound: 1 s of records) $(verdict "$redislag2 <= $(rps redis-2)")"
+echo "fleet total ${redis_fleet_total} = records journaled ${JOURNALED[redis]} >= answered 200 ${ACCEPTED[redis]} $(verdict "$redis_fleet_total == ${JOURNALED[redis]} && ${JOURNALED[redis]} >= ${ACCEPTED[redis]}")"
 echo "Redis round trips (script calls) per message: $(awk "BEGIN {printf \"%.4f\", $redis_calls / ${ACCEPTED[redis]}}");" \
     "commands run by Redis per message (inside the scripts included): $(awk "BEGIN {printf \"%.3f\", $redis_commands / ${ACCEPTED[redis]}}")"
-echo "SQL sink catch-up after the 64-connection runs: $sql_left records in ${catchup_seconds} s; rows in the table: $sql_rows, answered 200: ${ACCEPTED[sql]} $(verdict "\"$sql_rows\" == \"${ACCEPTED[sql]}\"")"
+echo "SQL sink catch-up after the 64-connection runs: $sql_left records in ${catchup_seconds} s; rows in the table: $sql_rows = records journaled ${JOURNALED[sql]} >= answered 200 ${ACCEPTED[sql]} $(verdict "$sql_rows == ${JOURNALED[sql]} && ${JOURNALED[sql]} >= ${ACCEPTED[sql]}")"

@@ -47,6 +47,10 @@ impl FromRequestParts<AppState> for CallbackCommand {
     }
 }
 
+/// The `operationID` header's name, as a constant: a lookup by a `&str`
+/// parses and hashes the name again on every request.
+pub const OPERATION_ID: header::HeaderName = header::HeaderName::from_static("operationid");
+
 /// The `operationID` header, matched case-insensitively (Go's client writes
 /// `Operationid`). `None` when absent or empty: OpenIM v3.7+ always sends the
 /// header, possibly empty, and the body's id is the fallback then.
@@ -58,7 +62,7 @@ impl<S: Send + Sync> FromRequestParts<S> for OperationIdHeader {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         // HeaderMap lookups are case-insensitive: names are stored lowercase.
-        let Some(value) = parts.headers.get("operationid") else {
+        let Some(value) = parts.headers.get(OPERATION_ID) else {
             return Ok(OperationIdHeader(None));
         };
         let value = std::str::from_utf8(value.as_bytes()).map_err(|_| ApiError::InvalidOperationIdHeader)?;
@@ -91,6 +95,14 @@ impl<S: Send + Sync> FromRequestParts<S> for JsonContentType {
             content_type: String::from_utf8_lossy(value.as_bytes()).into_owned(),
         };
         let text = value.to_str().map_err(|_| unsupported())?;
+        // OpenIM's own, `application/json` alone or with parameters, at once.
+        const JSON: &[u8] = b"application/json";
+        let bytes = text.as_bytes();
+        if bytes.get(..JSON.len()).is_some_and(|start| start.eq_ignore_ascii_case(JSON))
+            && matches!(bytes.get(JSON.len()), None | Some(b';'))
+        {
+            return Ok(JsonContentType);
+        }
         let essence = text.split(';').next().unwrap_or_default().trim();
         let (kind, subtype) = essence.split_once('/').ok_or_else(unsupported)?;
         let is_json = kind.eq_ignore_ascii_case("application")

@@ -53,7 +53,7 @@ where
         let client = request.extensions().get::<ConnectInfo<std::net::SocketAddr>>().map(|info| {
             auth::client_address(info.0.ip(), request.headers(), &state.settings.server.trusted_proxies)
         });
-        let operation_id = request.headers().get("operationid").cloned();
+        let operation_id = request.headers().get(super::extract::OPERATION_ID).cloned();
         // Only a POST can be a callback (OpenIM sends nothing else): other refused
         // requests are counted apart, and not logged as callbacks lost.
         let could_be_callback = request.method() == axum::http::Method::POST;

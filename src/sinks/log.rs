@@ -244,6 +244,10 @@ impl Sink for LogSink {
         "one record per message, to stdout".to_owned()
     }
 
+    fn uses_network(&self) -> bool {
+        false
+    }
+
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
         for entry in batch {
             self.write_record(&entry.message)

@@ -102,6 +102,14 @@ pub trait Sink: Send + 'static {
         true
     }
 
+    /// False for a sink that does no network I/O (it writes a file, or
+    /// counts in memory): its thread's runtime then has no I/O driver, so
+    /// waking it after an append is a futex, not an eventfd write and an
+    /// epoll round. A sink that says false and opens a socket panics there.
+    fn uses_network(&self) -> bool {
+        true
+    }
+
     /// After a batch that emptied the journal, how long the runner waits
     /// before it reads again: longer gathers bigger batches (fewer round
     /// trips to a remote target) at the cost of that much lag.
@@ -637,8 +645,13 @@ impl SinkSet {
             max_attempts,
         };
         let (finished_tx, finished) = oneshot::channel();
+        let mut runtime = tokio::runtime::Builder::new_current_thread();
+        runtime.enable_time();
+        if sink.uses_network() {
+            runtime.enable_io();
+        }
         std::thread::Builder::new().name(format!("sink-{name}")).spawn(move || {
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            match runtime.build() {
                 Ok(runtime) => runtime.block_on(runner::run(sink, work, keeper)),
                 Err(error) => tracing::error!(sink = name, %error, "cannot start the sink's runtime"),
             }

@@ -440,6 +440,10 @@ impl Sink for StatsSink {
         "stats"
     }
 
+    fn uses_network(&self) -> bool {
+        false
+    }
+
     fn describe(&self) -> String {
         match &self.snapshot_path {
             Some(path) => format!("counts in memory, saved to {}", path.display()),
