@@ -287,6 +287,8 @@ impl<M: Stored> Journal<M> {
             let mut writer = self.lock_writer();
             let error = self.write_frames(&mut writer, &frames).err();
             let last_written = writer.next_seq - 1;
+            // Readers waiting for records: also those a failed round wrote before its error.
+            self.appended.notify_waiters();
             if let Some(error) = &error {
                 if !matches!(error, AppendError::SyncFailed(_)) {
                     self.append_failed(error);
@@ -353,7 +355,6 @@ impl<M: Stored> Journal<M> {
         if self.blocked.load(Ordering::Acquire) {
             self.set_blocked(None);
         }
-        self.appended.notify_waiters();
         let live_bytes = writer.segments.back().map_or(0, |live| live.bytes);
         let ask_for_spare =
             writer.spare.is_none() && !writer.spare_asked && 2 * live_bytes >= self.settings.segment_bytes;
