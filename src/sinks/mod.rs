@@ -112,9 +112,15 @@ pub trait Sink: Send + 'static {
 
     /// After a batch that emptied the journal, how long the runner waits
     /// before it reads again: longer gathers bigger batches (fewer round
-    /// trips to a remote target) at the cost of that much lag.
+    /// trips to a remote target, fewer wake-ups of this thread) at the cost
+    /// of that much lag while records keep coming. A record after a quiet
+    /// spell is not held: a runner with nothing to read is woken by the append.
+    /// 10 ms, where 1 ms woke every sink for every second message at
+    /// OpenIM's rate of two callbacks in flight: no one reads a log or a count
+    /// within 10 ms of the message, and the wake-ups were a tenth of the
+    /// instructions each callback costs.
     fn linger(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(1)
+        std::time::Duration::from_millis(10)
     }
 
     /// True for a sink that saves its position as part of each delivery (the
