@@ -3,7 +3,7 @@
 //! notifications, `groupID` for groups. OpenIM sends it even when its insert
 //! failed, and again when it retries the batch: the same message can arrive twice.
 
-use super::packet::{MessagePacket, from_json, require};
+use super::packet::{MessagePacket, require};
 use super::{Callback, Command, PacketError, Role};
 
 pub(super) static COMMAND: Command = Command {
@@ -15,7 +15,7 @@ pub(super) static COMMAND: Command = Command {
 };
 
 fn parse(body: &[u8]) -> Result<Callback, PacketError> {
-    let packet: MessagePacket = from_json(body)?;
+    let packet = MessagePacket::from_json(body)?;
     require(&packet.send_id, "sendID")?;
     if packet.recv_id.is_empty() && packet.group_id.is_empty() {
         return Err(PacketError::EmptyField("recvID or groupID"));

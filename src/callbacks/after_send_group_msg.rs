@@ -1,7 +1,7 @@
 //! `callbackAfterSendGroupMsgCommand`: a group message was sent. The single
 //! chat's fields, with `groupID` in place of `recvID`.
 
-use super::packet::{MessagePacket, from_json, require};
+use super::packet::{MessagePacket, require};
 use super::{Callback, Command, PacketError, Role};
 
 pub(super) static COMMAND: Command = Command {
@@ -13,7 +13,7 @@ pub(super) static COMMAND: Command = Command {
 };
 
 fn parse(body: &[u8]) -> Result<Callback, PacketError> {
-    let packet: MessagePacket = from_json(body)?;
+    let packet = MessagePacket::from_json(body)?;
     require(&packet.send_id, "sendID")?;
     require(&packet.group_id, "groupID")?;
     Ok(Callback::Message(packet))
