@@ -20,7 +20,6 @@
 
 use crate::http::refusals::Refused;
 use crate::settings::{ServerSettings, Settings};
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -106,7 +105,7 @@ pub fn tls_acceptor(server: &ServerSettings) -> io::Result<Option<TlsAcceptor>> 
 /// returns once all connections are closed.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: crate::http::App,
     limits: Limits,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
@@ -165,7 +164,7 @@ pub async fn serve(
 
 /// One accepted connection and what it needs.
 struct Connection {
-    app: Router,
+    app: crate::http::App,
     peer: SocketAddr,
     limits: Arc<Limits>,
     stopping: watch::Receiver<bool>,

@@ -11,6 +11,7 @@ mod metrics;
 mod probes;
 pub mod refusals;
 mod settle;
+pub use settle::SettleOutcome;
 mod status_page;
 
 use crate::MessageJournal;
@@ -19,9 +20,8 @@ use crate::settings::Settings;
 use crate::sinks::{SinkStatus, StatsHandle};
 use axum::Router;
 use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::http::{Method, Uri, header};
 use axum::middleware::from_fn_with_state;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::{ApiError, Outcome, Rejection};
 use std::collections::HashMap;
@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
+use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
 
 /// Everything a request needs. One `Arc`: extractors and middleware clone the
 /// state for every request, so a clone is a single reference count.
@@ -212,7 +213,7 @@ impl RequestCounters {
 
 /// The router: callback routes under the configured base, the probes, and
 /// envelope answers for every path and method that is not served.
-pub fn app(state: AppState) -> Router {
+pub fn app(state: AppState) -> App {
     let base = state.settings.callback_base().to_owned();
     let callback = || post(callback::receive).fallback(method_not_allowed);
     let other_command = || post(other_command).fallback(method_not_allowed);
@@ -273,34 +274,27 @@ pub fn app(state: AppState) -> Router {
     with_layers(routed, state)
 }
 
-/// The layers around every route. A layer wraps what is above it; inside
-/// out: a handler's panic becomes a 500 envelope; the safety net answers if
-/// anything outlives every deadline; each answer is counted, and each refusal
-/// logged; Authorization is kept out of any debug output. Public so tests can
-/// put routes of their own (one that panics, one that hangs) inside them.
-pub fn with_layers(routed: Router, state: AppState) -> Router {
-    let safety_net = state.settings.server.response_timeout + SAFETY_NET_MARGIN;
-    routed
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(answer_panic))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            safety_net,
-        ))
+/// The whole HTTP face, as the server runs it: the router inside the
+/// services that see every request.
+pub type App = SetSensitiveRequestHeaders<SettleOutcome<Router>>;
+
+/// What wraps the router, outermost first: Authorization is kept out of any
+/// debug output; then `SettleOutcome` answers a handler's panic with a 500
+/// envelope and a request that outlives every deadline with the safety
+/// net's 503, counts each answer and marks refusals to be logged. They wrap
+/// the router as a whole, not each route (`Router::layer`), which would box
+/// a future per layer for every request. Public so tests can put routes of
+/// their own (one that panics, one that hangs) inside them.
+pub fn with_layers(routed: Router, state: AppState) -> App {
+    tower::ServiceBuilder::new()
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
         .layer(settle::SettleOutcomeLayer(state))
-        .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+        .service(routed)
 }
 
 /// How long past `server.response_timeout` the outer safety net waits: every
 /// handler answers by its own deadline, so this fires only on a bug.
 pub(crate) const SAFETY_NET_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// A handler's panic: logged at ERROR, answered with a 500 envelope, the
-/// connection kept (hyper would otherwise drop it with no answer).
-fn answer_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let reason = crate::sinks::panic_reason(&*panic);
-    tracing::error!(reason, "a request handler panicked: answered 500");
-    ApiError::Internal.into_response()
-}
 
 async fn not_found(State(state): State<AppState>, uri: Uri) -> ApiError {
     ApiError::NotFound { path: uri.path().to_owned(), base: state.settings.callback_base().to_owned() }

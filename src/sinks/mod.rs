@@ -115,10 +115,10 @@ pub trait Sink: Send + 'static {
     /// trips to a remote target, fewer wake-ups of this thread) at the cost
     /// of that much lag while records keep coming. A record after a quiet
     /// spell is not held: a runner with nothing to read is woken by the append.
-    /// 10 ms, where 1 ms woke every sink for every second message at
-    /// OpenIM's rate of two callbacks in flight: no one reads a log or a count
-    /// within 10 ms of the message, and the wake-ups were a tenth of the
-    /// instructions each callback costs.
+    /// 10 ms: with 1 ms every sink woke for every second message when
+    /// callbacks came one after another, and those wake-ups were 4,400 of the
+    /// 58,000 instructions a callback cost (scripts/bench-instructions.sh);
+    /// no one reads a log or a count within 10 ms of the message.
     fn linger(&self) -> std::time::Duration {
         std::time::Duration::from_millis(10)
     }

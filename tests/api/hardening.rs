@@ -482,7 +482,10 @@ mod layers {
     use axum::routing::post;
     use tower::ServiceExt;
 
-    async fn answer(router: axum::Router, path: &str) -> (StatusCode, serde_json::Value) {
+    async fn answer(
+        router: openim_callback_receiver::http::App,
+        path: &str,
+    ) -> (StatusCode, serde_json::Value) {
         let request = Request::post(path).body(Body::empty()).unwrap();
         let response = router.oneshot(request).await.unwrap();
         let status = response.status();
