@@ -19,7 +19,7 @@ import sys
 ENTRY_POINTS = {
     "total": r"PROGRAM TOTALS",
     "workers": r"tokio::runtime::blocking::pool::Inner::run$",
-    "handler": r"<F as axum::handler::Handler<\(M,T1,T2,T3,T4,T5\),S>>::call::\{\{closure\}\}$",
+    "handler": r"<F as axum::handler::Handler<\(M(,T\d+)+\),S>>::call::\{\{closure\}\}$",
     "parse": r"openim_callback_receiver::callbacks::\w+::parse$",
     "enqueue": r"Journal<M>>::enqueue$",
     "write": r"Journal<M>>::write_queued$",

@@ -12,6 +12,7 @@ pub mod healthcheck;
 pub mod http;
 pub mod journal;
 pub mod journal_cli;
+pub mod json_text;
 pub mod server;
 pub mod settings;
 pub mod sinks;

@@ -3,13 +3,12 @@
 
 use super::AppState;
 use super::error::{self, ApiError, Outcome};
-use super::extract::{CallbackCommand, JsonContentType, OperationIdHeader};
+use super::extract::{CallbackCommand, DeclaredBody, JsonContentType, OperationIdHeader};
 use crate::callbacks::{Callback, Command, MAX_LOGGED_ID_CHARS, OperationId, ReceivedMessage, clip};
 use crate::journal::AppendError;
 use crate::settings::SyncMode;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::header;
+use axum::extract::State;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
@@ -24,10 +23,11 @@ pub async fn receive(
     CallbackCommand(command): CallbackCommand,
     _json: JsonContentType,
     OperationIdHeader(header_id): OperationIdHeader,
-    request: Request,
+    declared: DeclaredBody,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let answer = accept(&state, command, header_id, request).await;
+    let answer = accept(&state, command, header_id, declared, body).await;
     state.requests.request_duration.observe(started.elapsed().as_secs_f64());
     answer
 }
@@ -36,7 +36,8 @@ async fn accept(
     state: &AppState,
     command: &'static Command,
     header_id: Option<String>,
-    request: Request,
+    declared: DeclaredBody,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let server = &state.settings.server;
     // Shed load past the limit at once, rather than queue without bound.
@@ -44,9 +45,10 @@ async fn accept(
         return Err(ApiError::Overloaded { limit: server.max_in_flight });
     };
     let deadline = Instant::now() + server.response_timeout;
-    let raw = tokio::time::timeout_at(deadline, read_body(request, server.max_body_bytes)).await.map_err(
-        |_elapsed| ApiError::DeadlineExceeded { deadline_ms: server.response_timeout.as_millis() },
-    )??;
+    let raw =
+        tokio::time::timeout_at(deadline, read_body(body, declared, server.max_body_bytes)).await.map_err(
+            |_elapsed| ApiError::DeadlineExceeded { deadline_ms: server.response_timeout.as_millis() },
+        )??;
     let callback = command.parse(&raw).map_err(|error| {
         // Another command's packet says so better than by the field it lacks.
         match named_command(&raw) {
@@ -117,27 +119,17 @@ async fn append_by(
 /// The whole body, in a buffer of its own exact size (the chunks hyper hands
 /// over can be slices of a larger read buffer, which a queued message would
 /// otherwise pin). Refused early when Content-Length already says too big.
-async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    // A client that asked "Expect: 100-continue" has not sent the body yet:
-    // reading it would invite it (hyper answers 100 Continue on the first
-    // read), so the 413 goes out unread and the client never sends it.
-    let waits_to_send = request
-        .headers()
-        .get(header::EXPECT)
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let mut body: Body = request.into_body();
-    if declared.is_some_and(|length| length > limit as u64) {
-        if !waits_to_send {
+async fn read_body(mut body: Body, declared: DeclaredBody, limit: usize) -> Result<Bytes, ApiError> {
+    if declared.length.is_some_and(|length| length > limit as u64) {
+        // A client that asked "Expect: 100-continue" has not sent the body yet:
+        // reading it would invite it (hyper answers 100 Continue on the first
+        // read), so the 413 goes out unread and the client never sends it.
+        if !declared.waits_to_send {
             discard_rest(&mut body, limit).await;
         }
         return Err(ApiError::BodyTooLarge { limit });
     }
-    let mut buffer = BytesMut::with_capacity(declared.map_or(0, |length| length as usize));
+    let mut buffer = BytesMut::with_capacity(declared.length.map_or(0, |length| length as usize));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| ApiError::UnreadableBody { detail: error.to_string() })?;
         let Ok(data) = frame.into_data() else { continue };

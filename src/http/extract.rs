@@ -37,7 +37,10 @@ impl FromRequestParts<AppState> for CallbackCommand {
         }
         // The router sends only {base}, {base}/ and {base}/<recorded command> here;
         // other commands in the path have a route of their own.
-        let last = parts.uri.path().rsplit('/').next().unwrap_or_default();
+        let path = parts.uri.path();
+        // By bytes: `rfind('/')` goes through the general character searcher.
+        let last =
+            path.as_bytes().iter().rposition(|&byte| byte == b'/').map_or(path, |slash| &path[slash + 1..]);
         let from_path = state.recorded_command(last);
         match (from_path, from_query) {
             (Some(path), Some(query)) if path != query => Err(state.unknown_command(query.name, "query")),
@@ -108,5 +111,32 @@ impl<S: Send + Sync> FromRequestParts<S> for JsonContentType {
         let is_json = kind.eq_ignore_ascii_case("application")
             && (subtype.eq_ignore_ascii_case("json") || subtype.to_ascii_lowercase().ends_with("+json"));
         if is_json { Ok(JsonContentType) } else { Err(unsupported()) }
+    }
+}
+
+/// What the headers say of the body before it is read: its Content-Length,
+/// and whether the client waits for "100 Continue" before sending it. Read
+/// apart from the body so that the handler holds the body alone, not the
+/// whole request, while it waits for it.
+#[derive(Debug, Clone, Copy)]
+pub struct DeclaredBody {
+    pub length: Option<u64>,
+    pub waits_to_send: bool,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for DeclaredBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        let waits_to_send = parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        Ok(DeclaredBody { length, waits_to_send })
     }
 }

@@ -3,7 +3,8 @@
 //! or a revoke's (`conversationID`, `seq`, `userID`), each naming its command.
 //!
 //! Records are written on this sink's thread into a buffer that goes out
-//! after each batch, with blocking writes: a slow stdout slows this sink
+//! after each batch (its records stamped with the time it was written, as
+//! one write), with blocking writes: a slow stdout slows this sink
 //! and nothing else (the journal holds what it has not written yet). After a
 //! crash the records since its last saved cursor are written again
 //! (at-least-once).
@@ -19,6 +20,7 @@
 
 use super::{Entry, Sink, SinkError};
 use crate::callbacks::{Callback, MessagePacket, ReceivedMessage, RevokePacket, Role};
+use crate::json_text::write_string;
 use crate::settings::LogFormat;
 use crate::telemetry::{self, MESSAGE_TARGET, RecordWriter};
 use serde::Deserialize;
@@ -92,7 +94,7 @@ impl LogSink {
 
 /// One message's record, field for field, in the order it is written.
 struct Record<'a> {
-    timestamp: Timestamp,
+    timestamp: &'a str,
     message: &'static str,
     callback_command: &'static str,
     operation_id: &'a str,
@@ -128,7 +130,7 @@ macro_rules! field {
 
 impl Record<'_> {
     /// The record as one line of JSON, appended to `line`.
-    fn write_json(&self, line: &mut Vec<u8>) -> serde_json::Result<()> {
+    fn write_json(&self, line: &mut Vec<u8>) {
         let mut numbers = itoa::Buffer::new();
         let mut number = |line: &mut Vec<u8>, name: &[u8], value: i64| {
             line.extend_from_slice(name);
@@ -136,76 +138,64 @@ impl Record<'_> {
         };
         let text = |line: &mut Vec<u8>, name: &[u8], value: &str| {
             line.extend_from_slice(name);
-            json_string(line, value)
+            write_string(line, value);
         };
         line.extend_from_slice(b"{\"timestamp\":\"");
-        line.extend_from_slice(crate::epoch::rfc3339_micros(self.timestamp.0).as_str().as_bytes());
+        line.extend_from_slice(self.timestamp.as_bytes());
         line.extend_from_slice(b"\",\"level\":\"INFO\",\"target\":");
-        serde_json::to_writer(&mut *line, MESSAGE_TARGET)?;
-        text(line, field!("message"), self.message)?;
-        text(line, field!("callbackCommand"), self.callback_command)?;
-        text(line, field!("operationID"), self.operation_id)?;
+        write_string(line, MESSAGE_TARGET);
+        text(line, field!("message"), self.message);
+        text(line, field!("callbackCommand"), self.callback_command);
+        text(line, field!("operationID"), self.operation_id);
         if self.operation_id_generated {
             line.extend_from_slice(field!("operationIDGenerated"));
             line.extend_from_slice(b"true");
         }
-        text(line, field!("serverMsgID"), self.server_msg_id)?;
-        text(line, field!("clientMsgID"), self.client_msg_id)?;
-        text(line, field!("sendID"), self.send_id)?;
+        text(line, field!("serverMsgID"), self.server_msg_id);
+        text(line, field!("clientMsgID"), self.client_msg_id);
+        text(line, field!("sendID"), self.send_id);
         if !self.recv_id.is_empty() {
-            text(line, field!("recvID"), self.recv_id)?;
+            text(line, field!("recvID"), self.recv_id);
         }
         if !self.group_id.is_empty() {
-            text(line, field!("groupID"), self.group_id)?;
+            text(line, field!("groupID"), self.group_id);
         }
         if self.seq != 0 {
             number(line, field!("seq"), self.seq.into());
         }
         number(line, field!("senderPlatformID"), self.sender_platform_id.into());
-        text(line, field!("senderPlatform"), self.sender_platform)?;
+        text(line, field!("senderPlatform"), self.sender_platform);
         number(line, field!("contentType"), self.content_type.into());
-        text(line, field!("contentTypeName"), self.content_type_name)?;
+        text(line, field!("contentTypeName"), self.content_type_name);
         number(line, field!("sessionType"), self.session_type.into());
         number(line, field!("msgFrom"), self.msg_from.into());
         number(line, field!("status"), self.status.into());
         number(line, field!("createTime"), self.create_time);
         number(line, field!("sendTime"), self.send_time);
         line.extend_from_slice(field!("atUserList"));
-        serde_json::to_writer(&mut *line, self.at_user_list)?;
+        line.push(b'[');
+        for (index, user) in self.at_user_list.iter().enumerate() {
+            if index > 0 {
+                line.push(b',');
+            }
+            write_string(line, user);
+        }
+        line.push(b']');
         if let Some(content) = self.content {
-            text(line, field!("content"), content)?;
+            text(line, field!("content"), content);
         }
         if self.content_truncated {
             line.extend_from_slice(field!("contentTruncated"));
             line.extend_from_slice(b"true");
         }
         line.push(b'}');
-        Ok(())
     }
-}
-
-/// `value` as a JSON string. Most values (ids, names, numbers' names) hold
-/// nothing JSON escapes: those are copied in one piece, found by a check that
-/// the compiler vectorizes (serde_json looks each byte up in turn); the rest
-/// go through serde_json, byte for byte the same output either way.
-fn json_string(line: &mut Vec<u8>, value: &str) -> serde_json::Result<()> {
-    let needs_escape = value.as_bytes().chunks(16).any(|chunk| {
-        chunk.iter().fold(false, |found, &byte| found | (byte < 0x20) | (byte == b'"') | (byte == b'\\'))
-    });
-    if needs_escape {
-        return serde_json::to_writer(&mut *line, value);
-    }
-    line.reserve(value.len() + 2);
-    line.push(b'"');
-    line.extend_from_slice(value.as_bytes());
-    line.push(b'"');
-    Ok(())
 }
 
 /// A revoke's record.
 #[derive(Serialize)]
 struct RevokeRecord<'a> {
-    timestamp: Timestamp,
+    timestamp: &'a str,
     level: &'static str,
     target: &'static str,
     message: &'static str,
@@ -226,15 +216,6 @@ fn is_false(value: &bool) -> bool {
     !value
 }
 
-/// Now, as RFC 3339 in UTC with microseconds, like tracing's timestamps.
-struct Timestamp(std::time::SystemTime);
-
-impl Serialize for Timestamp {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(crate::epoch::rfc3339_micros(self.0).as_str())
-    }
-}
-
 impl Sink for LogSink {
     fn name(&self) -> &'static str {
         "log"
@@ -249,8 +230,12 @@ impl Sink for LogSink {
     }
 
     async fn deliver(&mut self, batch: &[Entry]) -> Result<(), SinkError> {
+        // A batch goes out in one write, so its records carry one time:
+        // when it was written, as RFC 3339 in UTC with microseconds, like
+        // tracing's timestamps (made once, not once per record).
+        let written_at = crate::epoch::rfc3339_micros(std::time::SystemTime::now());
         for entry in batch {
-            self.write_record(&entry.message)
+            self.write_record(&entry.message, written_at.as_str())
                 .map_err(|error| SinkError::transient(format!("writing a log record: {error}")))?;
         }
         // A closed or broken stdout shows here: the batch is retried, and
@@ -260,10 +245,10 @@ impl Sink for LogSink {
 }
 
 impl LogSink {
-    fn write_record(&mut self, message: &ReceivedMessage) -> std::io::Result<()> {
+    fn write_record(&mut self, message: &ReceivedMessage, timestamp: &str) -> std::io::Result<()> {
         let packet = match &message.callback {
             Callback::Message(packet) => packet,
-            Callback::Revoke(revoke) => return self.write_revoke(message, revoke),
+            Callback::Revoke(revoke) => return self.write_revoke(message, revoke, timestamp),
         };
         let (content, content_truncated) = if self.include_content {
             let (content, truncated) = truncate_chars(&packet.content, self.max_content_chars);
@@ -272,7 +257,7 @@ impl LogSink {
             (None, false)
         };
         let record = Record {
-            timestamp: Timestamp(std::time::SystemTime::now()),
+            timestamp,
             message: record_message(message, packet),
             callback_command: message.command.name,
             operation_id: &message.operation_id.value,
@@ -299,7 +284,7 @@ impl LogSink {
         match &self.format {
             RecordFormat::Json => {
                 self.line.clear();
-                record.write_json(&mut self.line)?;
+                record.write_json(&mut self.line);
                 self.line.push(b'\n');
                 self.writer.lock_for_record().write_all(&self.line)
             }
@@ -310,9 +295,14 @@ impl LogSink {
         }
     }
 
-    fn write_revoke(&mut self, message: &ReceivedMessage, revoke: &RevokePacket) -> std::io::Result<()> {
+    fn write_revoke(
+        &mut self,
+        message: &ReceivedMessage,
+        revoke: &RevokePacket,
+        timestamp: &str,
+    ) -> std::io::Result<()> {
         let record = RevokeRecord {
-            timestamp: Timestamp(std::time::SystemTime::now()),
+            timestamp,
             level: "INFO",
             target: MESSAGE_TARGET,
             message: REVOKE_MESSAGE,
@@ -394,33 +384,7 @@ fn truncate_chars(text: &str, max_chars: usize) -> (&str, bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::{json_string, truncate_chars};
-
-    #[test]
-    fn strings_are_written_exactly_as_serde_json_writes_them() {
-        let long = "x".repeat(40);
-        let cases = [
-            "",
-            "plain",
-            "3861937549",
-            "héllo 你好 😀",
-            "a\"quote",
-            "back\\slash",
-            "tab\there",
-            "nul\u{0}",
-            "\u{1f}unit",
-            "del\u{7f}",
-            "<script>&amp;",
-            "\u{2028}line sep",
-        ];
-        for case in
-            cases.iter().map(|case| case.to_string()).chain([format!("{long}\""), format!("{long}\n{long}")])
-        {
-            let mut ours = Vec::new();
-            json_string(&mut ours, &case).unwrap();
-            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&case).unwrap(), "{case:?}");
-        }
-    }
+    use super::truncate_chars;
 
     #[test]
     fn truncation_counts_characters_not_bytes() {

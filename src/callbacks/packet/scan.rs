@@ -17,6 +17,7 @@
 
 use super::MessagePacket;
 use crate::callbacks::{ContentType, MsgFrom, MsgStatus, Platform, SessionType};
+use crate::json_text::plain_run_end;
 
 /// `text` as a message packet, or `None` when serde_json should decide.
 pub(super) fn message(text: &str) -> Option<MessagePacket> {
@@ -132,40 +133,6 @@ fn field_of(key: &[u8]) -> Option<Field> {
 struct Scanner<'a> {
     text: &'a str,
     at: usize,
-}
-
-/// Eight bytes each holding `byte`, for the eight-at-a-time searches.
-const fn repeated(byte: u8) -> u64 {
-    u64::from_ne_bytes([byte; 8])
-}
-
-/// A word with the high bit set in each byte of `word` that is below `limit`
-/// (at most 0x80); flags above the first true one may be false, the first is exact.
-const fn bytes_below(word: u64, limit: u8) -> u64 {
-    word.wrapping_sub(repeated(limit)) & !word & repeated(0x80)
-}
-
-/// Where in `bytes`, from `from`, the first `"`, `\` or control character is:
-/// the end of a string's plain run. Eight bytes at a time, as serde_json does.
-fn plain_run_end(bytes: &[u8], from: usize) -> usize {
-    let mut at = from;
-    while let Some(chunk) = bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
-        let word = u64::from_le_bytes(*chunk);
-        let special = bytes_below(word ^ repeated(b'"'), 1)
-            | bytes_below(word ^ repeated(b'\\'), 1)
-            | bytes_below(word, 0x20);
-        if special != 0 {
-            return at + (special.trailing_zeros() / 8) as usize;
-        }
-        at += 8;
-    }
-    while let Some(&byte) = bytes.get(at) {
-        if byte == b'"' || byte == b'\\' || byte < 0x20 {
-            break;
-        }
-        at += 1;
-    }
-    at
 }
 
 impl<'a> Scanner<'a> {
@@ -309,17 +276,19 @@ impl<'a> Scanner<'a> {
             self.at += 1;
         }
         let start = self.at;
-        let mut value: i64 = 0;
+        // Nineteen digits cannot overflow a u64; more cannot fit an i64.
+        let mut magnitude: u64 = 0;
         while let Some(digit @ b'0'..=b'9') = self.peek() {
-            let digit = i64::from(digit - b'0');
-            value = value.checked_mul(10)?.checked_add(if negative { -digit } else { digit })?;
+            magnitude = magnitude.wrapping_mul(10).wrapping_add(u64::from(digit - b'0'));
             self.at += 1;
         }
         let digits = self.at - start;
         let leading_zero = digits > 1 && self.bytes()[start] == b'0';
         let fraction_follows = matches!(self.peek(), Some(b'.' | b'e' | b'E'));
-        let negative_zero = negative && value == 0;
-        (digits > 0 && !leading_zero && !fraction_follows && !negative_zero).then_some(value)
+        if digits == 0 || digits > 19 || leading_zero || fraction_follows || (negative && magnitude == 0) {
+            return None;
+        }
+        if negative { 0i64.checked_sub_unsigned(magnitude) } else { i64::try_from(magnitude).ok() }
     }
 
     fn i32(&mut self) -> Option<i32> {
@@ -603,6 +572,37 @@ mod tests {
         let packet = message(text).expect("the fast path reads every escape");
         assert_eq!(packet.ex, "\" \\ / \u{8} \u{c} \n \r \t é 你 \u{0}");
         assert_eq!(Some(packet), by_serde(text));
+    }
+
+    #[test]
+    fn integers_at_the_edges_of_their_types_are_read_as_serde_reads_them() {
+        let numbers = [
+            "9223372036854775807",
+            "-9223372036854775808",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "9999999999999999999",
+            "10000000000000000000",
+            "2147483647",
+            "-2147483648",
+            "2147483648",
+            "4294967295",
+            "4294967296",
+            "0",
+            "7",
+        ];
+        for number in numbers {
+            for key in ["sendTime", "contentType", "seq"] {
+                let other = if key == "contentType" { "" } else { r#","contentType":1"# };
+                let text = format!(r#"{{"sendID":"a"{other},"{key}":{number}}}"#);
+                let expected = by_serde(&text);
+                let read = message(&text);
+                assert!(read.is_none() || read == expected, "{text}: {read:?} against {expected:?}");
+                if expected.is_some() {
+                    assert_eq!(read, expected, "{text} is left to serde");
+                }
+            }
+        }
     }
 
     #[test]
