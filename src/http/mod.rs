@@ -5,6 +5,7 @@ pub mod auth;
 mod callback;
 pub mod error;
 mod extract;
+mod fast_lane;
 mod messages;
 pub use messages::MESSAGES_PATH;
 mod metrics;
@@ -218,6 +219,8 @@ pub fn app(state: AppState) -> App {
     let callback = || post(callback::receive).fallback(method_not_allowed);
     let other_command = || post(other_command).fallback(method_not_allowed);
     let mut callbacks = Router::new();
+    // The paths given the callback handler, for the fast lane.
+    let mut callback_paths = fast_lane::CallbackPaths::default();
     // {base}?command=… (OpenIM up to v3.4.0), with and without a trailing slash;
     // {base}/command (v3.4.2+), and "//" when the base in OpenIM ends with "/".
     // Static routes win over {command}, which catches every other webhook.
@@ -229,6 +232,7 @@ pub fn app(state: AppState) -> App {
         // With the callbacks at the root, `/` is both: POST a callback, GET the status page.
         let route = if path == "/" { callback().get(status_page::page) } else { callback() };
         callbacks = callbacks.route(&path, route);
+        callback_paths.insert(path);
     }
     if !base.is_empty() {
         callbacks = callbacks.route("/", get(status_page::page).fallback(method_not_allowed));
@@ -238,7 +242,9 @@ pub fn app(state: AppState) -> App {
     let recorded = COMMANDS.iter().filter(|command| state.settings.callbacks.records(command));
     for command in recorded {
         for separator in ["/", "//"] {
-            callbacks = callbacks.route(&format!("{base}{separator}{}", command.name), callback());
+            let path = format!("{base}{separator}{}", command.name);
+            callbacks = callbacks.route(&path, callback());
+            callback_paths.insert(path);
         }
     }
     for separator in ["/", "//"] {
@@ -264,6 +270,7 @@ pub fn app(state: AppState) -> App {
     let routed = if auth.token.is_empty() && auth.allow_ips.is_empty() {
         routes.with_state(state.clone())
     } else {
+        callback_paths.clear(); // every request is checked before it is routed
         // The caller check runs before routing (it may cut the token out of the
         // path), so it wraps the routes as a whole, as this router's fallback.
         Router::new()
@@ -271,12 +278,12 @@ pub fn app(state: AppState) -> App {
             .layer(from_fn_with_state(state.clone(), auth::check_caller))
             .with_state(state.clone())
     };
-    with_layers(routed, state)
+    layered(fast_lane::Routes::new(routed, callback_paths, state.clone()), state)
 }
 
 /// The whole HTTP face, as the server runs it: the router inside the
 /// services that see every request.
-pub type App = SetSensitiveRequestHeaders<SettleOutcome<Router>>;
+pub type App = SetSensitiveRequestHeaders<SettleOutcome<fast_lane::Routes>>;
 
 /// What wraps the router, outermost first: Authorization is kept out of any
 /// debug output; then `SettleOutcome` answers a handler's panic with a 500
@@ -286,6 +293,10 @@ pub type App = SetSensitiveRequestHeaders<SettleOutcome<Router>>;
 /// a future per layer for every request. Public so tests can put routes of
 /// their own (one that panics, one that hangs) inside them.
 pub fn with_layers(routed: Router, state: AppState) -> App {
+    layered(fast_lane::Routes::new(routed, Default::default(), state.clone()), state)
+}
+
+fn layered(routed: fast_lane::Routes, state: AppState) -> App {
     tower::ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
         .layer(settle::SettleOutcomeLayer(state))
