@@ -56,7 +56,7 @@ def main():
     rows = [
         ("HTTP: hyper, axum, tower layers, tokio's worker threads", c["workers"] - c["handler"]),
         ("handler: extractors, body, checks, counters, the answer", c["handler"] - c["parse"] - journal),
-        ("parse the packet (serde_json)", c["parse"]),
+        ("parse the packet (the fast path, serde_json for the rest)", c["parse"]),
         ("journal: queue and write the record (request path)", journal),
         ("journal: sync thread (fdatasync, spares)", c["sync"]),
         ("log sink: format and write the record", c["log"]),

@@ -132,6 +132,10 @@ pub const MAX_LOGGED_ID_CHARS: usize = 128;
 /// character boundary: what is kept as a key or written to a diagnostic, so
 /// a caller cannot grow memory or fill a disk with one long string.
 pub fn clip(text: &str, max_chars: usize) -> &str {
+    // No more bytes than the limit is no more characters: nothing to count.
+    if text.len() <= max_chars {
+        return text;
+    }
     match text.char_indices().nth(max_chars) {
         Some((cut, _)) => &text[..cut],
         None => text,
@@ -231,6 +235,9 @@ mod tests {
     fn clip_cuts_on_a_character_boundary() {
         assert_eq!(clip("héllo", 2), "hé");
         assert_eq!(clip("hé", 5), "hé");
+        assert_eq!(clip("héllo", 5), "héllo", "6 bytes, 5 characters: kept whole");
+        assert_eq!(clip("", 0), "");
+        assert_eq!(clip("a", 0), "");
         assert_eq!(clip(&"x".repeat(1000), 64).len(), 64);
     }
 }

@@ -3,7 +3,7 @@
 
 use super::AppState;
 use super::error::{self, ApiError, Outcome};
-use super::extract::{CallbackCommand, DeclaredBody, JsonContentType, OperationIdHeader};
+use super::extract::{CallbackCommand, CallbackHeaders, DeclaredBody};
 use crate::callbacks::{Callback, Command, MAX_LOGGED_ID_CHARS, OperationId, ReceivedMessage, clip};
 use crate::journal::AppendError;
 use crate::settings::SyncMode;
@@ -21,9 +21,7 @@ use tokio::time::Instant;
 pub async fn receive(
     State(state): State<AppState>,
     CallbackCommand(command): CallbackCommand,
-    _json: JsonContentType,
-    OperationIdHeader(header_id): OperationIdHeader,
-    declared: DeclaredBody,
+    CallbackHeaders { operation_id: header_id, declared }: CallbackHeaders,
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();

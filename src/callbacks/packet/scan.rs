@@ -199,9 +199,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The rest of a string whose plain start is `plain` and whose first
-    /// backslash was just read. Byte by byte: escaped strings (a message's
-    /// `content`, JSON inside JSON) have an escape every few bytes, too
-    /// close together for the eight-byte search to pay.
+    /// backslash was just read: escapes, and the plain runs between them.
     fn rest_of_escaped(&mut self, plain: &str) -> Option<String> {
         let bytes = self.bytes();
         let mut value = Vec::with_capacity(plain.len() + 64);
@@ -227,20 +225,18 @@ impl<'a> Scanner<'a> {
                 }
                 _ => return None,
             }
-            loop {
-                let byte = *bytes.get(at)?;
-                at += 1;
-                match byte {
-                    b'"' => {
-                        self.at = at;
-                        // Whole UTF-8 sequences of the text and whole
-                        // characters were copied: this check cannot fail.
-                        return String::from_utf8(value).ok();
-                    }
-                    b'\\' => break,
-                    0..0x20 => return None, // a control character: serde's error
-                    _ => value.push(byte),
+            let end = plain_run_end(bytes, at);
+            value.extend_from_slice(&bytes[at..end]);
+            at = end + 1;
+            match *bytes.get(end)? {
+                b'"' => {
+                    self.at = at;
+                    // Whole UTF-8 sequences of the text and whole
+                    // characters were copied: this check cannot fail.
+                    return String::from_utf8(value).ok();
                 }
+                b'\\' => {}
+                _ => return None, // a control character: serde's error
             }
         }
     }
