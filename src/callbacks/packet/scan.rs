@@ -178,10 +178,7 @@ impl<'a> Scanner<'a> {
 
     /// `null` (read as "") or a string.
     fn string_or_null(&mut self) -> Option<String> {
-        if self.peek() == Some(b'n') {
-            return self.literal(b"null").map(|()| String::new());
-        }
-        self.string()
+        self.or_null(Self::string)
     }
 
     fn string(&mut self) -> Option<String> {
@@ -241,9 +238,11 @@ impl<'a> Scanner<'a> {
         }
     }
     fn strings_or_null(&mut self) -> Option<Vec<String>> {
-        if self.peek() == Some(b'n') {
-            return self.literal(b"null").map(|()| Vec::new());
-        }
+        self.or_null(Self::strings)
+    }
+
+    /// A list of strings.
+    fn strings(&mut self) -> Option<Vec<String>> {
         self.expect(b'[')?;
         let mut strings = Vec::new();
         self.skip_whitespace();
@@ -291,6 +290,7 @@ impl<'a> Scanner<'a> {
         i32::try_from(self.integer()?).ok()
     }
 
+    /// `null` (read as the type's default, as serde's `null_as_default`) or what `read` reads.
     fn or_null<T: Default>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<T> {
         if self.peek() == Some(b'n') {
             return self.literal(b"null").map(|()| T::default());
