@@ -39,6 +39,23 @@ use sqlx::sqlite::{SqlitePool, SqlitePoolOptions};
 /// 65,535 parameters a statement, SQLite 32,766).
 const ROWS_PER_STATEMENT: usize = 1000;
 
+/// Up to this many rows, a multi-row INSERT stays prepared for the next batch
+/// of its length: a trickle of callbacks makes statements of a row or a few.
+const SMALL_STATEMENT_ROWS: usize = 8;
+
+/// Whether the INSERT of `rows` rows is kept prepared by the connection. sqlx
+/// keeps a statement per text, up to 100 a connection, and the text of a
+/// multi-row INSERT is its row count: kept for every length a batch happened
+/// to have, they held 200–300 MiB (a prepared INSERT of hundreds of rows is
+/// megabytes), so only the small ones and the full batch (`full_rows`, every
+/// batch while the sink is behind) are; another length is prepared for its
+/// batch alone (about a millisecond for hundreds of rows, paid when the sink
+/// is keeping up). One statement per batch, not several: SQLite's text index
+/// writes what it has gathered at every statement.
+fn kept_prepared(rows: usize, full_rows: usize) -> bool {
+    rows <= SMALL_STATEMENT_ROWS || rows == full_rows
+}
+
 /// Which database a definition or a statement is for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Engine {
@@ -226,9 +243,12 @@ fn sqlite_time(micros: i64) -> String {
 
 /// Multi-row VALUES, for MySQL and SQLite: the same columns and binds; each
 /// engine writes a time its own way (`$time`, given the builder and the
-/// microseconds) and says what a repeat of a key does (`$on_conflict`).
+/// microseconds) and says what a repeat of a key does (`$on_conflict`). The
+/// statements of a batch share one transaction: one commit (SQLite's
+/// `synchronous = FULL` and InnoDB fsync at each), and the rows land together.
 macro_rules! insert_values {
-    ($db:ty, $pool:expr, $table:expr, $rows:expr, $time:expr, $on_conflict:expr) => {{
+    ($db:ty, $pool:expr, $table:expr, $rows:expr, $full_rows:expr, $time:expr, $on_conflict:expr) => {{
+        let mut transaction = $pool.begin().await?;
         for chunk in $rows.chunks(ROWS_PER_STATEMENT) {
             let mut builder =
                 sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO {} ({INSERT_COLUMNS}) ", $table));
@@ -262,8 +282,13 @@ macro_rules! insert_values {
                 values.push_bind(&row.revoked_by).push_bind(&row.text);
             });
             builder.push($on_conflict);
-            builder.build().execute($pool).await?;
+            builder
+                .build()
+                .persistent(kept_prepared(chunk.len(), $full_rows))
+                .execute(&mut *transaction)
+                .await?;
         }
+        transaction.commit().await?;
     }};
 }
 
@@ -367,6 +392,8 @@ pub struct SqlSink {
     /// The table as it is: partitioned by month (PostgreSQL), with the months made so far.
     partitioned: bool,
     months_made: std::collections::HashSet<i64>,
+    /// Rows in the INSERT of a full batch (see [`kept_prepared`]).
+    full_rows: usize,
 }
 
 #[derive(Clone)]
@@ -434,6 +461,7 @@ impl SqlSink {
             partition: settings.partition,
             partitioned: false,
             months_made: std::collections::HashSet::new(),
+            full_rows: settings.batch_size.min(ROWS_PER_STATEMENT),
         })
     }
 
@@ -683,7 +711,7 @@ impl SqlSink {
                     OnConflict::Keep => " ON DUPLICATE KEY UPDATE server_msg_id = server_msg_id",
                     OnConflict::SetSeq => " ON DUPLICATE KEY UPDATE seq = VALUES(seq)",
                 };
-                insert_values!(sqlx::MySql, pool, table, rows, time, on_conflict);
+                insert_values!(sqlx::MySql, pool, table, rows, self.full_rows, time, on_conflict);
             }
             Database::Sqlite(pool) => {
                 use sqlx::query_builder::Separated;
@@ -694,7 +722,7 @@ impl SqlSink {
                     OnConflict::Keep => " ON CONFLICT (server_msg_id) DO NOTHING",
                     OnConflict::SetSeq => " ON CONFLICT (server_msg_id) DO UPDATE SET seq = excluded.seq",
                 };
-                insert_values!(sqlx::Sqlite, pool, table, rows, time, on_conflict);
+                insert_values!(sqlx::Sqlite, pool, table, rows, self.full_rows, time, on_conflict);
             }
         }
         Ok(())
@@ -1085,5 +1113,19 @@ impl Sink for SqlSink {
     /// shows the sink degraded, `/readyz` stays 200, the journal holds the rows.
     fn failures_affect_readiness(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_small_inserts_and_the_full_batch_stay_prepared() {
+        let full_rows = 500;
+        let kept: Vec<usize> =
+            (1..=ROWS_PER_STATEMENT).filter(|&rows| kept_prepared(rows, full_rows)).collect();
+        assert_eq!(kept, [1, 2, 3, 4, 5, 6, 7, 8, 500]);
+        assert!(kept_prepared(ROWS_PER_STATEMENT, ROWS_PER_STATEMENT));
     }
 }
