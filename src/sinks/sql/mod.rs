@@ -1128,4 +1128,65 @@ mod tests {
         assert_eq!(kept, [1, 2, 3, 4, 5, 6, 7, 8, 500]);
         assert!(kept_prepared(ROWS_PER_STATEMENT, ROWS_PER_STATEMENT));
     }
+
+    fn entry(seq: u64) -> Entry {
+        use crate::callbacks::{
+            AFTER_SEND_SINGLE_MSG, ContentType, MessagePacket, OperationId, ReceivedMessage,
+        };
+        let packet = MessagePacket {
+            server_msg_id: format!("msg-{seq}"),
+            send_id: "alice".to_owned(),
+            recv_id: "bob".to_owned(),
+            content_type: ContentType(101),
+            content: r#"{"content":"hello"}"#.to_owned(),
+            ..Default::default()
+        };
+        let message = ReceivedMessage {
+            command: AFTER_SEND_SINGLE_MSG,
+            raw: serde_json::to_vec(&packet).unwrap().into(),
+            callback: Callback::Message(packet),
+            operation_id: OperationId { value: format!("op-{seq}"), generated: false },
+            received_at: std::time::SystemTime::now(),
+        };
+        Entry { seq, message: std::sync::Arc::new(message) }
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_an_odd_length_leaves_no_prepared_insert_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("archive.sqlite3").display());
+        let env = [
+            ("OPENIM_CALLBACK__SINKS__SQL__URL", url.as_str()),
+            ("OPENIM_CALLBACK__SINKS__SQL__BATCH_SIZE", "50"),
+            // One connection: the one whose prepared statements are counted.
+            ("OPENIM_CALLBACK__SINKS__SQL__POOL_SIZE", "1"),
+            ("OPENIM_CALLBACK__SINKS__SQL__MIN_FREE_BYTES", "0"),
+        ];
+        let env = env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect();
+        let settings = crate::settings::Settings::load(None, crate::settings::EnvSource::Map(env)).unwrap();
+        let mut sink = SqlSink::new(&settings.sinks.sql).unwrap();
+        sink.check().await.unwrap();
+        let mut next = 0;
+        let mut batch = |rows: u64| {
+            let batch: Vec<Entry> = (next + 1..=next + rows).map(entry).collect();
+            next += rows;
+            batch
+        };
+        let Database::Sqlite(pool) = sink.database.clone() else { unreachable!("a sqlite URL") };
+        let prepared = || async { sqlx::Connection::cached_statements_size(&*pool.acquire().await.unwrap()) };
+
+        sink.deliver(&batch(1)).await.unwrap();
+        let before = prepared().await;
+        for rows in 9..50 {
+            sink.deliver(&batch(rows)).await.unwrap();
+        }
+        assert_eq!(prepared().await, before, "41 batch lengths, none of them kept");
+        sink.deliver(&batch(50)).await.unwrap();
+        sink.deliver(&batch(50)).await.unwrap();
+        assert_eq!(prepared().await, before + 1, "the full batch's INSERT, kept once");
+
+        let archived: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM openim_messages").fetch_one(&pool).await.unwrap();
+        assert_eq!(archived as u64, next, "every row of every batch");
+    }
 }
