@@ -33,12 +33,17 @@ mod sse2 {
             }
             at += 16;
         }
-        // The last few bytes, padded with quotes: the first pad stops the run
-        // where the bytes end.
-        let rest = bytes.get(at..).unwrap_or_default();
-        let mut padded = [b'"'; 16];
-        padded[..rest.len()].copy_from_slice(rest);
-        at + special_bytes(load_unaligned_m128i(&padded)).trailing_zeros() as usize
+        // Fewer than sixteen left: the last sixteen bytes again, without the
+        // bits of those already looked at; a short text a word at a time.
+        if at >= bytes.len() {
+            return at;
+        }
+        let Some(last) = bytes.last_chunk::<16>() else {
+            return super::words::plain_run_end(bytes, at);
+        };
+        let looked_at = at - (bytes.len() - 16);
+        let special = special_bytes(load_unaligned_m128i(last)) >> looked_at;
+        if special != 0 { at + special.trailing_zeros() as usize } else { bytes.len() }
     }
 
     /// A bit for each of the sixteen bytes that is `"`, `\` or below 0x20.

@@ -266,19 +266,20 @@ impl<'a> Scanner<'a> {
     /// those for an integer field), no leading zero, within an i64; and not
     /// `-0`, which serde_json reads as a float (to keep its sign).
     fn integer(&mut self) -> Option<i64> {
-        let negative = self.peek() == Some(b'-');
-        if negative {
-            self.at += 1;
-        }
-        let start = self.at;
+        // On a local index, which the loop keeps in a register.
+        let bytes = self.bytes();
+        let negative = bytes.get(self.at) == Some(&b'-');
+        let start = self.at + usize::from(negative);
+        let mut at = start;
         // Nineteen digits cannot overflow a u64; more cannot fit an i64.
         let mut magnitude: u64 = 0;
-        while let Some(digit @ b'0'..=b'9') = self.peek() {
-            magnitude = magnitude.wrapping_mul(10).wrapping_add(u64::from(digit - b'0'));
-            self.at += 1;
+        while let Some(digit) = bytes.get(at).map(|byte| byte.wrapping_sub(b'0')).filter(|digit| *digit <= 9) {
+            magnitude = magnitude.wrapping_mul(10).wrapping_add(u64::from(digit));
+            at += 1;
         }
-        let digits = self.at - start;
-        let leading_zero = digits > 1 && self.bytes()[start] == b'0';
+        self.at = at;
+        let digits = at - start;
+        let leading_zero = digits > 1 && bytes[start] == b'0';
         let fraction_follows = matches!(self.peek(), Some(b'.' | b'e' | b'E'));
         if digits == 0 || digits > 19 || leading_zero || fraction_follows || (negative && magnitude == 0) {
             return None;
