@@ -2,6 +2,7 @@
 //! all within `server.response_timeout`. The sinks take it from the journal.
 
 use super::AppState;
+use super::deadline::within;
 use super::error::{self, ApiError, Outcome};
 use super::extract::{CallbackCommand, CallbackHeaders, DeclaredBody};
 use crate::callbacks::{Callback, Command, MAX_LOGGED_ID_CHARS, OperationId, ReceivedMessage, clip};
@@ -24,14 +25,15 @@ pub async fn receive(
     CallbackHeaders { operation_id: header_id, declared }: CallbackHeaders,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let started = std::time::Instant::now();
-    let answer = accept(&state, command, header_id, declared, body).await;
+    let started = Instant::now();
+    let answer = accept(&state, started, command, header_id, declared, body).await;
     state.requests.request_duration.observe(started.elapsed().as_secs_f64());
     answer
 }
 
 async fn accept(
     state: &AppState,
+    started: Instant,
     command: &'static Command,
     header_id: Option<String>,
     declared: DeclaredBody,
@@ -42,11 +44,10 @@ async fn accept(
     let Ok(_in_flight) = state.in_flight.try_acquire() else {
         return Err(ApiError::Overloaded { limit: server.max_in_flight });
     };
-    let deadline = Instant::now() + server.response_timeout;
-    let raw =
-        tokio::time::timeout_at(deadline, read_body(body, declared, server.max_body_bytes)).await.map_err(
-            |_elapsed| ApiError::DeadlineExceeded { deadline_ms: server.response_timeout.as_millis() },
-        )??;
+    let deadline = started + server.response_timeout;
+    let raw = within(|| deadline, read_body(body, declared, server.max_body_bytes)).await.map_err(
+        |_elapsed| ApiError::DeadlineExceeded { deadline_ms: server.response_timeout.as_millis() },
+    )??;
     let callback = command.parse(&raw).map_err(|error| {
         // Another command's packet says so better than by the field it lacks.
         match named_command(&raw) {
@@ -99,7 +100,7 @@ async fn append_by(
         );
         ApiError::DeadlineExceeded { deadline_ms: state.settings.server.response_timeout.as_millis() }
     };
-    let seq = tokio::time::timeout_at(deadline, state.journal.append(message))
+    let seq = within(|| deadline, state.journal.append(message))
         .await
         .map_err(|_elapsed| not_confirmed("its journal write"))?
         .map_err(refused)?;
@@ -107,7 +108,7 @@ async fn append_by(
     if state.settings.journal.sync == SyncMode::Os {
         return Ok(());
     }
-    let durable = tokio::time::timeout_at(deadline, state.journal.durable(seq))
+    let durable = within(|| deadline, state.journal.durable(seq))
         .await
         .map_err(|_elapsed| not_confirmed("its fdatasync"))?;
     // Its fdatasync failed: the record may not be on the disk, so no 200.

@@ -3,6 +3,7 @@
 mod admin;
 pub mod auth;
 mod callback;
+mod deadline;
 pub mod error;
 mod extract;
 mod fast_lane;

@@ -12,6 +12,7 @@
 //! instructions a callback cost, scripts/bench-instructions.sh). This is
 //! one boxed future.
 
+use super::deadline::within;
 use super::error::{ApiError, Outcome};
 use super::{AppState, SAFETY_NET_MARGIN, auth, refusals};
 use axum::extract::{ConnectInfo, Request};
@@ -69,7 +70,8 @@ where
             let outcome = match answered {
                 // Every handler answers by its own deadline: the safety net fires only on a bug.
                 Ok(answered) => {
-                    tokio::time::timeout(safety_net, AssertUnwindSafe(answered).catch_unwind()).await
+                    let deadline = || tokio::time::Instant::now() + safety_net;
+                    within(deadline, AssertUnwindSafe(answered).catch_unwind()).await
                 }
                 Err(panic) => Ok(Err(panic)),
             };

@@ -273,7 +273,8 @@ impl<'a> Scanner<'a> {
         let mut at = start;
         // Nineteen digits cannot overflow a u64; more cannot fit an i64.
         let mut magnitude: u64 = 0;
-        while let Some(digit) = bytes.get(at).map(|byte| byte.wrapping_sub(b'0')).filter(|digit| *digit <= 9) {
+        while let Some(digit) = bytes.get(at).map(|byte| byte.wrapping_sub(b'0')).filter(|digit| *digit <= 9)
+        {
             magnitude = magnitude.wrapping_mul(10).wrapping_add(u64::from(digit));
             at += 1;
         }
