@@ -9,18 +9,18 @@
 //! applied with `Router::layer`: axum puts each such layer inside every
 //! route and boxes its future, so four layers cost every request four
 //! allocations and the copies of four nested futures (5,600 of the 51,000
-//! instructions a callback cost, scripts/bench-instructions.sh). This is
-//! one boxed future.
+//! instructions a callback cost, scripts/bench-instructions.sh). Its
+//! future, [`Settling`], is written by hand too, so that it is not boxed and
+//! the router's future inside it is never moved.
 
-use super::deadline::within;
 use super::error::{ApiError, Outcome};
 use super::{AppState, SAFETY_NET_MARGIN, auth, refusals};
 use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use std::convert::Infallible;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 #[derive(Clone)]
@@ -42,13 +42,12 @@ pub struct SettleOutcome<S> {
 
 impl<S> tower::Service<Request> for SettleOutcome<S>
 where
-    S: tower::Service<Request, Error = Infallible> + Send + 'static,
+    S: tower::Service<Request, Error = Infallible>,
     S::Response: IntoResponse,
-    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = Settling<S::Future>;
 
     fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(context)
@@ -64,46 +63,106 @@ where
         // Only a POST can be a callback (OpenIM sends nothing else): other refused
         // requests are counted apart, and not logged as callbacks lost.
         let could_be_callback = request.method() == axum::http::Method::POST;
-        let answered = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request)));
-        let safety_net = state.settings.server.response_timeout + SAFETY_NET_MARGIN;
-        Box::pin(async move {
-            let outcome = match answered {
-                // Every handler answers by its own deadline: the safety net fires only on a bug.
-                Ok(answered) => {
-                    let deadline = || tokio::time::Instant::now() + safety_net;
-                    within(deadline, AssertUnwindSafe(answered).catch_unwind()).await
-                }
-                Err(panic) => Ok(Err(panic)),
+        let (answering, panicked) =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+                Ok(answering) => (Some(answering), None),
+                Err(panic) => (None, Some(panic)),
             };
-            let mut response = match outcome {
-                Ok(Ok(Ok(answer))) => answer.into_response(),
-                Ok(Err(panic)) => answer_panic(panic),
-                Err(_elapsed) => {
+        Settling {
+            answering,
+            safety_net: None,
+            panicked,
+            request: RequestFacts { state, client, operation_id, could_be_callback },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer on its way out: the router's future, polled in
+    /// place (an `async` block here would be boxed, and the router's future
+    /// moved into it, on every request), under the safety net, which is made
+    /// only if the answer is not ready at the first poll.
+    pub struct Settling<F> {
+        #[pin]
+        answering: Option<F>,
+        #[pin]
+        safety_net: Option<tokio::time::Sleep>,
+        // The router's own call panicked: no future to poll.
+        panicked: Option<Box<dyn std::any::Any + Send + 'static>>,
+        request: RequestFacts,
+    }
+}
+
+/// What the answer is counted and logged with.
+struct RequestFacts {
+    state: AppState,
+    client: Option<std::net::IpAddr>,
+    operation_id: Option<axum::http::HeaderValue>,
+    could_be_callback: bool,
+}
+
+impl<F, R> Future for Settling<F>
+where
+    F: Future<Output = Result<R, Infallible>>,
+    R: IntoResponse,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let response = match this.answering.as_mut().as_pin_mut() {
+            None => match this.panicked.take() {
+                Some(panic) => answer_panic(panic),
+                // Polled again after its answer: a caller's bug, never hyper's.
+                None => return Poll::Pending,
+            },
+            Some(answering) => match std::panic::catch_unwind(AssertUnwindSafe(|| answering.poll(context))) {
+                Ok(Poll::Ready(Ok(answer))) => answer.into_response(),
+                Err(panic) => answer_panic(panic),
+                Ok(Poll::Pending) => {
+                    // Every handler answers by its own deadline: the safety net fires only on a bug.
+                    let limit = this.request.state.settings.server.response_timeout + SAFETY_NET_MARGIN;
+                    if this.safety_net.is_none() {
+                        this.safety_net.set(Some(tokio::time::sleep(limit)));
+                    }
+                    let fired = this.safety_net.as_pin_mut().is_some_and(|net| net.poll(context).is_ready());
+                    if !fired {
+                        return Poll::Pending;
+                    }
                     tracing::error!(
-                        limit_ms = safety_net.as_millis(),
+                        limit_ms = limit.as_millis(),
                         "a request outlived every deadline: answered 503 by the safety net"
                     );
-                    ApiError::DeadlineExceeded { deadline_ms: safety_net.as_millis() }.into_response()
+                    ApiError::DeadlineExceeded { deadline_ms: limit.as_millis() }.into_response()
                 }
-            };
-            match response.extensions_mut().remove::<Outcome>() {
-                Some(Outcome::Rejected(rejection)) if !could_be_callback => {
-                    state.requests.count_other_refused(rejection);
-                }
-                Some(outcome) => {
-                    state.requests.count(outcome);
-                    if let Outcome::Rejected(rejection) = outcome {
-                        response.extensions_mut().insert(refusals::Refused {
-                            rejection,
-                            operation_id,
-                            client,
-                        });
-                    }
-                }
-                None => {}
+            },
+        };
+        // The router's future is done with (or cut off): dropped now, not with the connection's next request.
+        this.answering.set(None);
+        Poll::Ready(Ok(this.request.count(response)))
+    }
+}
+
+impl RequestFacts {
+    /// Counts the answer by its outcome, and marks a refused callback for the connection to log.
+    fn count(&mut self, mut response: Response) -> Response {
+        match response.extensions_mut().remove::<Outcome>() {
+            Some(Outcome::Rejected(rejection)) if !self.could_be_callback => {
+                self.state.requests.count_other_refused(rejection);
             }
-            Ok(response)
-        })
+            Some(outcome) => {
+                self.state.requests.count(outcome);
+                if let Outcome::Rejected(rejection) = outcome {
+                    response.extensions_mut().insert(refusals::Refused {
+                        rejection,
+                        operation_id: self.operation_id.take(),
+                        client: self.client,
+                    });
+                }
+            }
+            None => {}
+        }
+        response
     }
 }
 
