@@ -100,27 +100,37 @@ pub fn write_string(out: &mut Vec<u8>, value: &str) {
     let bytes = value.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
-    let mut at = 0;
-    loop {
-        let end = plain_run_end(bytes, at);
-        out.extend_from_slice(&bytes[at..end]);
-        let Some(&special) = bytes.get(end) else { break };
-        match special {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            control => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(control >> 4)]);
-                out.push(HEX[usize::from(control & 0xf)]);
+    // Most values need no escape: copied first, then looked at where they
+    // landed, at the end of a buffer that is (past a record's first bytes)
+    // longer than sixteen, so a short value is one look at its last sixteen.
+    let start = out.len();
+    out.extend_from_slice(bytes);
+    let mut at = plain_run_end(out, start) - start;
+    if at < bytes.len() {
+        out.truncate(start + at);
+        loop {
+            match bytes[at] {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                control => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[usize::from(control >> 4)]);
+                    out.push(HEX[usize::from(control & 0xf)]);
+                }
             }
+            let end = plain_run_end(bytes, at + 1);
+            out.extend_from_slice(&bytes[at + 1..end]);
+            if end == bytes.len() {
+                break;
+            }
+            at = end;
         }
-        at = end + 1;
     }
     out.push(b'"');
 }
@@ -132,11 +142,17 @@ mod tests {
 
     proptest! {
         #[test]
-        fn strings_are_written_exactly_as_serde_json_writes_them(value in "(?s).{0,40}", control in 0u8..0x20) {
+        fn strings_are_written_exactly_as_serde_json_writes_them(
+            value in "(?s).{0,40}",
+            control in 0u8..0x20,
+            // What the buffer already holds (a record's earlier fields, quotes
+            // and backslashes among them): the value is looked at where it lands.
+            before in "[a-z\"\\\\:,{]{0,24}",
+        ) {
             for value in [value.clone(), format!("{value}{}", char::from(control)), format!("\"{value}\\")] {
-                let mut ours = Vec::new();
+                let mut ours = before.clone().into_bytes();
                 write_string(&mut ours, &value);
-                prop_assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&value).unwrap());
+                prop_assert_eq!(String::from_utf8(ours).unwrap(), before.clone() + &serde_json::to_string(&value).unwrap());
             }
         }
     }
