@@ -45,9 +45,10 @@ async fn accept(
         return Err(ApiError::Overloaded { limit: server.max_in_flight });
     };
     let deadline = started + server.response_timeout;
-    let raw = within(|| deadline, read_body(body, declared, server.max_body_bytes)).await.map_err(
-        |_elapsed| ApiError::DeadlineExceeded { deadline_ms: server.response_timeout.as_millis() },
-    )??;
+    let raw =
+        within(deadline, read_body(body, declared, server.max_body_bytes)).await.map_err(|_elapsed| {
+            ApiError::DeadlineExceeded { deadline_ms: server.response_timeout.as_millis() }
+        })??;
     let callback = command.parse(&raw).map_err(|error| {
         // Another command's packet says so better than by the field it lacks.
         match named_command(&raw) {
@@ -100,7 +101,7 @@ async fn append_by(
         );
         ApiError::DeadlineExceeded { deadline_ms: state.settings.server.response_timeout.as_millis() }
     };
-    let seq = within(|| deadline, state.journal.append(message))
+    let seq = within(deadline, state.journal.append(message))
         .await
         .map_err(|_elapsed| not_confirmed("its journal write"))?
         .map_err(refused)?;
@@ -108,7 +109,7 @@ async fn append_by(
     if state.settings.journal.sync == SyncMode::Os {
         return Ok(());
     }
-    let durable = within(|| deadline, state.journal.durable(seq))
+    let durable = within(deadline, state.journal.durable(seq))
         .await
         .map_err(|_elapsed| not_confirmed("its fdatasync"))?;
     // Its fdatasync failed: the record may not be on the disk, so no 200.
