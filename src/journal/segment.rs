@@ -159,10 +159,21 @@ impl SegmentReader {
     /// bytes up to it are damage and reading resumes there; if none does, this
     /// is the end of what is written (a record may be being written now).
     fn step_over_damage(&mut self) -> io::Result<Step> {
+        let damaged_at = self.offset;
         let mut skip = 1;
         while skip + FRAME_HEADER_LEN <= self.buffered.len() || self.fill(skip + FRAME_HEADER_LEN)? {
+            let zeros = self.buffered[skip..].iter().take_while(|byte| **byte == 0).count();
+            if zeros >= 4 {
+                // No record starts with four zero bytes (its length is at least
+                // META_LEN): a run of zeros (a segment's room allocated ahead, or
+                // blocks a crash left unwritten) is passed without a try at each
+                // byte, and dropped from the buffer, which would otherwise grow to
+                // hold the whole run.
+                self.consume(skip + zeros - 3);
+                skip = 0;
+                continue;
+            }
             if let Some(Decoded::Record { .. }) = self.decode_at(skip)? {
-                let damaged_at = self.offset;
                 self.consume(skip);
                 return Ok(Step::Damaged { offset: damaged_at, resumed_at: self.offset });
             }
@@ -186,6 +197,9 @@ pub struct Inventory {
     pub valid_end: u64,
     /// Damaged stretches, as (offset, resumed_at).
     pub damage: Vec<(u64, u64)>,
+    /// The file goes on past `valid_end` with zeros only: room allocated
+    /// ahead of the records (see `preallocate` in the journal), not a torn record.
+    pub zero_tail: bool,
 }
 
 /// Reads every record of the segment at `path`.
@@ -202,7 +216,27 @@ pub fn take_inventory(path: &Path) -> io::Result<Inventory> {
             Step::Damaged { offset, resumed_at } => {
                 inventory.damage.push((offset, resumed_at));
             }
-            Step::End => return Ok(inventory),
+            Step::End => {
+                inventory.zero_tail = only_zeros_from(path, inventory.valid_end)?;
+                return Ok(inventory);
+            }
+        }
+    }
+}
+
+/// True when the file at `path` has bytes from `offset` on, and all of them are zero.
+pub fn only_zeros_from(path: &Path, offset: u64) -> io::Result<bool> {
+    let mut file = File::open(path)?;
+    if file.metadata()?.len() <= offset {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    let mut chunk = vec![0; READ_CHUNK];
+    loop {
+        match file.read(&mut chunk)? {
+            0 => return Ok(true),
+            read if chunk[..read].iter().all(|byte| *byte == 0) => {}
+            _ => return Ok(false),
         }
     }
 }
@@ -270,6 +304,48 @@ mod tests {
             assert_eq!(seqs, vec![1, 2, 4, 5], "byte {position}");
             assert_eq!(damage, vec![(third.start as u64, third.end as u64)], "byte {position}");
         }
+    }
+
+    #[test]
+    fn zeros_are_passed_without_a_try_at_each_byte_and_a_zero_tail_is_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(1));
+        let offsets = write_records(&path, 1..=2);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // The second record's frame torn, then blocks a crash left unwritten, then a whole record.
+        bytes.truncate(offsets[1] as usize + 5);
+        bytes.resize(bytes.len() + 3 * READ_CHUNK + 7, 0);
+        let third_at = bytes.len() as u64;
+        std::fs::write(&path, &bytes).unwrap();
+        write_records(&dir.path().join("third"), 3..=3);
+        let third = std::fs::read(dir.path().join("third")).unwrap();
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&third).unwrap();
+        // And room allocated ahead: 8 MiB of zeros.
+        file.set_len(third_at + third.len() as u64 + (8 << 20)).unwrap();
+        assert_eq!(seqs(&path), (vec![1, 3], vec![(offsets[1], third_at)]));
+        let inventory = take_inventory(&path).unwrap();
+        assert_eq!((inventory.records, inventory.valid_end), (2, third_at + third.len() as u64));
+        assert!(inventory.zero_tail);
+    }
+
+    #[test]
+    fn a_record_whose_first_bytes_are_zero_is_still_found_after_zeros() {
+        // A length of 256 is written 00 01 00 00: three zeros before a record are not a run.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(1));
+        let id = OperationId { value: "op".to_owned(), generated: false };
+        let body = vec![b'x'; 256 - crate::journal::record::META_LEN - 2];
+        let new =
+            NewRecord { kind: 0, received_at: std::time::SystemTime::now(), operation_id: &id, body: &body };
+        let mut frame = new.encode_head(1, crc32c::crc32c(&body));
+        frame.extend_from_slice(&body);
+        assert_eq!(frame[..4], [0, 1, 0, 0]);
+        let mut bytes = vec![0xff, 0, 0, 0, 0, 0, 0, 0, 0];
+        bytes.extend_from_slice(&frame);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(seqs(&path), (vec![1], vec![(0, 9)]));
+        assert!(!take_inventory(&path).unwrap().zero_tail);
     }
 
     #[test]

@@ -48,6 +48,9 @@ async fn with_sync_always_the_200_comes_after_the_fdatasync_that_covers_it() {
         .find_map(|line| line.strip_prefix("openim_callback_journal_fsync_seconds_count "))
         .expect("the fsync histogram is exposed");
     assert!(fsyncs.parse::<u64>().unwrap() >= 5, "{fsyncs}");
+    // One request at a time: none could share another's fdatasync.
+    let fdatasyncs = receiver.get_json("/stats").await["journal"]["fdatasyncs"].as_u64().unwrap();
+    assert!(fdatasyncs >= 5, "{fdatasyncs} fdatasyncs for 5 records");
 }
 
 #[tokio::test]

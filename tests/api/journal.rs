@@ -192,3 +192,55 @@ async fn segments_roll_in_both_sync_modes_and_every_record_stays_readable() {
         assert!(receiver.stop().await.is_clean());
     }
 }
+
+/// Segment files are allocated ahead of their records (an fdatasync is then a data
+/// write only), cut to their records when the next segment takes over or the receiver
+/// stops, and after a crash a zero tail is where a segment ends: not damage, and new
+/// records go right after the last one.
+#[tokio::test]
+async fn segments_are_allocated_ahead_cut_when_closed_and_a_zero_tail_is_their_end() {
+    use openim_callback_receiver::journal::segment;
+    let dir = tempfile::tempdir().unwrap();
+    // Kept for an hour after the sinks pass them, so closed segments stay to be looked at.
+    let settings = small_journal(dir.path(), &[("JOURNAL__MAX_BYTES", "8388608"), ("JOURNAL__RETAIN", "1h")]);
+    let receiver = TestReceiver::start_with(settings.clone(), |_| {}).await;
+    let fresh = std::fs::metadata(&segment::list(dir.path()).unwrap()[0].1).unwrap().len();
+    assert_eq!(fresh, 1 << 20, "the first segment is allocated to journal.segment_bytes ahead");
+    for index in 0..30 {
+        receiver.post_packet(&format!("op-{index}"), &big_packet(index, 100_000)).await.assert_accepted();
+    }
+    assert!(receiver.stop().await.is_clean());
+    let segments = segment::list(dir.path()).unwrap();
+    assert!(segments.len() >= 3, "{segments:?}");
+    for (_, path) in &segments {
+        let inventory = segment::take_inventory(path).unwrap();
+        assert!(inventory.damage.is_empty() && !inventory.zero_tail, "{}", path.display());
+        assert_eq!(std::fs::metadata(path).unwrap().len(), inventory.valid_end, "{} is cut", path.display());
+    }
+
+    // A crash between a roll and the cut leaves a closed segment with its zero tail,
+    // and a crash at any time the live one (and a spare made ahead) with its room.
+    let records_ends: Vec<u64> =
+        segments.iter().map(|(_, path)| std::fs::metadata(path).unwrap().len()).collect();
+    for (_, path) in &segments {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_len(file.metadata().unwrap().len() + (1 << 20)).unwrap();
+    }
+    let (sink, reread) = RecordingSink::new("late");
+    let receiver = TestReceiver::start_with(settings, |sinks| sinks.spawn(sink, 64).unwrap()).await;
+    for ((_, path), records_end) in segments.iter().zip(&records_ends).take(segments.len() - 1) {
+        assert_eq!(
+            std::fs::metadata(path).unwrap().len(),
+            *records_end,
+            "{} cut at start-up",
+            path.display()
+        );
+    }
+    receiver.post_packet("op-after", &big_packet(30, 100)).await.assert_accepted();
+    let late = receiver.sink_report("late", |sink| sink["lag_records"] == 0).await;
+    assert_eq!((late["damaged"].as_u64(), late["handled"].as_u64()), (Some(0), Some(31)), "{late}");
+    let expected: Vec<String> = (0..=30).map(|index| format!("big-{index}")).collect();
+    assert_eq!(*reread.lock().unwrap(), expected);
+    assert_eq!(receiver.get_json("/stats").await["journal"]["last_seq"], 31);
+    assert!(receiver.stop().await.is_clean());
+}
