@@ -15,6 +15,7 @@
 #
 #   scripts/bench-load.sh                      # 3 rounds of 10 s per server and load
 #   ROUNDS=1 DURATION=5s scripts/bench-load.sh # quicker, noisier
+#   RECEIVER=/tmp/old-receiver scripts/bench-load.sh   # another build, e.g. an older commit's
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +43,10 @@ if ! command -v wrk >/dev/null || ! command -v redis-cli >/dev/null; then
 fi
 # The receiver alone (see scripts/bench-instructions.sh: examples bring dev features).
 cargo build --release --quiet --example ceiling --example log_sink_rate
-cargo build --release --quiet --bin openim-callback-receiver
+if [ -z "${RECEIVER:-}" ]; then
+    cargo build --release --quiet --bin openim-callback-receiver
+fi
+RECEIVER=${RECEIVER:-target/release/openim-callback-receiver}
 
 work=$(mktemp -d)
 ARCHIVE_URL=${ARCHIVE_URL:-sqlite://$work/sql/archive.sqlite3}
@@ -58,20 +62,20 @@ for mode in os always; do
         OPENIM_CALLBACK__STATS__SNAPSHOT_PATH="$work/$mode/stats.snapshot" \
         OPENIM_CALLBACK__JOURNAL__DIR="$work/$mode/journal" OPENIM_CALLBACK__JOURNAL__SYNC=$mode \
         OPENIM_CALLBACK__SINKS__SQL__URL="" \
-        target/release/openim-callback-receiver >"$work/$mode.log" 2>&1 &
+        "$RECEIVER" >"$work/$mode.log" 2>&1 &
     PID[$mode]=$!
 done
 OPENIM_CALLBACK__SERVER__LISTEN=${ADDR[sql]} OPENIM_CALLBACK__TELEMETRY__FORMAT=json \
     OPENIM_CALLBACK__STATS__SNAPSHOT_PATH="$work/sql/stats.snapshot" OPENIM_CALLBACK__JOURNAL__DIR="$work/sql/journal" \
     OPENIM_CALLBACK__SINKS__SQL__ENABLED=true OPENIM_CALLBACK__SINKS__SQL__URL="$ARCHIVE_URL" \
     OPENIM_CALLBACK__SINKS__SQL__TABLE=$SQL_TABLE \
-    target/release/openim-callback-receiver >"$work/sql.log" 2>&1 &
+    "$RECEIVER" >"$work/sql.log" 2>&1 &
 PID[sql]=$!
 OPENIM_CALLBACK__SERVER__LISTEN=${ADDR[redis]} OPENIM_CALLBACK__TELEMETRY__FORMAT=json \
     OPENIM_CALLBACK__JOURNAL__DIR="$work/redis/journal" OPENIM_CALLBACK__STATS__BACKEND=redis \
     OPENIM_CALLBACK__STATS__REDIS_URL="$REDIS_URL" OPENIM_CALLBACK__STATS__KEY_PREFIX=$REDIS_PREFIX \
     OPENIM_CALLBACK__SINKS__SQL__URL="" \
-    target/release/openim-callback-receiver >"$work/redis.log" 2>&1 &
+    "$RECEIVER" >"$work/redis.log" 2>&1 &
 PID[redis]=$!
 target/release/examples/ceiling $CEILING_ADDR 2>/dev/null &
 PID[ceiling]=$!
