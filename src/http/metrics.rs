@@ -426,7 +426,7 @@ impl prometheus_client::collector::Collector for StateCollector {
             ),
             (
                 "journal_writes",
-                "writev calls that wrote journal records (requests arriving together share one)",
+                "pwritev calls that wrote journal records (requests arriving together share one)",
                 journal.writes,
             ),
         ] {

@@ -1,11 +1,11 @@
-//! Appending: requests that arrive together share one `writev`.
+//! Appending: requests that arrive together share one `pwritev`.
 //!
 //! A request queues its frame (head encoded, body checksummed, both outside
 //! any lock that disk work holds) and, when nobody is writing, writes the
-//! queue itself: alone, that is one `writev` of its own frame, as before.
+//! queue itself: alone, that is one `pwritev` of its own frame, as before.
 //! Requests that arrive while a write is in progress do not wait on a lock:
 //! their frames queue up and their futures sleep until the writer's next
-//! round, which writes them all in one `writev`. So no worker thread of the
+//! round, which writes them all in one `pwritev`. So no worker thread of the
 //! runtime waits on another's disk write (a slow disk holds up one request
 //! and the records queued behind it, never the thread that answers
 //! `/healthz`), and under load the records of a moment cost one system call.
@@ -28,7 +28,7 @@ use tokio::sync::Notify;
 /// longer than that, however fast others come.
 const MAX_ROUNDS: usize = 4;
 
-/// `writev` takes at most this many slices (Linux's IOV_MAX); a round of
+/// `pwritev` takes at most this many slices (Linux's IOV_MAX); a round of
 /// more frames is written in several calls.
 const MAX_SLICES: usize = 1024;
 
@@ -315,7 +315,7 @@ impl<M: Stored> Journal<M> {
 
     /// Writes `frames` (numbered from the writer's next sequence number on)
     /// to the live segment, rolling to a new one where one is due; one
-    /// `writev` for each run of frames between rolls. Publishes each run as
+    /// `pwritev` for each run of frames between rolls. Publishes each run as
     /// it is written: on an error, the records before it stay written.
     fn write_frames(&self, writer: &mut Writer, frames: &[Queued<M>]) -> Result<(), AppendError> {
         if self.sync_failed.load(Ordering::Acquire) {

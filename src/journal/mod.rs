@@ -218,7 +218,7 @@ pub struct Journal<M: Stored> {
     total_bytes: AtomicU64,
     segment_count: AtomicU64,
     append_failures: AtomicU64,
-    /// `writev` calls that wrote records: fewer than the records when requests shared them.
+    /// `pwritev` calls that wrote records: fewer than the records when requests shared them.
     writes: AtomicU64,
     /// fdatasyncs that covered new records.
     fdatasyncs: AtomicU64,
@@ -251,7 +251,7 @@ pub struct JournalReport {
     pub last_seq: u64,
     pub synced_seq: u64,
     pub append_failures: u64,
-    /// `writev` calls that wrote records (requests arriving together share one).
+    /// `pwritev` calls that wrote records (requests arriving together share one).
     pub writes: u64,
     /// fdatasyncs of the live segment that covered new records (with `sync =
     /// "always"`, requests waiting together share one).

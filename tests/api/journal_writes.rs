@@ -1,5 +1,5 @@
 //! How the journal writes: callbacks that arrive while a write is in progress
-//! queue without holding a thread, and share the next `writev`.
+//! queue without holding a thread, and share the next `pwritev`.
 
 use crate::helpers::{TestReceiver, packet, wait_until};
 use std::time::Duration;
@@ -47,7 +47,7 @@ async fn callbacks_arriving_during_a_stalled_write_wait_without_a_thread_and_sha
     }
     let journal = &receiver.get_json("/stats").await["journal"];
     assert_eq!(journal["last_seq"], 9);
-    assert_eq!(journal["writes"].as_u64().unwrap() - writes_before, 1, "one writev for the 8: {journal}");
+    assert_eq!(journal["writes"].as_u64().unwrap() - writes_before, 1, "one pwritev for the 8: {journal}");
     // Written whole and in order: every sink reads them back, the log included.
     let logged = receiver.log.wait_for(9).await;
     let ids: Vec<_> =
