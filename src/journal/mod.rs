@@ -294,7 +294,7 @@ impl<M: Stored> Journal<M> {
         let live_path = &kept.back().expect("a live segment").path;
         let live = OpenOptions::new().write(true).open(live_path).map_err(io_error)?;
         let live_bytes = kept.back().expect("a live segment").bytes;
-        preallocate(&live, live_bytes, settings.segment_bytes);
+        preallocate(&live, &dir, live_bytes, settings.segment_bytes);
         let live = Arc::new(live);
         let total_bytes = kept.iter().map(|segment| segment.bytes).sum();
         let oldest = kept.front().expect("a live segment").first_seq;
@@ -773,7 +773,7 @@ impl<M: Stored> Journal<M> {
         let path = self.dir.join(segment::file_name(first_seq));
         let made = OpenOptions::new().create_new(true).write(true).open(&path).and_then(|file| {
             // Here, off the request path: allocating takes a moment.
-            preallocate(&file, 0, self.settings.segment_bytes);
+            preallocate(&file, &self.dir, 0, self.settings.segment_bytes);
             sync_dir_entry(&self.dir).map(|()| file)
         });
         let file = match made {
@@ -1034,10 +1034,15 @@ fn open_for_writing(path: &Path) -> io::Result<File> {
 /// written; readers stop at the records' end (`Segment::bytes`), a segment
 /// is cut to its records when the next one takes over, and at start-up a
 /// zero tail is the end of a segment, not damage (`segment::take_inventory`).
-/// Where the filesystem cannot (or the disk has no room), the segment grows
-/// as it is written, as before.
-fn preallocate(file: &File, records_bytes: u64, segment_bytes: u64) {
-    if records_bytes >= segment_bytes {
+/// Where the filesystem cannot, the segment grows as it is written, as
+/// before; and so it does where the room would take more than half of what
+/// the disk has free: room allocated ahead must never be what fills a disk,
+/// since the journal would go on taking records into it while the stats
+/// snapshot and the other files beside it found no byte free (the disk-full
+/// handling, `journal.reserve_bytes`, starts from an append that fails).
+fn preallocate(file: &File, dir: &Path, records_bytes: u64, segment_bytes: u64) {
+    let room = segment_bytes.saturating_sub(records_bytes);
+    if room == 0 || free_bytes(dir).map_or(true, |free| free < 2 * room) {
         return;
     }
     if let Err(error) = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, segment_bytes) {

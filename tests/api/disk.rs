@@ -219,6 +219,28 @@ async fn a_disk_full_to_the_last_byte_is_reported_and_recovered_from() {
     assert_eq!(binary.terminate().await.code(), Some(0));
 }
 
+/// A segment is allocated ahead only where that leaves the disk at least as much free beside
+/// it: room the journal took ahead must never be what fills the disk for the files beside it.
+#[tokio::test]
+async fn a_segment_is_allocated_ahead_only_where_the_disk_keeps_as_much_free() {
+    let Some(disk) = SmallDisk::mount(24) else { return };
+    let live_file_len = |journal: &str, segment_bytes: &str| {
+        let dir = disk.path().join(journal);
+        let settings = crate::helpers::settings(&[
+            ("JOURNAL__DIR", dir.to_str().unwrap()),
+            ("JOURNAL__SEGMENT_BYTES", segment_bytes),
+            ("JOURNAL__RESERVE_BYTES", "0"),
+        ]);
+        let journal = openim_callback_receiver::MessageJournal::open(&settings.journal).unwrap();
+        let (_, live) = openim_callback_receiver::journal::segment::list(&dir).unwrap().pop().unwrap();
+        let len = std::fs::metadata(live).unwrap().len();
+        journal.close();
+        len
+    };
+    assert_eq!(live_file_len("small", "1MiB"), 1 << 20, "1 MiB of 24 free: allocated ahead");
+    assert_eq!(live_file_len("large", "16MiB"), 0, "16 MiB of 23 free: grows as written");
+}
+
 /// Copies the directory tree at `from` into `to`.
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
