@@ -107,7 +107,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if settings.server.worker_threads > 0 {
+        runtime.worker_threads(settings.server.worker_threads);
+    }
+    let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(error) => return refuse_to_start(format!("cannot start the async runtime: {error}")),
     };

@@ -143,6 +143,9 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Requests handled at once; beyond it, an immediate 503.
     pub max_in_flight: usize,
+    /// Threads of the async runtime that serves HTTP; 0: one per core (tokio's
+    /// default, which `TOKIO_WORKER_THREADS` also sets).
+    pub worker_threads: usize,
     /// Largest request head, in bytes.
     #[serde(deserialize_with = "byte_size_usize")]
     pub max_header_bytes: usize,
@@ -628,6 +631,7 @@ impl Settings {
             ("server.max_body_bytes", server.max_body_bytes as u64, 1, 128 * 1024 * 1024),
             ("server.max_connections", server.max_connections as u64, 1, 1_000_000),
             ("server.max_in_flight", server.max_in_flight as u64, 1, 1_000_000),
+            ("server.worker_threads", server.worker_threads as u64, 0, 1024),
             ("server.max_header_bytes", server.max_header_bytes as u64, 8192, 1024 * 1024),
             ("server.max_headers", server.max_headers as u64, 16, 10_000),
             ("journal.segment_bytes", self.journal.segment_bytes, 1024 * 1024, 1024 * 1024 * 1024),
@@ -890,6 +894,7 @@ mod tests {
         for (key, value, named) in [
             ("SERVER__MAX_IN_FLIGHT", huge, "server.max_in_flight: must be from 1 to 1000000"),
             ("SERVER__MAX_CONNECTIONS", huge, "server.max_connections: must be from 1 to 1000000"),
+            ("SERVER__WORKER_THREADS", "1025", "server.worker_threads: must be from 0 to 1024"),
             ("SINKS__LOG__BATCH_SIZE", huge, "sinks.log.batch_size: must be from 1 to 100000"),
             (
                 "SERVER__RESPONSE_TIMEOUT",

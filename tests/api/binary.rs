@@ -83,6 +83,40 @@ async fn the_binary_serves_logs_and_stops_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// The runtime's worker threads, as the kernel names them (tokio's `tokio-rt-worker`).
+fn runtime_workers(pid: u32) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test]
+async fn server_worker_threads_sets_the_runtime_threads_and_zero_is_one_per_core() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for (setting, expected) in [("1", 1), ("3", 3), ("0", cores)] {
+        let workdir = tempfile::tempdir().unwrap();
+        let mut child = receiver_command(workdir.path())
+            .env("OPENIM_CALLBACK__SERVER__WORKER_THREADS", setting)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let started =
+            next_line_where(&mut lines, |line| line["message"] == "receiving OpenIM callbacks").await;
+        let address: SocketAddr = started["listen"].as_str().unwrap().parse().unwrap();
+        let answer = crate::helpers::http_client()
+            .post(format!("http://{address}{COMMAND_PATH}"))
+            .header("Operationid", "op-workers")
+            .body(sample("text.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "worker_threads = {setting}");
+        assert_eq!(runtime_workers(child.id().unwrap()), expected, "worker_threads = {setting}");
+    }
+}
+
 #[tokio::test]
 async fn healthcheck_fails_when_nothing_listens() {
     let free_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
