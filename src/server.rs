@@ -44,7 +44,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tower::ServiceExt;
 
 /// Connection limits, from `[server]`.
 /// Headers hyper parses per HTTP/1 request unless told otherwise.
@@ -194,7 +193,7 @@ impl Connection {
                     request.extensions_mut().insert(ConnectInfo(peer));
                 }
                 let busy = activity.request_started();
-                let response = app.clone().oneshot(request.map(Body::new));
+                let response = app.answer(request.map(Body::new));
                 let refusals = refusals.clone();
                 async move {
                     let mut response = response.await;

@@ -9,8 +9,8 @@ use crate::callbacks::{Callback, Command, MAX_LOGGED_ID_CHARS, OperationId, Rece
 use crate::journal::AppendError;
 use crate::settings::SyncMode;
 use axum::body::Body;
-use axum::extract::State;
-use axum::response::Response;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use std::sync::Arc;
@@ -29,6 +29,22 @@ pub async fn receive(
     let answer = accept(&state, started, command, header_id, declared, body).await;
     state.requests.request_duration.observe(started.elapsed().as_secs_f64());
     answer
+}
+
+/// A callback the fast lane hands over: the handler's extractors run here, on
+/// the state this future keeps (through axum's `Handler::call` the state is
+/// cloned once more, for the `State` extractor).
+pub async fn receive_request(state: AppState, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let command = match CallbackCommand::from_request_parts(&mut parts, &state).await {
+        Ok(command) => command,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let headers = match CallbackHeaders::from_request_parts(&mut parts, &state).await {
+        Ok(headers) => headers,
+        Err(rejection) => return rejection.into_response(),
+    };
+    receive(State(state), command, headers, body).await.into_response()
 }
 
 async fn accept(

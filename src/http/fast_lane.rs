@@ -14,19 +14,21 @@
 use super::{AppState, callback};
 use axum::Router;
 use axum::extract::Request;
-use axum::handler::Handler;
 use axum::http::Method;
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Either, Map};
+use futures_util::future::{BoxFuture, Either};
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use tower::Service;
 
 /// The paths whose POST is a callback, exactly as the router has them.
 pub type CallbackPaths = HashSet<String, foldhash::fast::RandomState>;
+
+/// A request's answer from [`Routes::answer`]: the callback handler's, or the router's.
+pub type RoutesFuture = Either<BoxFuture<'static, Result<Response, Infallible>>, RouteFuture<Infallible>>;
 
 #[derive(Clone)]
 pub struct Routes {
@@ -39,25 +41,13 @@ impl Routes {
     pub fn new(router: Router, callback_paths: CallbackPaths, state: AppState) -> Self {
         Routes { router, callback_paths: Arc::new(callback_paths), state }
     }
-}
 
-type Answered = fn(Response) -> Result<Response, Infallible>;
-
-impl tower::Service<Request> for Routes {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Either<Map<BoxFuture<'static, Response>, Answered>, RouteFuture<Infallible>>;
-
-    fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // A router is always ready.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
+    /// Answers `request`, by reference: a callback takes one clone of the
+    /// state (its future keeps it); the router, a clone of itself.
+    pub fn answer(&self, request: Request) -> RoutesFuture {
         if request.method() == Method::POST && self.callback_paths.contains(request.uri().path()) {
-            let answered = callback::receive.call(request, self.state.clone());
-            return Either::Left(answered.map(Ok as Answered));
+            return Either::Left(Box::pin(callback::receive_request(self.state.clone(), request).map(Ok)));
         }
-        Either::Right(self.router.call(request))
+        Either::Right(self.router.clone().call(request))
     }
 }

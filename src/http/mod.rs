@@ -22,7 +22,7 @@ use crate::settings::Settings;
 use crate::sinks::{SinkStatus, StatsHandle};
 use axum::Router;
 use axum::extract::State;
-use axum::http::{Method, Uri, header};
+use axum::http::{Method, Uri};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use error::{ApiError, Outcome, Rejection};
@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
-use tower_http::sensitive_headers::{SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer};
 
 /// Everything a request needs. One `Arc`: extractors and middleware clone the
 /// state for every request, so a clone is a single reference count.
@@ -284,24 +283,21 @@ pub fn app(state: AppState) -> App {
 
 /// The whole HTTP face, as the server runs it: the router inside the
 /// services that see every request.
-pub type App = SetSensitiveRequestHeaders<SettleOutcome<fast_lane::Routes>>;
+pub type App = SettleOutcome;
 
-/// What wraps the router, outermost first: Authorization is kept out of any
-/// debug output; then `SettleOutcome` answers a handler's panic with a 500
-/// envelope and a request that outlives every deadline with the safety
-/// net's 503, counts each answer and marks refusals to be logged. They wrap
-/// the router as a whole, not each route (`Router::layer`), which would box
-/// a future per layer for every request. Public so tests can put routes of
-/// their own (one that panics, one that hangs) inside them.
+/// What wraps the router: `SettleOutcome` keeps Authorization out of any
+/// debug output, answers a handler's panic with a 500 envelope and a request
+/// that outlives every deadline with the safety net's 503, counts each answer
+/// and marks refusals to be logged. It wraps the router as a whole, not each
+/// route (`Router::layer`), which would box a future per layer for every
+/// request. Public so tests can put routes of their own (one that panics, one
+/// that hangs) inside it.
 pub fn with_layers(routed: Router, state: AppState) -> App {
     layered(fast_lane::Routes::new(routed, Default::default(), state.clone()), state)
 }
 
 fn layered(routed: fast_lane::Routes, state: AppState) -> App {
-    tower::ServiceBuilder::new()
-        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
-        .layer(settle::SettleOutcomeLayer(state))
-        .service(routed)
+    SettleOutcome::new(routed, state)
 }
 
 /// How long past `server.response_timeout` the outer safety net waits: every

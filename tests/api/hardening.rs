@@ -525,6 +525,30 @@ mod layers {
             1
         );
     }
+
+    /// What a handler sees of Authorization: each value marked sensitive, so
+    /// that no debug output of the headers shows the token.
+    async fn authorization_debug(headers: axum::http::HeaderMap) -> String {
+        let values: Vec<_> = headers.get_all("authorization").iter().collect();
+        format!("{} {values:?}", values.iter().all(|value| value.is_sensitive()))
+    }
+
+    #[tokio::test]
+    async fn every_authorization_value_reaches_handlers_marked_sensitive() {
+        let journal = tempfile::tempdir().unwrap();
+        let settings = settings(&[("JOURNAL__DIR", journal.path().to_str().unwrap())]);
+        let receiver = openim_callback_receiver::Receiver::from_settings(settings).unwrap();
+        let routes = axum::Router::new().route("/seen", post(authorization_debug));
+        let router = openim_callback_receiver::http::with_layers(routes, receiver.state().clone());
+        let request = Request::post("/seen")
+            .header("authorization", "Bearer secret-one")
+            .header("authorization", "Bearer secret-two")
+            .body(Body::empty())
+            .unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        assert_eq!(std::str::from_utf8(&body).unwrap(), "true [Sensitive, Sensitive]");
+    }
 }
 
 #[tokio::test]
