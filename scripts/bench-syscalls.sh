@@ -45,9 +45,10 @@ wrk -t1 -c"$CONNECTIONS" -d1s -s scripts/post-sample.lua "$URL" >/dev/null # war
 # One line per thread: name, voluntary + involuntary switches, utime + stime (clock ticks).
 threads() {
     for task in /proc/"$pid"/task/*; do
-        read -r _ comm _ < <(tr -d '()' <"$task/stat")
-        switches=$(awk '/ctxt_switches/ {s += $2} END {print s}' "$task/status")
-        ticks=$(awk '{print $14 + $15}' "$task/stat")
+        # A thread that ends meanwhile is left out.
+        read -r _ comm _ < <(tr -d '()' <"$task/stat" 2>/dev/null) || continue
+        switches=$(awk '/ctxt_switches/ {s += $2} END {print s}' "$task/status" 2>/dev/null) || continue
+        ticks=$(awk '{print $14 + $15}' "$task/stat" 2>/dev/null) || continue
         echo "${task##*/} $comm $switches $ticks"
     done | sort
 }
