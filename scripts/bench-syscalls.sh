@@ -18,11 +18,9 @@ CONNECTIONS=${CONNECTIONS:-64} DURATION=${DURATION:-4}
 ADDR=127.0.0.1:18403
 URL=http://$ADDR/callbackExample/callbackAfterSendSingleMsgCommand
 export UNIQUE_IDS=1 SAMPLE=${SAMPLE:-samples/text.json}
-for tool in wrk perf; do
-    if ! command -v $tool >/dev/null; then
-        apt-get update -qq && apt-get install -y -qq wrk linux-perf
-    fi
-done
+if ! command -v wrk >/dev/null || ! command -v perf >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq wrk linux-perf
+fi
 # perf finds the syscall tracepoints under tracefs.
 if [ ! -e /sys/kernel/tracing/events/syscalls ]; then
     mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
@@ -52,10 +50,9 @@ threads() {
         echo "${task##*/} $comm $switches $ticks"
     done | sort
 }
-calls=pwritev,write,writev,recvfrom,sendto,read,epoll_wait,futex,fdatasync
-events=$(echo "$calls" | tr ',' '\n' | sed 's/^/syscalls:sys_enter_/' | paste -sd, -)
+events=$(printf 'syscalls:sys_enter_%s,' pwritev write writev recvfrom sendto read epoll_wait futex fdatasync)
 threads >"$work/before"
-perf stat -p "$pid" -e "$events" -x, -o "$work/perf.csv" -- sleep "$DURATION" &
+perf stat -p "$pid" -e "${events%,}" -x, -o "$work/perf.csv" -- sleep "$DURATION" &
 perf_pid=$!
 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s scripts/post-sample.lua "$URL" >"$work/wrk.txt"
 wait "$perf_pid"
