@@ -16,7 +16,7 @@
 #   scripts/bench-load.sh                      # 3 rounds of 10 s per server and load
 #   ROUNDS=1 DURATION=5s scripts/bench-load.sh # quicker, noisier
 #   RECEIVER=/tmp/old-receiver scripts/bench-load.sh   # another build, e.g. an older commit's
-#   WORKER_THREADS=1 scripts/bench-load.sh     # every server's runtime with 1 thread (server.worker_threads)
+#   WORKER_THREADS=1 scripts/bench-load.sh     # the receivers' connection threads (server.worker_threads) and the ceiling's runtime threads: 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +36,7 @@ REDIS_PREFIX=bench_load_$$:
 redis() { redis-cli -u "$REDIS_URL" "$@"; }
 CALLBACK_PATH=/callbackExample/callbackAfterSendSingleMsgCommand
 export SAMPLE
-# The runtime's threads, the same for the receivers and the ceiling (unset: one per core).
+# The threads that serve HTTP: the receivers' connection threads, the ceiling's runtime threads (unset: one per core).
 if [ -n "${WORKER_THREADS:-}" ]; then
     export OPENIM_CALLBACK__SERVER__WORKER_THREADS=$WORKER_THREADS TOKIO_WORKER_THREADS=$WORKER_THREADS
 fi
@@ -190,7 +190,7 @@ log_rate=$(target/release/examples/log_sink_rate "$work/log-sink-alone.log")
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr)"
 echo "wrk: 1 thread, $DURATION per run, median of $ROUNDS rounds, body $SAMPLE"
-echo "runtime threads per server: ${WORKER_THREADS:-one per core}"
+echo "threads serving HTTP per server: ${WORKER_THREADS:-one per core}"
 echo "servers: ceiling; os = receiver with journal.sync = \"os\"; always = receiver with journal.sync = \"always\";" \
     "(those three: the archive off); sql = os with the SQL archive on (${ARCHIVE_URL%%:*})"
 printf '\n%-6s %-9s %12s %10s %10s\n' conns server "requests/s" "p50 (us)" "p99 (us)"

@@ -107,12 +107,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if settings.server.worker_threads > 0 {
-        runtime.worker_threads(settings.server.worker_threads);
-    }
-    let runtime = match runtime.build() {
+    // The sinks, the accept loop and the timers run here; connections are
+    // served on threads of their own (server.worker_threads, see server/threads.rs).
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => return refuse_to_start(format!("cannot start the async runtime: {error}")),
     };

@@ -18,6 +18,8 @@
 //! watcher sleeps until the next deadline and only looks at two timestamps
 //! the connection updates as it reads and serves.
 
+mod threads;
+
 use crate::http::refusals::Refused;
 use crate::settings::{ServerSettings, Settings};
 use axum::body::Body;
@@ -58,6 +60,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// Threads that serve connections (`server.worker_threads`; 0: one per core).
+    pub connection_threads: usize,
     /// Where refusals marked on responses are logged, with the peer's address.
     pub refusals: Option<Arc<crate::http::refusals::RefusalLog>>,
 }
@@ -72,6 +76,7 @@ impl Limits {
             max_connections: server.max_connections,
             max_header_bytes: server.max_header_bytes,
             max_headers: server.max_headers,
+            connection_threads: server.worker_threads,
             refusals: None,
         }
     }
@@ -116,6 +121,7 @@ pub async fn serve(
     // Every connection task holds a sender; `recv` returns None once all are gone.
     let (connection_alive, mut connections_done) = mpsc::channel::<()>(1);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut threads = threads::ConnectionThreads::start(limits.connection_threads)?;
     let limits = Arc::new(limits);
     tokio::pin!(shutdown);
     loop {
@@ -136,6 +142,14 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        // Off this runtime's reactor, onto the connection thread's: from_std registers it there.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "cannot hand the connection over");
+                continue;
+            }
+        };
         let connection = Connection {
             app: app.clone(),
             peer,
@@ -144,18 +158,25 @@ pub async fn serve(
             _alive: connection_alive.clone(),
             _permit: permit,
         };
-        match tls.clone() {
-            None => tokio::spawn(connection.serve(stream)),
-            Some(acceptor) => tokio::spawn(async move {
-                match tokio::time::timeout(connection.limits.header_read_timeout, acceptor.accept(stream))
-                    .await
-                {
-                    Ok(Ok(stream)) => connection.serve(stream).await,
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        let tls = tls.clone();
+        threads.next().spawn(async move {
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(error) => return tracing::debug!(%peer, %error, "cannot serve the connection"),
+            };
+            match tls {
+                None => connection.serve(stream).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(connection.limits.header_read_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => connection.serve(stream).await,
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
                 }
-            }),
-        };
+            }
+        });
     }
     drop(listener);
     let _ = stop_connections.send(true);

@@ -143,8 +143,9 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Requests handled at once; beyond it, an immediate 503.
     pub max_in_flight: usize,
-    /// Threads of the async runtime that serves HTTP; 0: one per core (tokio's
-    /// default, which `TOKIO_WORKER_THREADS` also sets).
+    /// Threads that serve HTTP connections, each connection on one of them
+    /// from accept to close: 0, one per core; 1, one (and one standing by
+    /// for new connections while it is held up); N, N in turn.
     pub worker_threads: usize,
     /// Largest request head, in bytes.
     #[serde(deserialize_with = "byte_size_usize")]
