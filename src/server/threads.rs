@@ -7,7 +7,7 @@
 //! cold where it runs, and the workers wake each other to share work. And
 //! on a machine whose cores are shared with the client and the sinks, two
 //! threads that serve take turns at the cores with them. At 64 connections
-//! on 2 cores, the runtime's second thread cost the receiver 3.9 µs of CPU
+//! on 2 cores, the runtime's second thread cost the receiver 3.7 µs of CPU
 //! a request (README, Performance, round 11).
 //!
 //! So by default (`server.worker_threads = 1`) one thread serves every
