@@ -10,14 +10,14 @@
 //! on 2 cores, the runtime's second thread cost the receiver 3.7 µs of CPU
 //! a request (README, Performance, round 11).
 //!
-//! So by default (`server.worker_threads = 1`) one thread serves every
-//! connection, and a second stands by: each thread beats once every
-//! [`BEAT_INTERVAL`], and while the first has missed [`STALLED_AFTER`] of
-//! beats (held up in a record write its disk does not finish) new
-//! connections go to the standby, so a health probe, which opens a
-//! connection of its own, is still answered. With more threads
-//! (`worker_threads` above 1, or 0 for one per core) connections are spread
-//! over them in turn, skipping one held up, as actix-server spreads them.
+//! By default (`server.worker_threads = 0`) there is one thread per core and
+//! new connections go to each in turn, as actix-server spreads them, skipping
+//! one held up: each thread beats once every [`BEAT_INTERVAL`], and one that
+//! has missed [`STALLED_AFTER`] of beats (held up in a record write its disk
+//! does not finish) gets no new connections while another beats, so a health
+//! probe, which opens a connection of its own, is still answered. With
+//! `worker_threads = 1`, one thread serves every connection and a second
+//! stands by for the moments the first is held up.
 
 use std::io;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ const BEAT_INTERVAL: Duration = Duration::from_millis(100);
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 
 /// How new connections are given to the threads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Spread {
     /// To the first thread that beats: the others stand by.
     FirstBeating,
@@ -87,25 +87,27 @@ impl ConnectionThreads {
     /// The thread for the next connection (see [`Spread`]).
     fn next_index(&mut self) -> usize {
         let now_ms = self.started.elapsed().as_millis() as u64;
-        let beats: Vec<u64> = self.threads.iter().map(|thread| thread.beat.load(Ordering::Relaxed)).collect();
         let from = match self.spread {
             Spread::FirstBeating => 0,
             Spread::InTurn => self.next,
         };
-        let index = next_beating(from, &beats, now_ms);
+        let index = next_beating(from, self.threads.len(), |index| {
+            beats_since(self.threads[index].beat.load(Ordering::Relaxed), now_ms)
+        });
         self.next = index + 1;
         index
     }
 }
 
-/// From `next` on, in turn, the first thread whose last beat (of `beats`)
-/// is less than [`STALLED_AFTER`] before `now_ms`; `next` itself if none is.
-fn next_beating(next: usize, beats: &[u64], now_ms: u64) -> usize {
-    let stalled_ms = STALLED_AFTER.as_millis() as u64;
-    (0..beats.len())
-        .map(|offset| (next + offset) % beats.len())
-        .find(|&index| now_ms.saturating_sub(beats[index]) < stalled_ms)
-        .unwrap_or(next % beats.len())
+/// Whether a thread whose last beat was at `beat_ms` still beats at `now_ms`.
+fn beats_since(beat_ms: u64, now_ms: u64) -> bool {
+    now_ms.saturating_sub(beat_ms) < STALLED_AFTER.as_millis() as u64
+}
+
+/// From `next` on, in turn, the first of `count` threads that `beats`;
+/// `next` itself if none does.
+fn next_beating(next: usize, count: usize, beats: impl Fn(usize) -> bool) -> usize {
+    (0..count).map(|offset| (next + offset) % count).find(|&index| beats(index)).unwrap_or(next % count)
 }
 
 impl ConnectionThread {
@@ -145,14 +147,17 @@ mod tests {
 
     #[test]
     fn connections_go_to_the_threads_in_turn_skipping_those_that_stopped_beating() {
+        let pick = |next: usize, beats: [u64; 3], now_ms: u64| {
+            next_beating(next, beats.len(), |index| beats_since(beats[index], now_ms))
+        };
         let fresh = [1_000, 1_000, 1_000];
-        let turns: Vec<usize> = (0..4).map(|next| next_beating(next, &fresh, 1_500)).collect();
+        let turns: Vec<usize> = (0..4).map(|next| pick(next, fresh, 1_500)).collect();
         assert_eq!(turns, [0, 1, 2, 0]);
         let second_held_up = [1_000, 0, 1_000];
-        assert_eq!(next_beating(1, &second_held_up, 1_500), 2);
-        assert_eq!(next_beating(2, &second_held_up, 1_500), 2);
+        assert_eq!(pick(1, second_held_up, 1_500), 2);
+        assert_eq!(pick(2, second_held_up, 1_500), 2);
         let all_held_up = [0, 0, 0];
-        assert_eq!(next_beating(1, &all_held_up, 1_500), 1, "none beats: still in turn");
+        assert_eq!(pick(1, all_held_up, 1_500), 1, "none beats: still in turn");
     }
 
     #[test]

@@ -83,7 +83,7 @@ async fn the_binary_serves_logs_and_stops_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// The runtime's worker threads, as the kernel names them (tokio's `tokio-rt-worker`).
+/// The threads that serve connections, as the kernel names them (`http-0`, `http-1`, …).
 fn connection_threads(pid: u32) -> usize {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     tasks
