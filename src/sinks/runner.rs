@@ -306,7 +306,6 @@ async fn deliver_with_retries<S: Sink>(
             return Delivery::Refused { reason, attempts };
         }
         status.retries.fetch_add(1, Ordering::Relaxed);
-        status.set_state(SinkState::Retrying);
         // Jitter spreads the retries of several receivers hitting one target.
         let wait = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
         tracing::error!(
@@ -317,7 +316,9 @@ async fn deliver_with_retries<S: Sink>(
             retry_in_ms = wait.as_millis() as u64,
             "sink could not take a batch; retrying it"
         );
+        // The error first: whoever sees the sink degraded also sees why.
         status.set_last_error(message);
+        status.set_state(SinkState::Retrying);
         if !pause(wait, commands).await {
             return Delivery::Stopped;
         }
@@ -538,8 +539,8 @@ impl PositionKeeper {
             }
             Err(error) => {
                 tracing::error!(sink = sink.name(), %error, "cannot save the sink's position");
-                work.status.save_failing.store(true, Ordering::Release);
                 work.status.set_last_error(format!("saving its position: {error}"));
+                work.status.save_failing.store(true, Ordering::Release);
             }
         }
     }
