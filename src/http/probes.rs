@@ -118,16 +118,17 @@ pub async fn stats(State(state): State<AppState>) -> Json<impl Serialize> {
         .sinks
         .iter()
         .map(|sink| {
+            // Read in the reverse of the order the runner writes (see `SinkStatus`).
             let report = SinkReport {
-                state: sink.state_name(),
                 position: sink.position(),
                 lag_records: sink.lag_records(),
                 lag_seconds: sink.lag_seconds(),
                 catch_up_seconds: sink.catch_up_seconds(),
                 records: sink.record_counts().into_iter().collect(),
+                state: sink.state_name(),
+                save_failing: sink.save_failing(),
                 retries: sink.retries.load(Ordering::Relaxed),
                 panics: sink.panics.load(Ordering::Relaxed),
-                save_failing: sink.save_failing(),
                 dead_letters: sink.dead_letters.count(),
                 last_error: sink.last_error(),
             };

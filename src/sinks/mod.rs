@@ -189,6 +189,12 @@ pub enum SinkState {
 }
 
 /// Counters and state of one sink, shared by its runner and the HTTP face.
+///
+/// The runner writes them in one order, the cause before what it explains:
+/// retries and the last error, then the state, then the record counts, then
+/// the position. A report that reads them the other way round (as `/stats`
+/// does) never shows a position without its counts, counts without the
+/// state they left, or a state without its error.
 #[derive(Debug)]
 pub struct SinkStatus {
     name: &'static str,
@@ -284,7 +290,7 @@ impl SinkStatus {
 
     /// Counts `records` delivered, and the delivery rate over each second of deliveries.
     fn delivered(&self, records: u64) {
-        self.handled.fetch_add(records, Ordering::Relaxed);
+        self.handled.fetch_add(records, Ordering::Release);
         let mut window = self.rate_window.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         window.1 += records;
         let elapsed = window.0.elapsed();
@@ -334,7 +340,7 @@ impl SinkStatus {
             ("skipped", &self.skipped),
             ("damaged", &self.damaged),
         ]
-        .map(|(result, count)| (result, count.load(Ordering::Relaxed)))
+        .map(|(result, count)| (result, count.load(Ordering::Acquire)))
     }
 
     pub fn state(&self) -> SinkState {

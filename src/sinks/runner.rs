@@ -288,8 +288,9 @@ async fn deliver_with_retries<S: Sink>(
         };
         let message = match outcome {
             Ok(Ok(())) => {
-                status.delivered(batch.len() as u64);
+                // The state before the count: whoever sees the records handled sees the sink running.
                 status.set_state(SinkState::Running);
+                status.delivered(batch.len() as u64);
                 return Delivery::Done;
             }
             Ok(Err(SinkError { message, retry: false })) => {
@@ -400,7 +401,6 @@ async fn retry_dead_letters<S: Sink>(sink: &mut S, work: &Work, seq: Option<u64>
 fn give_up(sink: &'static str, entry: &Entry, reason: &str, attempts: u32, status: &SinkStatus) {
     use crate::callbacks::{MAX_LOGGED_ID_CHARS, clip};
     let message = &entry.message;
-    status.failed.fetch_add(1, Ordering::Relaxed);
     tracing::error!(
         sink,
         seq = entry.seq,
@@ -412,6 +412,7 @@ fn give_up(sink: &'static str, entry: &Entry, reason: &str, attempts: u32, statu
     );
     status.set_last_error(format!("record {} refused: {reason}", entry.seq));
     status.set_state(SinkState::Running);
+    status.failed.fetch_add(1, Ordering::Release);
     let letter = super::dead_letters::DeadLetter {
         seq: entry.seq,
         failed_at: crate::epoch::rfc3339_micros(std::time::SystemTime::now()).as_str().to_owned(),
