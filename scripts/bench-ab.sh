@@ -24,6 +24,8 @@ work=$(mktemp -d)
 declare -A PID PORT=([A]=18401 [B]=18402)
 cleanup() {
     kill "${PID[@]}" 2>/dev/null || true
+    # Each receiver writes its journal and snapshot as it stops: gone first, then its files.
+    wait "${PID[@]}" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT

@@ -58,6 +58,8 @@ ARCHIVE_URL=${ARCHIVE_URL:-sqlite://$work/sql/archive.sqlite3}
 declare -A PID
 cleanup() {
     kill "${PID[@]}" 2>/dev/null || true
+    # Each receiver writes its journal and snapshot as it stops: gone first, then its files.
+    wait "${PID[@]}" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT

@@ -29,7 +29,7 @@ if [ "$RECEIVER" = target/release/openim-callback-receiver ]; then
     cargo build --release --quiet --bin openim-callback-receiver
 fi
 work=$(mktemp -d) pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 OPENIM_CALLBACK__SERVER__LISTEN=$ADDR OPENIM_CALLBACK__TELEMETRY__FORMAT=json \
     OPENIM_CALLBACK__SINKS__SQL__URL="" OPENIM_CALLBACK__STATS__SNAPSHOT_PATH="$work/stats.snapshot" \
     OPENIM_CALLBACK__JOURNAL__DIR="$work/journal" "$RECEIVER" >"$work/receiver.log" 2>&1 &
