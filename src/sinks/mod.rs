@@ -404,6 +404,33 @@ impl SinkStatus {
     fn set_last_error(&self, error: String) {
         *self.last_error.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(error);
     }
+
+    // The runner's changes of state, each written in the order above.
+
+    /// A delivery or a check failed and will be tried again.
+    fn retrying(&self, error: String) {
+        self.set_last_error(error);
+        self.set_state(SinkState::Retrying);
+    }
+
+    /// A batch was delivered.
+    fn batch_delivered(&self, records: u64) {
+        self.set_state(SinkState::Running);
+        self.delivered(records);
+    }
+
+    /// A record was given up for good; the sink goes on.
+    fn refused(&self, error: String) {
+        self.set_last_error(error);
+        self.set_state(SinkState::Running);
+        self.failed.fetch_add(1, Ordering::Release);
+    }
+
+    /// Saving its position failed.
+    fn save_failed(&self, error: String) {
+        self.set_last_error(error);
+        self.save_failing.store(true, Ordering::Release);
+    }
 }
 
 /// What the receiver tells the runners.

@@ -185,8 +185,7 @@ async fn announce<S: Sink>(sink: &mut S, status: &SinkStatus) -> bool {
             "sink started, but its target refuses it: fix its settings (messages wait in the journal meanwhile)"
         );
     }
-    status.set_last_error(message);
-    status.set_state(SinkState::Retrying);
+    status.retrying(message);
     false
 }
 
@@ -288,9 +287,7 @@ async fn deliver_with_retries<S: Sink>(
         };
         let message = match outcome {
             Ok(Ok(())) => {
-                // The state before the count: whoever sees the records handled sees the sink running.
-                status.set_state(SinkState::Running);
-                status.delivered(batch.len() as u64);
+                status.batch_delivered(batch.len() as u64);
                 return Delivery::Done;
             }
             Ok(Err(SinkError { message, retry: false })) => {
@@ -317,9 +314,7 @@ async fn deliver_with_retries<S: Sink>(
             retry_in_ms = wait.as_millis() as u64,
             "sink could not take a batch; retrying it"
         );
-        // The error first: whoever sees the sink degraded also sees why.
-        status.set_last_error(message);
-        status.set_state(SinkState::Retrying);
+        status.retrying(message);
         if !pause(wait, commands).await {
             return Delivery::Stopped;
         }
@@ -410,9 +405,7 @@ fn give_up(sink: &'static str, entry: &Entry, reason: &str, attempts: u32, statu
         error = reason,
         "sink refused this record for good: it is not delivered to this sink; the records behind it go on"
     );
-    status.set_last_error(format!("record {} refused: {reason}", entry.seq));
-    status.set_state(SinkState::Running);
-    status.failed.fetch_add(1, Ordering::Release);
+    status.refused(format!("record {} refused: {reason}", entry.seq));
     let letter = super::dead_letters::DeadLetter {
         seq: entry.seq,
         failed_at: crate::epoch::rfc3339_micros(std::time::SystemTime::now()).as_str().to_owned(),
@@ -540,8 +533,7 @@ impl PositionKeeper {
             }
             Err(error) => {
                 tracing::error!(sink = sink.name(), %error, "cannot save the sink's position");
-                work.status.set_last_error(format!("saving its position: {error}"));
-                work.status.save_failing.store(true, Ordering::Release);
+                work.status.save_failed(format!("saving its position: {error}"));
             }
         }
     }
