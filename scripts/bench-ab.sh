@@ -40,17 +40,16 @@ trap cleanup EXIT
 for side in A B; do
     extra_env=${side}_ENV
     mkdir -p "$work/$side"
+    # The ceiling takes its address as an argument and ignores the receiver's settings.
+    server=("${!side}")
     if [ "${!side}" = ceiling ]; then
-        # shellcheck disable=SC2086 # A_ENV and B_ENV are lists of NAME=value words
-        env ${!extra_env:-} target/release/examples/ceiling "127.0.0.1:${PORT[$side]}" >"$work/$side.log" 2>&1 &
-        PID[$side]=$!
-        continue
+        server=(target/release/examples/ceiling "127.0.0.1:${PORT[$side]}")
     fi
     # shellcheck disable=SC2086 # A_ENV and B_ENV are lists of NAME=value words
     env ${!extra_env:-} OPENIM_CALLBACK__SERVER__LISTEN=127.0.0.1:${PORT[$side]} \
         OPENIM_CALLBACK__TELEMETRY__FORMAT=json OPENIM_CALLBACK__SINKS__SQL__URL="" \
         OPENIM_CALLBACK__STATS__SNAPSHOT_PATH="$work/$side/stats.snapshot" \
-        OPENIM_CALLBACK__JOURNAL__DIR="$work/$side/journal" "${!side}" >"$work/$side.log" 2>&1 &
+        OPENIM_CALLBACK__JOURNAL__DIR="$work/$side/journal" "${server[@]}" >"$work/$side.log" 2>&1 &
     PID[$side]=$!
 done
 for side in A B; do
